@@ -1,0 +1,1 @@
+"""Placeholder: variants of this family are being written."""

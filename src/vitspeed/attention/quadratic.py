@@ -1,0 +1,200 @@
+"""Quadratic attention: a softmax over an N x N similarity score, O(N^2 d) per head.
+
+Variants: ``softmax`` (fused SDPA), ``softmax_explicit`` (matmul, softmax, matmul), ``cosine``
+(Swin V2 scaled cosine), ``euclidean`` (negative squared distance) and ``jaccard`` (generalized
+Jaccard / Tanimoto). All take an additive score bias, so they work inside Swin windows with the
+relative position bias and the shift mask.
+
+Where the similarity can be rewritten as a scaled dot product plus a bias, the core hands it to
+``F.scaled_dot_product_attention`` (fused kernels, no N x N tensor on flash/efficient backends):
+- cosine: normalize q and k, fold the per-head temperature into q, SDPA with scale 1.
+- euclidean: -|q-k|^2 / (2 sqrt d) = q.k/sqrt d - |q|^2/(2 sqrt d) - |k|^2/(2 sqrt d); the |q|^2 term
+  is constant along a softmax row and cancels, so it is SDPA with the key term as a bias.
+Jaccard divides by a pairwise term and has no fused form.
+
+Counting convention of the formulas: ``macs`` are multiply-accumulates of the products;
+``elementwise`` counts one op per output element of every elementwise op, 3 per element for a
+softmax (exp, sum, divide) and one per input element of a reduction (see :mod:`vitspeed.flops`).
+"""
+from __future__ import annotations
+
+import math
+
+import sympy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitspeed.attention.registry import AttentionSpec, register_attention
+
+MAX_LOGIT_SCALE = math.log(100.0)  # Swin V2 clamps the learned temperature at 100
+
+
+def softmax_attention_explicit(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """Reference softmax attention, softmax(q k^T * scale + bias) v, materializing the N x N map."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        attn = attn + bias
+    return attn.softmax(dim=-1) @ v
+
+
+class SoftmaxAttention(nn.Module):
+    """Scaled dot-product softmax attention; ``fused`` selects SDPA or the explicit three-step form."""
+
+    def __init__(self, head_dim: int, num_heads: int, fused: bool = True) -> None:
+        super().__init__()
+        self.fused = fused
+        self.scale = head_dim ** -0.5
+
+    def forward(self, q, k, v, bias=None, grid=None):
+        if self.fused:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_match(bias, q))
+        return softmax_attention_explicit(q, k, v, bias, self.scale)
+
+
+def _match(bias: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    # SDPA wants the mask in the query's dtype.
+    return None if bias is None else bias.to(q.dtype)
+
+
+class _LearnedTemperature(nn.Module):
+    """Per-head learnable logit scale, stored as a log and clamped at log(100) as in Swin V2."""
+
+    def __init__(self, num_heads: int, init: float = 10.0) -> None:
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(init)))
+
+    def temperature(self) -> torch.Tensor:
+        return torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
+
+
+class CosineAttention(_LearnedTemperature):
+    """Swin V2 scaled cosine attention: softmax(tau_h * cos(q, k) + bias) v, tau_h learned per head."""
+
+    def __init__(self, head_dim: int, num_heads: int, fused: bool = True) -> None:
+        super().__init__(num_heads)
+        self.fused = fused
+
+    def forward(self, q, k, v, bias=None, grid=None):
+        tau = self.temperature().to(q.dtype)
+        qn = F.normalize(q, dim=-1) * tau
+        kn = F.normalize(k, dim=-1)
+        if self.fused:
+            return F.scaled_dot_product_attention(qn, kn, v, attn_mask=_match(bias, q), scale=1.0)
+        return softmax_attention_explicit(qn, kn, v, bias, scale=1.0)
+
+
+class EuclideanAttention(nn.Module):
+    """softmax(-|q_i - k_j|^2 / (2 sqrt d) + bias) v: nearer keys weigh more.
+
+    The 1/(2 sqrt d) scale makes the q.k part identical to standard softmax attention, so the
+    variant is dot-product attention with a penalty on the key norm. The fused path drops the
+    row-constant |q|^2 term (exact under softmax) and runs SDPA with the key term as bias.
+    """
+
+    def __init__(self, head_dim: int, num_heads: int, fused: bool = True) -> None:
+        super().__init__()
+        self.fused = fused
+        self.scale = head_dim ** -0.5
+
+    def forward(self, q, k, v, bias=None, grid=None):
+        half = 0.5 * self.scale
+        if self.fused:
+            key_term = (k * k).sum(-1).unsqueeze(-2) * -half  # (B, h, 1, N)
+            mask = key_term if bias is None else key_term + bias
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
+        qq = (q * q).sum(-1, keepdim=True)
+        kk = (k * k).sum(-1).unsqueeze(-2)
+        dist = qq + kk - 2.0 * (q @ k.transpose(-2, -1))
+        attn = dist * -half
+        if bias is not None:
+            attn = attn + bias
+        return attn.softmax(dim=-1) @ v
+
+
+class JaccardAttention(_LearnedTemperature):
+    """Generalized Jaccard (Tanimoto) similarity, q.k / (|q|^2 + |k|^2 - q.k), times a learned tau.
+
+    The similarity lies in [-1/3, 1], so like cosine it needs a temperature (init 10, per head).
+    The pairwise denominator forces an explicit N x N computation: no fused kernel exists.
+    """
+
+    def __init__(self, head_dim: int, num_heads: int, eps: float = 1e-6) -> None:
+        super().__init__(num_heads)
+        self.eps = eps
+
+    def forward(self, q, k, v, bias=None, grid=None):
+        dots = q @ k.transpose(-2, -1)
+        qq = (q * q).sum(-1, keepdim=True)
+        kk = (k * k).sum(-1).unsqueeze(-2)
+        sim = dots / (qq + kk - dots).clamp_min(self.eps)
+        attn = sim * self.temperature().to(q.dtype)
+        if bias is not None:
+            attn = attn + bias
+        return attn.softmax(dim=-1) @ v
+
+
+# --- closed-form counts of the cores (no bias), in the counter's conventions -----------------
+
+def _softmax_formula(B, N, d, h, fused=True):
+    scores = B * h * N * N
+    if fused:
+        return {"macs": 2 * scores * d, "elementwise": 3 * scores}
+    return {"macs": 2 * scores * d, "elementwise": B * h * N * d + 3 * scores}
+
+
+def _cosine_formula(B, N, d, h, fused=True):
+    scores = B * h * N * N
+    tokens = B * h * N * d
+    norms = 2 * (tokens + B * h * N + tokens)  # vector norm, clamp, divide, for q and k
+    elementwise = norms + tokens + 2 * h + 3 * scores  # times tau; clamp+exp of tau; softmax
+    if not fused:
+        elementwise += tokens  # explicit path multiplies q by scale 1.0
+    return {"macs": 2 * scores * d, "elementwise": elementwise}
+
+
+def _euclidean_formula(B, N, d, h, fused=True):
+    scores = B * h * N * N
+    tokens = B * h * N * d
+    if fused:
+        # k*k, sum, times -1/2sqrt(d); SDPA adds the bias row and does the softmax
+        return {"macs": 2 * scores * d, "elementwise": 2 * tokens + B * h * N + 4 * scores}
+    # q*q, sum, k*k, sum, qq+kk, 2*qk, minus, times scale, softmax
+    return {"macs": 2 * scores * d, "elementwise": 4 * tokens + 3 * scores + 3 * scores + 3 * scores}
+
+
+def _jaccard_formula(B, N, d, h, eps=1e-6):
+    scores = B * h * N * N
+    tokens = B * h * N * d
+    # q*q, sum, k*k, sum; qq+kk, -dots, clamp, divide, times tau; clamp+exp of tau; softmax
+    return {"macs": 2 * scores * d, "elementwise": 4 * tokens + 5 * scores + 2 * h + 3 * scores}
+
+
+_Q = dict(family="quadratic", supports_bias=True, complexity="O(N^2 d)")
+
+register_attention(AttentionSpec(
+    name="softmax", core=SoftmaxAttention, options={"fused": True},
+    summary="softmax(q k^T / sqrt d) v through fused scaled_dot_product_attention (the baseline)",
+    paper="vaswani2017attention", formula=_softmax_formula, **_Q))
+register_attention(AttentionSpec(
+    name="softmax_explicit", core=SoftmaxAttention, options={"fused": False},
+    summary="the same softmax attention as matmul, softmax, matmul (N x N map materialized)",
+    paper="vaswani2017attention", formula=_softmax_formula, **_Q))
+register_attention(AttentionSpec(
+    name="cosine", core=CosineAttention, options={"fused": True},
+    summary="Swin V2 scaled cosine similarity, learnable per-head temperature (clamped at 100)",
+    paper="liu2022swinv2", formula=_cosine_formula, **_Q))
+register_attention(AttentionSpec(
+    name="euclidean", core=EuclideanAttention, options={"fused": True},
+    summary="negative squared Euclidean distance / (2 sqrt d); fused as SDPA with a key-norm bias",
+    paper="kim2021lipschitz", formula=_euclidean_formula, **_Q))
+register_attention(AttentionSpec(
+    name="jaccard", core=JaccardAttention, options={"eps": 1e-6},
+    summary="generalized Jaccard (Tanimoto) q.k/(|q|^2+|k|^2-q.k) with learnable temperature",
+    paper="tanimoto1958", formula=_jaccard_formula, **_Q))
+
+# sympy is imported for type clarity of the formula results; formulas accept sympy symbols.
+_ = sympy

@@ -1,0 +1,1 @@
+"""Placeholder: FFN variants (stock mlp, compact cFFN) are being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: models of this module are being written."""
