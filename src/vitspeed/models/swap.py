@@ -58,8 +58,12 @@ def build_timm(
     attention_options: dict[str, Any] | None = None,
     ffn: str | None = None,
     ffn_options: dict[str, Any] | None = None,
+    fold_bn: bool = True,
 ) -> nn.Module:
-    """``timm.create_model(name)`` at ``img_size`` with random weights, attention/FFN swapped."""
+    """``timm.create_model(name)`` at ``img_size`` with random weights, attention/FFN swapped.
+
+    LeViT's BatchNorms are folded into their layers (inference form) unless ``fold_bn=False``.
+    """
     from vitspeed.models.registry import timm_family
 
     family = timm_family(name)
@@ -71,6 +75,10 @@ def build_timm(
     if family in ("vit", "swin"):
         kwargs["img_size"] = img_size
     model = timm.create_model(name, **kwargs)
+    if family == "levit" and fold_bn:
+        from vitspeed.models.levit import fold_batchnorm
+
+        fold_batchnorm(model)
     if attention is not None:
         if family == "vit":
             swap_vit_attention(model, attention, attention_options)

@@ -1,0 +1,170 @@
+"""The ``vitspeed`` command: list variants and models, count FLOPs, benchmark, run the notebooks.
+
+Every error a user can cause (unknown model/variant/option, an image size the patch or window does
+not divide, cuda asked for but absent, an unsupported dtype, an unknown preset or notebook) prints
+one sentence naming the valid choices to stderr and exits with status 2, having written nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _parse_options(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
+        options[key] = value
+    return options
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name (see `vitspeed list`)")
+    p.add_argument("--attention", help="attention variant to swap into every block (see `vitspeed list`)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="attention option, e.g. --opt p=3 (repeatable)")
+    p.add_argument("--ffn", help="FFN variant to swap in (mlp, cffn)")
+    p.add_argument("--ffn-opt", action="append", metavar="KEY=VALUE", help="FFN option (repeatable)")
+    p.add_argument("--img-size", type=int, default=224, help="input resolution in pixels (default 224)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``vitspeed`` command."""
+    parser = argparse.ArgumentParser(prog="vitspeed", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list attention variants, FFN variants and models")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("flops", help="count MACs (the literature's FLOPs) and parameters")
+    _add_model_args(p)
+    p.add_argument("--batch-size", type=int, default=1)
+
+    p = sub.add_parser("bench", help="measure latency, throughput and peak memory")
+    _add_model_args(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (CUDA only)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--cuda-graph", action="store_true", help="replay a CUDA graph (GPU batch-1 latency)")
+
+    p = sub.add_parser("run", help="execute notebooks with papermill into the book")
+    p.add_argument("notebooks", nargs="*", help="notebook names (default: all)")
+    p.add_argument("--preset", default="cpu", help="parameter preset in presets/ (default cpu)")
+    p.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/chapters)")
+    return parser
+
+
+def _cmd_list(args: argparse.Namespace) -> dict[str, Any]:
+    from vitspeed.attention import get_attention, list_attentions
+    from vitspeed.ffn import list_ffns
+    from vitspeed.models import get_model_spec, list_models
+
+    attentions = []
+    for name in list_attentions():
+        spec = get_attention(name)
+        attentions.append({"name": name, "family": spec.family, "complexity": spec.complexity,
+                           "options": spec.options, "summary": spec.summary})
+    models = []
+    for name in list_models():
+        spec = get_model_spec(name)
+        models.append({"name": name, "summary": spec.summary if spec else "timm model",
+                       "swappable": bool(spec.swappable) if spec else name.startswith(("deit", "vit", "swin"))})
+    result = {"attention": attentions, "ffn": list_ffns(), "models": models}
+    if not args.json:
+        print("Attention variants (--attention NAME, options with --opt KEY=VALUE):")
+        for a in attentions:
+            opts = ", ".join(f"{k}={v}" for k, v in a["options"].items()) or "-"
+            print(f"  {a['name']:<24} {a['family']:<10} {a['complexity']:<10} [{opts}] {a['summary']}")
+        print("FFN variants (--ffn NAME): " + ", ".join(result["ffn"]))
+        print("Models:")
+        for m in models:
+            print(f"  {m['name']:<32} {m['summary']}")
+    return result
+
+
+def _build(args: argparse.Namespace):
+    from vitspeed.models import create_model
+
+    return create_model(args.model, img_size=args.img_size, attention=args.attention,
+                        attention_options=_parse_options(args.opt, "--opt"), ffn=args.ffn,
+                        ffn_options=_parse_options(args.ffn_opt, "--ffn-opt"))
+
+
+def _cmd_flops(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from vitspeed.flops import count_flops, count_params
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model = _build(args)
+    fc = count_flops(model, torch.zeros(args.batch_size, 3, args.img_size, args.img_size))
+    result = {"model": args.model, "attention": args.attention, "ffn": args.ffn, "img_size": args.img_size,
+              "batch_size": args.batch_size, "macs": fc.macs, "gmacs": fc.macs / 1e9,
+              "elementwise_ops": fc.elementwise, "params": count_params(model),
+              "breakdown": fc.breakdown(), "unhandled_ops": fc.unhandled,
+              "convention": "MACs (1 multiply-accumulate = 1); elementwise ops counted separately"}
+    if not args.json:
+        print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}: {fc.macs / 1e9:.3f} GMACs, "
+              f"{result['params'] / 1e6:.2f} M params, {fc.elementwise / 1e9:.3f} G elementwise ops")
+        for group, counts in result["breakdown"].items():
+            print(f"  {group:<10} {counts['macs'] / 1e9:8.3f} GMACs  {counts['elementwise'] / 1e9:8.3f} G elementwise")
+        if fc.unhandled:
+            print(f"  uncounted ops: {fc.unhandled}")
+    return result
+
+
+def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype
+    from vitspeed.timing import benchmark_model
+
+    device = resolve_device(args.device)
+    resolve_dtype(args.dtype, device.type)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model = _build(args)
+    row = benchmark_model(model, (3, args.img_size, args.img_size), device=str(device), dtype=args.dtype,
+                          batch_size=args.batch_size, threads=args.threads, warmup=args.warmup,
+                          repeats=args.repeats, cuda_graph=args.cuda_graph)
+    result = {"model": args.model, "attention": args.attention, "ffn": args.ffn, "img_size": args.img_size,
+              **row, "environment": environment_record(str(device), args.dtype, args.threads)}
+    if not args.json:
+        print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}, {args.dtype} on {device}: "
+              f"median {row['median_ms']:.3f} ms (IQR {row['iqr_ms']:.3f} ms, n={row['n']}), "
+              f"{row['throughput']:.1f} img/s, peak memory {row.get('peak_mem_mb', float('nan')):.1f} MB")
+    return result
+
+
+def _cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    from vitspeed.runner import run_notebooks
+
+    executed = run_notebooks(args.notebooks or None, preset=args.preset, output_dir=args.output_dir)
+    return {"executed": [str(p) for p in executed]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    handlers = {"list": _cmd_list, "flops": _cmd_flops, "bench": _cmd_bench, "run": _cmd_run}
+    try:
+        result = handlers[args.command](args)
+    except ValueError as err:
+        print(f"vitspeed {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

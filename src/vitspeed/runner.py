@@ -1,0 +1,111 @@
+"""Execute the study's notebooks with papermill, using a parameter preset, into the book.
+
+Presets live in ``presets/<name>.yaml``::
+
+    description: one line
+    parameters: {device: cpu}          # given to every notebook that declares them
+    notebooks:
+      01_complexity: {sizes: [...]}    # per-notebook parameters, override the shared ones
+
+Only parameters a notebook declares in its ``parameters`` cell are passed to it. Executed notebooks
+are written atomically (temp file, then rename) to ``book/chapters/``, papermill's per-cell timing
+metadata stripped, so that a failed run never leaves a half-written chapter.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = ["repo_root", "list_presets", "load_preset", "list_notebooks", "run_notebooks", "strip_run_metadata"]
+
+
+def repo_root() -> Path:
+    """The repository holding presets/ and notebooks/ (found from this file, else the cwd)."""
+    for base in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (base, *base.parents):
+            if (parent / "presets").is_dir() and (parent / "notebooks").is_dir():
+                return parent
+    raise ValueError("cannot find the vitspeed repository (a folder with presets/ and notebooks/)")
+
+
+def list_presets(root: Path | None = None) -> list[str]:
+    """Names of the preset files in presets/."""
+    root = root or repo_root()
+    return sorted(p.stem for p in (root / "presets").glob("*.yaml"))
+
+
+def load_preset(name: str, root: Path | None = None) -> dict[str, Any]:
+    """Read a preset; an unknown name raises ``ValueError`` listing the valid presets."""
+    root = root or repo_root()
+    path = root / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(list_presets(root))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("parameters", {})
+    data.setdefault("notebooks", {})
+    return data
+
+
+def list_notebooks(root: Path | None = None) -> list[str]:
+    """Notebook names (file stems) in notebooks/, in chapter order."""
+    root = root or repo_root()
+    return sorted(p.stem for p in (root / "notebooks").glob("*.ipynb"))
+
+
+def strip_run_metadata(nb: Any) -> Any:
+    """Remove papermill's timing/status metadata from a notebook object (in place, returned)."""
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    return nb
+
+
+def _resolve(names: Iterable[str] | None, root: Path) -> list[str]:
+    available = list_notebooks(root)
+    if not names:
+        return available
+    resolved = []
+    for name in names:
+        stem = Path(name).stem
+        if stem not in available:
+            raise ValueError(f"unknown notebook {name!r}; valid choices: {', '.join(available)}")
+        resolved.append(stem)
+    return resolved
+
+
+def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", output_dir: str | Path | None = None,
+                  root: Path | None = None) -> list[Path]:
+    """Execute notebooks (all by default) with ``preset``; return the executed notebooks' paths."""
+    import nbformat
+    import papermill as pm
+
+    root = root or repo_root()
+    config = load_preset(preset, root)
+    stems = _resolve(names, root)
+    out_dir = Path(output_dir) if output_dir else root / "book" / "chapters"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for stem in stems:
+        source = root / "notebooks" / f"{stem}.ipynb"
+        declared = pm.inspect_notebook(str(source))
+        wanted = {**config["parameters"], **(config["notebooks"].get(stem) or {})}
+        params = {k: v for k, v in wanted.items() if k in declared}
+        target = out_dir / f"{stem}.ipynb"
+        fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=out_dir)
+        os.close(fd)
+        try:
+            pm.execute_notebook(str(source), tmp, parameters=params, cwd=str(root / "notebooks"),
+                                progress_bar=False, report_mode=False)
+            nb = nbformat.read(tmp, as_version=4)
+            nbformat.write(strip_run_metadata(nb), tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        executed.append(target)
+    return executed

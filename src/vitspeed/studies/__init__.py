@@ -1,0 +1,1 @@
+"""Chapter computations: each module holds what one notebook calls."""

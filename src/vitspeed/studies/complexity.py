@@ -1,0 +1,91 @@
+"""Chapter 1 (complexity): closed-form costs checked against the counter on real modules.
+
+All counts are MACs for products and ops for elementwise work (see :mod:`vitspeed.flops`).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import pandas as pd
+import torch
+from timm.layers import Attention, Mlp
+from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
+
+from vitspeed import formulas as F
+from vitspeed.attention import build_core, get_attention, list_attentions
+from vitspeed.flops import count_flops
+
+__all__ = ["layer_check", "variant_check", "cost_curves", "crossovers"]
+
+
+def layer_check(tokens: Iterable[int], widths: Iterable[int], heads: int = 6, window: int = 7) -> pd.DataFrame:
+    """Counted vs closed-form MACs of timm's MSA (fused SDPA), W-MSA and FFN modules.
+
+    One row per (layer, N, C): ``counted_macs`` from the counter on the real timm module (batch 1),
+    ``formula_macs`` from Swin eq. (1)-(2) and the FFN formula, and whether they agree exactly.
+    """
+    rows = []
+    for C in widths:
+        for n in tokens:
+            x = torch.zeros(1, n, C)
+            cases = [("MSA", Attention(C, num_heads=heads, qkv_bias=True), (x,), F.msa_macs())]
+            cases.append(("FFN", Mlp(C, 4 * C), (x,), F.ffn_macs(ratio=4)))
+            if n % (window * window) == 0:
+                xw = torch.zeros(n // (window * window), window * window, C)
+                cases.append(("W-MSA", TimmWindowAttention(C, heads, window_size=window), (xw,), F.wmsa_macs()))
+            for layer, module, inputs, expr in cases:
+                fc = count_flops(module.eval(), inputs)
+                formula = F.evaluate(expr, N=n, C=C, M=window)
+                rows.append({"layer": layer, "N": n, "C": C, "counted_macs": fc.macs, "formula_macs": formula,
+                             "elementwise_ops": fc.elementwise, "exact": fc.macs == formula,
+                             "unhandled": ",".join(sorted(fc.unhandled)) or "-"})
+    return pd.DataFrame(rows)
+
+
+def variant_check(sizes: Iterable[tuple[int, int, int]], batch: int = 1,
+                  variants: Iterable[str] | None = None) -> pd.DataFrame:
+    """Counted vs closed-form cost of every registered variant's core at each (N, head_dim, heads).
+
+    Default options of each variant; inputs are random (B, heads, N, head_dim) tensors.
+    """
+    rows = []
+    torch.manual_seed(0)
+    for name in variants or list_attentions():
+        spec = get_attention(name)
+        if spec.formula is None:
+            continue
+        for n, d, h in sizes:
+            core = build_core(name, head_dim=d, num_heads=h).eval()
+            q, k, v = (torch.randn(batch, h, n, d) for _ in range(3))
+            if spec.shell is not None:  # hallucinated attention computes q, k for a fraction of heads
+                hq = getattr(core, "num_computed", h)
+                q, k = q[:, :hq], k[:, :hq]
+            fc = count_flops(core, (q, k, v))
+            expected = F.core_formula(name, batch, n, d, h)
+            rows.append({"variant": name, "family": spec.family, "N": n, "d": d, "heads": h,
+                         "counted_macs": fc.macs, "formula_macs": int(expected["macs"]),
+                         "counted_elementwise": fc.elementwise, "formula_elementwise": int(expected["elementwise"]),
+                         "exact": fc.macs == int(expected["macs"]) and fc.elementwise == int(expected["elementwise"]),
+                         "unhandled": ",".join(sorted(fc.unhandled)) or "-"})
+    return pd.DataFrame(rows)
+
+
+def cost_curves(width: int, tokens: Iterable[int], window: int = 7, ratio: int = 4) -> pd.DataFrame:
+    """MACs of one MSA, W-MSA and FFN layer of width ``width`` as the token count grows (long form)."""
+    rows = []
+    for n in tokens:
+        for layer, expr in (("MSA", F.msa_macs()), ("W-MSA", F.wmsa_macs()), ("FFN", F.ffn_macs(ratio=ratio))):
+            rows.append({"layer": layer, "N": n, "GMACs": F.evaluate(expr, N=n, C=width, M=window, r=ratio) / 1e9})
+    return pd.DataFrame(rows)
+
+
+def crossovers(width: int, ratio: int = 4) -> dict[str, float]:
+    """Token counts where attention's cost overtakes the FFN's, symbolically then at ``width``.
+
+    ``msa_vs_ffn``: whole MSA layer = FFN layer (N = 2C at ratio 4); ``scores_vs_ffn``: only the
+    N^2 term (QK^T + AV) = FFN (N = 4C at ratio 4).
+    """
+    whole = F.crossover_tokens(F.msa_macs(), F.ffn_macs(ratio=ratio))
+    scores = F.crossover_tokens(2 * F.N**2 * F.C, F.ffn_macs(ratio=ratio))
+    return {"msa_vs_ffn": float(whole.subs(F.C, width)), "scores_vs_ffn": float(scores.subs(F.C, width)),
+            "msa_vs_ffn_expr": str(whole), "scores_vs_ffn_expr": str(scores)}

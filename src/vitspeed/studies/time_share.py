@@ -1,0 +1,136 @@
+"""Chapter 2 (where the time goes): time and FLOPs shares of attention, FFN and the rest of a ViT.
+
+Method: one forward pass with hooks records the exact inputs of every block's attention and FFN.
+Three callables are then timed interleaved (A B C A B C ...): the whole model, all attention
+modules replayed on their recorded inputs, all FFN modules likewise. "Rest" (patch embedding,
+norms, residual adds, window partitioning, head) is the whole minus the two. Replaying modules
+one after another is the same work the model does, without the surrounding code, so the shares
+are of the model's own kernels, not of Python overhead in a profiler.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype
+from vitspeed.flops import count_flops
+from vitspeed.models import create_model
+from vitspeed.timing import check_output, measure
+
+__all__ = ["record_component_inputs", "time_share", "run_time_share"]
+
+Call = tuple[nn.Module, tuple, dict]
+
+
+def _components(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    attn, ffn = [], []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "attn":
+            attn.append(module)
+        elif leaf == "mlp":
+            ffn.append(module)
+    if not attn or not ffn:
+        raise ValueError("model has no '.attn' / '.mlp' blocks (time shares need a DeiT/ViT or Swin model)")
+    return attn, ffn
+
+
+def record_component_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list[Call], list[Call]]:
+    """Run ``model(x)`` once and return the (module, args, kwargs) of every attention and FFN call."""
+    attn, ffn = _components(model)
+    calls: dict[str, list[Call]] = {"attn": [], "ffn": []}
+    handles = []
+
+    def hook(kind: str) -> Callable:
+        def pre(module, args, kwargs):
+            calls[kind].append((module, tuple(a.clone() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+        return pre
+
+    for m in attn:
+        handles.append(m.register_forward_pre_hook(hook("attn"), with_kwargs=True))
+    for m in ffn:
+        handles.append(m.register_forward_pre_hook(hook("ffn"), with_kwargs=True))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls["attn"], calls["ffn"]
+
+
+def _replay(calls: list[Call]) -> Callable[[], Any]:
+    def run():
+        out = None
+        for module, args, kwargs in calls:
+            out = module(*args, **kwargs)
+        return out
+    return run
+
+
+def time_share(model_name: str, img_size: int, device: str = "cpu", dtype: str = "float32",
+               batch_size: int = 1, warmup: int = 3, repeats: int = 10) -> list[dict[str, Any]]:
+    """Time and MACs of attention / FFN / rest for one model at one resolution (rows per component).
+
+    Times are medians in ms with IQR; ``time_share`` and ``macs_share`` are fractions of the whole.
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev.type)
+    model = create_model(model_name, img_size=img_size)
+    flops = count_flops(model, torch.zeros(batch_size, 3, img_size, img_size)).breakdown()
+    model = model.to(dev, torch_dtype)
+    x = torch.randn(batch_size, 3, img_size, img_size, device=dev, dtype=torch_dtype)
+    attn_calls, ffn_calls = record_component_inputs(model, x)
+    fns = {"total": lambda: model(x), "attention": _replay(attn_calls), "ffn": _replay(ffn_calls)}
+    for fn in fns.values():
+        check_output(fn)
+    timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+    total = timings["total"].median_s
+    parts = {"attention": timings["attention"].median_s, "ffn": timings["ffn"].median_s}
+    parts["rest"] = max(total - parts["attention"] - parts["ffn"], 0.0)
+    total_macs = sum(v["macs"] for v in flops.values())
+    tokens = (img_size // 16) ** 2 + 1 if model_name.startswith(("deit", "vit")) else (img_size // 4) ** 2
+    rows = []
+    for comp in ("attention", "ffn", "rest"):
+        t = timings.get(comp)
+        rows.append({
+            "model": model_name, "img_size": img_size, "tokens": tokens, "batch_size": batch_size,
+            "device": dev.type, "dtype": dtype, "threads": torch.get_num_threads(), "component": comp,
+            "median_ms": parts[comp] * 1e3,
+            "iqr_ms": t.iqr_s * 1e3 if t is not None else float("nan"),
+            "total_ms": total * 1e3, "total_iqr_ms": timings["total"].iqr_s * 1e3,
+            "time_share": parts[comp] / total, "macs": flops[comp]["macs"],
+            "macs_share": flops[comp]["macs"] / total_macs, "repeats": repeats,
+        })
+    return rows
+
+
+def run_time_share(models: Iterable[str], img_sizes: Iterable[int], device: str = "cpu",
+                   dtypes: Iterable[str] = ("float32",), batch_size: int = 1, warmup: int = 3,
+                   repeats: int = 10, run_id: str | None = None) -> pd.DataFrame:
+    """Sweep models x sizes x dtypes, writing rows to data/time_share (resumable by run id)."""
+    from vitspeed.results import ResultsWriter
+    from vitspeed.timing import sweep
+
+    dev = resolve_device(device)
+    dtypes = list(dtypes)
+    for dt in dtypes:
+        resolve_dtype(dt, dev.type)
+    writer = ResultsWriter("time_share", environment_record(str(dev), ",".join(dtypes)), run_id=run_id)
+    key = ("model", "img_size", "dtype")
+    configs = [{"model": m, "img_size": s, "dtype": dt} for m in models for s in img_sizes for dt in dtypes]
+    done = writer.done_keys(key)
+
+    def run_one(cfg: dict) -> dict:
+        return {"rows": time_share(cfg["model"], cfg["img_size"], device=str(dev), dtype=cfg["dtype"],
+                                   batch_size=batch_size, warmup=warmup, repeats=repeats)}
+
+    for result in sweep(configs, run_one, done=done, key_fields=key, desc="time share"):
+        if "rows" in result:
+            writer.extend(result["rows"])
+        else:  # out of memory at this size: recorded as such
+            writer.add(result)
+    return pd.read_csv(writer.path) if writer.path.exists() else pd.DataFrame()

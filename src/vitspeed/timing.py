@@ -1,0 +1,484 @@
+"""Latency harness: interleaved timing of callables, whole-model benchmarks and OOM-tolerant sweeps.
+
+Units: :class:`Timing` holds **seconds per call** (``samples``, ``median_s`` ...); the rows made by
+:meth:`Timing.row` and :func:`benchmark_model` hold **milliseconds per call** (``median_ms`` ...) and
+images per second (``throughput``).
+
+How a measurement is taken (see :func:`measure`):
+
+- every callable runs under ``torch.inference_mode``; the caller prepares its inputs beforehand;
+- warm-up calls first, then a calibration that picks how many calls make one sample, so that a CPU
+  sample lasts at least ``min_sample_s`` (1 ms by default, well above ``perf_counter``'s
+  resolution and the timer's own overhead); on CUDA one call per sample, timed with CUDA events;
+- then rounds: each round takes one sample of every callable (A B, then B A, ...), so slow drift
+  (clock boost, thermal state, other tenants) hits all of them alike;
+- the Python garbage collector is paused during the rounds;
+- median and spread (IQR, 10th/90th percentiles) are reported, never the minimum or the mean alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype
+
+__all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error"]
+
+_MAX_INNER = 1_000_000
+
+
+@dataclass
+class Timing:
+    """Summary of the samples of one callable; all values in **seconds per call**.
+
+    ``samples`` are per-call times (each sample's duration divided by ``calls_per_sample``);
+    percentiles use linear interpolation (numpy's default); ``iqr_s`` = q75 - q25.
+    """
+
+    samples: list[float]
+    calls_per_sample: int = 1
+    median_s: float = field(init=False)
+    iqr_s: float = field(init=False)
+    p10_s: float = field(init=False)
+    p90_s: float = field(init=False)
+    mean_s: float = field(init=False)
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError("a Timing needs at least one sample")
+        arr = np.asarray(self.samples, dtype=np.float64)
+        q10, q25, q50, q75, q90 = np.percentile(arr, [10, 25, 50, 75, 90])
+        self.median_s = float(q50)
+        self.iqr_s = float(q75 - q25)
+        self.p10_s = float(q10)
+        self.p90_s = float(q90)
+        self.mean_s = float(arr.mean())
+        self.n = int(arr.size)
+
+    def row(self) -> dict[str, Any]:
+        """The summary in **milliseconds per call**: median_ms, iqr_ms, p10_ms, p90_ms, mean_ms, n, calls_per_sample."""
+        return {"median_ms": self.median_s * 1e3, "iqr_ms": self.iqr_s * 1e3, "p10_ms": self.p10_s * 1e3,
+                "p90_ms": self.p90_s * 1e3, "mean_ms": self.mean_s * 1e3, "n": self.n,
+                "calls_per_sample": self.calls_per_sample}
+
+
+def _as_device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def _device_context(dev: torch.device) -> contextlib.AbstractContextManager:
+    # CUDA events and streams belong to the *current* device: make it the one being timed.
+    return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _time_cpu(fn: Callable[[], Any], inner: int) -> float:
+    """Seconds for ``inner`` back-to-back calls, by the monotonic nanosecond clock."""
+    start = time.perf_counter_ns()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter_ns() - start) * 1e-9
+
+
+def _calibrate(fn: Callable[[], Any], dev: torch.device, min_sample_s: float) -> int:
+    """Calls per sample so that one sample lasts >= min_sample_s (1, 2, 5, 10, 20, 50 ... like timeit)."""
+    if min_sample_s <= 0:
+        return 1
+    inner = 1
+    while inner < _MAX_INNER:
+        for step in (1, 2, 5):
+            n = inner * step
+            _sync(dev)
+            start = time.perf_counter_ns()
+            for _ in range(n):
+                fn()
+            _sync(dev)
+            if (time.perf_counter_ns() - start) * 1e-9 >= min_sample_s:
+                return n
+        inner *= 10
+    return _MAX_INNER
+
+
+def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu", warmup: int = 5,
+            repeats: int = 30, min_time_s: float = 0.0, interleave: bool = True, progress: bool = False,
+            min_sample_s: float | None = None, max_repeats: int | None = None) -> dict[str, Timing]:
+    """Time each zero-argument callable; returns name -> :class:`Timing` (seconds per call).
+
+    ``warmup`` calls per callable first, then calibration (CPU: calls per sample so one sample lasts
+    at least ``min_sample_s``, default 1 ms; CUDA: default 0, one call per sample), then rounds of one
+    sample per callable, A B / B A ... when ``interleave`` (else all samples of A, then of B).
+    Rounds continue past ``repeats`` until every callable has been sampled for ``min_time_s``
+    seconds in total, up to ``max_repeats`` samples (default 10 x repeats).  On CUDA each sample is
+    timed with a pair of CUDA events on the current stream and the device is synchronized at the end
+    of each round; on CPU ``time.perf_counter_ns`` is used.  Callables should not allocate their
+    inputs: everything they do is timed.
+    """
+    if not fns:
+        raise ValueError("measure needs at least one callable; got an empty dict")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    if min_time_s < 0:
+        raise ValueError(f"min_time_s must be >= 0 seconds; got {min_time_s}")
+    dev = _as_device(device)
+    if min_sample_s is None:
+        min_sample_s = 1e-3 if dev.type == "cpu" else 0.0
+    max_repeats = max(repeats, max_repeats if max_repeats is not None else 10 * repeats)
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode(), _device_context(dev):
+        for name in names:
+            for _ in range(warmup):
+                fns[name]()
+        _sync(dev)
+        inner = {name: _calibrate(fns[name], dev, min_sample_s) for name in names}
+        _sync(dev)
+
+        def enough(name: str) -> bool:
+            got = samples[name]
+            return len(got) >= max_repeats or (len(got) >= repeats and sum(got) * inner[name] >= min_time_s)
+
+        def one_round(order: Sequence[str]) -> None:
+            if dev.type == "cuda":
+                events = []
+                for name in order:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(inner[name]):
+                        fns[name]()
+                    end.record()
+                    events.append((name, start, end))
+                torch.cuda.synchronize(dev)
+                for name, start, end in events:
+                    samples[name].append(start.elapsed_time(end) * 1e-3 / inner[name])
+            else:
+                for name in order:
+                    samples[name].append(_time_cpu(fns[name], inner[name]) / inner[name])
+
+        bar = _progress_bar(total=len(names) * repeats, desc="timing", enabled=progress)
+        gc_was_enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            if interleave:
+                r = 0
+                while not all(enough(name) for name in names):
+                    pending = [name for name in names if not enough(name)]
+                    shift = r % len(pending)
+                    one_round(pending[shift:] + pending[:shift])
+                    bar.update(len(pending))
+                    r += 1
+            else:
+                for name in names:
+                    while not enough(name):
+                        one_round([name])
+                        bar.update(1)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+            bar.close()
+    return {name: Timing(samples[name], calls_per_sample=inner[name]) for name in names}
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def _non_finite_count(out: Any) -> int:
+    """Number of NaN/inf elements in the floating tensors of a (nested) output."""
+    if isinstance(out, torch.Tensor):
+        if out.is_floating_point() or out.is_complex():
+            return int((~torch.isfinite(out)).sum().item())
+        return 0
+    if isinstance(out, dict):
+        return sum(_non_finite_count(v) for v in out.values())
+    if isinstance(out, (list, tuple)):
+        return sum(_non_finite_count(v) for v in out)
+    return 0
+
+
+def _first_tensor(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else ()
+    for v in values:
+        t = _first_tensor(v)
+        if t is not None:
+            return t
+    return None
+
+
+def _check(out: Any, name: str, shape: Sequence[int] | None) -> None:
+    bad = _non_finite_count(out)
+    if bad:
+        raise ValueError(f"output of {name} contains {bad} non-finite value(s) (NaN or inf); "
+                         "refusing to time a broken computation")
+    if shape is not None:
+        t = _first_tensor(out)
+        got = tuple(t.shape) if t is not None else None
+        if got != tuple(shape):
+            raise ValueError(f"output of {name} has shape {got}, expected {tuple(shape)}")
+
+
+def check_output(fn: Callable[[], Any], name: str = "the callable", shape: Sequence[int] | None = None) -> None:
+    """Run ``fn`` once under inference_mode; ValueError if any floating output is NaN/inf (or, when
+    ``shape`` is given, if the first output tensor has another shape).  Call it before timing."""
+    with torch.inference_mode():
+        out = fn()
+    _check(out, name, shape)
+
+
+# --------------------------------------------------------------------------- memory
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            match = re.search(r"VmHWM:\s+(\d+)\s+kB", fh.read())
+        return int(match.group(1)) * 1024 if match else None
+    except OSError:
+        return None
+
+
+def _reset_vm_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return _vm_hwm_bytes() is not None
+    except OSError:
+        return False
+
+
+class _RssSampler:
+    """Fallback: sample the process RSS in a background thread every ``interval_s`` (may miss short peaks)."""
+
+    def __init__(self, interval_s: float = 1e-3) -> None:
+        import psutil
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def _forward_with_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, float | None, str]:
+    """Run ``fn`` once; return (output, peak memory increase in MB, method).
+
+    CUDA: ``max_memory_allocated`` during the call minus ``memory_allocated`` before it (tensors
+    allocated by the caching allocator; activations and workspaces, not the weights already there).
+    CPU: rise of the process's peak resident set size (VmHWM, reset just before) over the RSS before
+    the call; where VmHWM cannot be reset, RSS sampled every 1 ms by a thread (can miss short peaks).
+    CPU figures come from the first forward of the model and depend on what the allocator already
+    holds from earlier work in the process: an indication, best compared within a fresh process.
+    """
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        with torch.inference_mode():
+            out = fn()
+        torch.cuda.synchronize(dev)
+        return out, (torch.cuda.max_memory_allocated(dev) - before) / 2**20, "cuda_max_allocated"
+    import psutil
+    proc = psutil.Process()
+    gc.collect()
+    if _reset_vm_hwm():
+        before = proc.memory_info().rss
+        with torch.inference_mode():
+            out = fn()
+        peak = _vm_hwm_bytes() or before
+        return out, max(peak - before, 0) / 2**20, "rss_hwm"
+    before = proc.memory_info().rss
+    with _RssSampler() as sampler, torch.inference_mode():
+        out = fn()
+    return out, max(sampler.peak - before, 0) / 2**20, "rss_sampled"
+
+
+# --------------------------------------------------------------------------- models
+
+def _cuda_graph_callable(model: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any], Any]:
+    """Capture one forward of ``model`` on the static input ``x`` as a CUDA graph.
+
+    Returns (replay, static_output): calling ``replay`` re-runs the captured kernels on whatever
+    ``x`` holds and refreshes ``static_output`` in place.  Warm-up runs on a side stream first, as
+    the PyTorch docs require (lazy initialisation and cuDNN/cuBLAS autotuning must not be captured).
+    """
+    with torch.inference_mode():
+        stream = torch.cuda.Stream(device=x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        torch.cuda.synchronize(x.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(x)
+    return graph.replay, static_out
+
+
+def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = "cpu", dtype: str = "float32",
+                    batch_size: int = 1, threads: int | None = None, warmup: int = 5, repeats: int = 30,
+                    cuda_graph: bool = False, channels_last: bool = False, min_time_s: float = 0.0,
+                    seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Latency of one forward pass of ``model`` on a random batch; returns one result row.
+
+    ``input_shape`` excludes the batch dimension (e.g. ``(3, 224, 224)``).  The model is moved in
+    place to the device and cast with ``model.to(dtype)`` (weights and activations really are in that
+    dtype; no autocast, so no per-op casts are timed), switched to eval, and its output is checked
+    for NaN/inf before timing.  CPU threads: ``torch.set_num_threads(threads)`` for the duration of
+    the call (restored afterwards); default, and recorded, is torch's current setting.  Note that
+    ``torch.utils.benchmark.Timer`` would silently use ONE thread.  ``cuda_graph`` replays a captured
+    CUDA graph (GPU batch-1 latency is launch-bound otherwise); CUDA only.
+
+    Row: device, dtype, batch_size, threads, channels_last, cuda_graph, tf32 (CUDA fp32 only),
+    input_shape, median_ms / iqr_ms / p10_ms / p90_ms / mean_ms (milliseconds per batch), n,
+    calls_per_sample, throughput (images per second = batch_size / median), peak_mem_mb (rise of
+    peak memory during the first forward, in MiB; see ``mem_method``), status='ok'.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1 (or None for torch's default), got {threads}")
+    if cuda_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(dev)!r}; valid choices: "
+                         "cuda_graph=False on cpu, or a cuda device")
+    shape = (batch_size, *(int(s) for s in input_shape))
+    if channels_last and len(shape) != 4:
+        raise ValueError(f"channels_last needs an image input (C, H, W); got input_shape {tuple(input_shape)}")
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with _device_context(dev):
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            model = model.eval().to(device=dev, dtype=dt)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            gen = torch.Generator().manual_seed(seed)
+            x = torch.randn(shape, generator=gen).to(device=dev, dtype=dt)
+            x = x.contiguous(memory_format=memory_format)
+
+            def forward() -> Any:
+                return model(x)
+
+            out, peak_mb, mem_method = _forward_with_memory(forward, dev)
+            _check(out, type(model).__name__, None)
+            del out
+            fn: Callable[[], Any] = forward
+            if cuda_graph:
+                fn, static_out = _cuda_graph_callable(model, x)
+                fn()
+                torch.cuda.synchronize(dev)
+                _check(static_out, f"{type(model).__name__} (CUDA graph replay)", None)
+            timing = measure({"model": fn}, dev, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
+                             progress=progress)["model"]
+            used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old_threads)
+
+    row: dict[str, Any] = {
+        "device": str(dev), "dtype": dtype_name(dt), "batch_size": batch_size, "threads": used_threads,
+        "channels_last": channels_last, "cuda_graph": cuda_graph,
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None,
+        "input_shape": "x".join(str(s) for s in input_shape),
+    }
+    row.update(timing.row())
+    row["throughput"] = batch_size / timing.median_s
+    row["peak_mem_mb"] = peak_mb
+    row["mem_method"] = mem_method
+    row["status"] = "ok"
+    return row
+
+
+# --------------------------------------------------------------------------- sweeps
+
+def is_oom_error(err: BaseException) -> bool:
+    """True for out-of-memory failures: torch's OutOfMemoryError, MemoryError, or a RuntimeError saying
+    "out of memory" (CUDA) or "can't allocate memory" (torch's CPU allocator)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(err, oom_type):
+        return True
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    # CUDA says "out of memory"; torch's CPU allocator says "can't allocate memory".
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sweep(configs: Iterable[dict[str, Any]], run_one: Callable[[dict[str, Any]], dict[str, Any]],
+          done: set | None = None, progress: bool = True, key_fields: Sequence[str] | None = None,
+          desc: str = "sweep") -> Iterator[dict[str, Any]]:
+    """Run ``run_one`` on each config and yield ``{**config, **result}`` rows (status 'ok' unless set).
+
+    Out-of-memory (see :func:`is_oom_error`) yields ``{**config, status='oom', error=<message>}`` and
+    the sweep goes on; any other exception propagates.  Configs whose key
+    (:func:`vitspeed.results.config_key` over ``key_fields``, default all the config's fields,
+    sorted) is in ``done`` are skipped, so a resumed run does only what is missing.
+    """
+    from vitspeed.results import config_key
+
+    configs = list(configs)
+    done = done or set()
+    bar = _progress_bar(total=len(configs), desc=desc, enabled=progress)
+    try:
+        for config in configs:
+            fields = list(key_fields) if key_fields is not None else sorted(config)
+            if config_key(config, fields) in done:
+                bar.update(1)
+                continue
+            oom_message = None
+            try:
+                result = run_one(dict(config))
+            except BaseException as err:  # narrowed just below; everything else re-raised
+                if not is_oom_error(err):
+                    raise
+                oom_message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+            if oom_message is not None:
+                _free_memory()  # after the except block, so the traceback's tensors are released
+                row = {**config, "status": "oom", "error": oom_message}
+            else:
+                row = {**config, **result}
+                row.setdefault("status", "ok")
+            bar.update(1)
+            yield row
+    finally:
+        bar.close()

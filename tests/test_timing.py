@@ -1,0 +1,219 @@
+"""Tests for vitspeed.timing: the latency harness, output checks, model benchmark and OOM-tolerant sweep."""
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from vitspeed.results import config_key
+from vitspeed.timing import Timing, benchmark_model, check_output, is_oom_error, measure, sweep
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_timing_summary_in_seconds_and_row_in_ms():
+    t = Timing([0.004, 0.001, 0.003, 0.002, 0.005])
+    assert t.n == 5
+    assert t.median_s == pytest.approx(0.003)
+    assert t.iqr_s == pytest.approx(0.002)  # q75 0.004 - q25 0.002
+    assert t.mean_s == pytest.approx(0.003)
+    assert t.p10_s == pytest.approx(0.0014)
+    assert t.p90_s == pytest.approx(0.0046)
+    row = t.row()
+    assert row["median_ms"] == pytest.approx(3.0)
+    assert row["iqr_ms"] == pytest.approx(2.0)
+    assert row["p10_ms"] == pytest.approx(1.4)
+    assert row["p90_ms"] == pytest.approx(4.6)
+    assert row["n"] == 5
+    with pytest.raises(ValueError):
+        Timing([])
+
+
+def test_harness_measures_real_work(one_thread):
+    gen = torch.Generator().manual_seed(0)
+    a_big, b_big = torch.randn(512, 512, generator=gen), torch.randn(512, 512, generator=gen)
+    a_small, b_small = torch.randn(64, 64, generator=gen), torch.randn(64, 64, generator=gen)
+    res = measure({"big": lambda: a_big @ b_big, "small": lambda: a_small @ b_small}, "cpu",
+                  warmup=2, repeats=7)
+    assert set(res) == {"big", "small"}
+    for t in res.values():
+        assert t.n == 7 and len(t.samples) == 7
+        assert t.median_s > 0 and all(s > 0 for s in t.samples)
+        assert t.iqr_s >= 0
+        assert t.p10_s <= t.median_s <= t.p90_s
+    # 512^3 vs 64^3 multiply-adds: 512x more work; demand a clear margin, not the full ratio.
+    assert res["big"].median_s > 10 * res["small"].median_s
+    # a fast callable is batched into samples of >= ~1 ms; a slow one is not
+    assert res["small"].calls_per_sample > 1
+    assert res["small"].median_s * res["small"].calls_per_sample >= 0.5e-3
+
+
+def _switches(log):
+    return sum(1 for a, b in zip(log, log[1:]) if a != b)
+
+
+def test_interleave_runs_all_alternately():
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in "ABC"}
+    res = measure(fns, "cpu", warmup=1, repeats=6, min_sample_s=0.0)
+    assert all(res[n].n == 6 for n in "ABC")
+    assert {"A", "B", "C"} <= set(log)
+    timed = log[-18:]  # the six rounds of one call each
+    assert sorted(timed) == sorted("ABC" * 6)
+    assert _switches(timed) == 17  # never the same callable twice in a row
+
+    log.clear()
+    measure(fns, "cpu", warmup=1, repeats=6, min_sample_s=0.0, interleave=False)
+    assert log[-18:] == list("A" * 6 + "B" * 6 + "C" * 6)
+
+
+def test_min_time_extends_sampling():
+    res = measure({"sleep": lambda: time.sleep(0.002)}, "cpu", warmup=0, repeats=2, min_time_s=0.04)
+    assert res["sleep"].n > 2
+    assert sum(res["sleep"].samples) >= 0.04
+    assert res["sleep"].median_s >= 0.002
+
+
+def test_measure_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="at least one callable"):
+        measure({}, "cpu")
+    with pytest.raises(ValueError, match="repeats"):
+        measure({"a": lambda: None}, "cpu", repeats=0)
+    with pytest.raises(ValueError, match="valid choices"):
+        measure({"a": lambda: None}, "tpu")
+
+
+def test_measure_runs_under_inference_mode():
+    seen = []
+    measure({"a": lambda: seen.append(torch.is_inference_mode_enabled())}, "cpu", warmup=0, repeats=2,
+            min_sample_s=0.0)
+    assert seen and all(seen)
+
+
+def test_check_output():
+    check_output(lambda: torch.ones(3))
+    check_output(lambda: (torch.ones(2), {"x": torch.zeros(1)}), shape=(2,))
+    check_output(lambda: torch.arange(3))  # integer outputs cannot be non-finite
+    with pytest.raises(ValueError, match="non-finite"):
+        check_output(lambda: torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="non-finite"):
+        check_output(lambda: (torch.ones(2), [torch.tensor([float("inf")])]))
+    with pytest.raises(ValueError, match="shape"):
+        check_output(lambda: torch.ones(2, 3), shape=(2, 4))
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean((2, 3)))
+
+
+class _Broken(_Tiny):
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+def test_benchmark_model_row():
+    old = torch.get_num_threads()
+    row = benchmark_model(_Tiny(), (3, 16, 16), batch_size=2, threads=1, warmup=1, repeats=3)
+    assert torch.get_num_threads() == old  # thread setting restored
+    assert row["threads"] == 1 and row["device"] == "cpu" and row["dtype"] == "float32"
+    assert row["batch_size"] == 2 and row["input_shape"] == "3x16x16" and row["status"] == "ok"
+    assert row["n"] == 3 and row["median_ms"] > 0 and row["iqr_ms"] >= 0
+    assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+    assert row["throughput"] == pytest.approx(2 / (row["median_ms"] / 1e3))
+    assert row["peak_mem_mb"] is not None and row["peak_mem_mb"] >= 0
+    assert row["mem_method"] in {"rss_hwm", "rss_sampled"}
+    assert row["tf32"] is None
+
+
+def test_benchmark_model_bf16_and_channels_last():
+    model = _Tiny()
+    row = benchmark_model(model, (3, 8, 8), dtype="bf16", threads=1, warmup=0, repeats=2, channels_last=True)
+    assert row["dtype"] == "bfloat16" and row["channels_last"] is True
+    assert next(model.parameters()).dtype is torch.bfloat16  # cast with model.to, not autocast
+
+
+def test_benchmark_model_bad_input():
+    with pytest.raises(ValueError, match="float16"):
+        benchmark_model(_Tiny(), (3, 8, 8), dtype="fp16")
+    with pytest.raises(ValueError, match="cuda_graph"):
+        benchmark_model(_Tiny(), (3, 8, 8), cuda_graph=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        benchmark_model(_Tiny(), (3, 8, 8), batch_size=0)
+    with pytest.raises(ValueError, match="non-finite"):
+        benchmark_model(_Broken(), (3, 8, 8), threads=1, repeats=2)
+
+
+def test_is_oom_error():
+    assert is_oom_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_oom_error(RuntimeError("CUDA error: out of memory"))
+    assert is_oom_error(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                                     "can't allocate memory: you tried to allocate 1 bytes. Error code 12 "
+                                     "(Cannot allocate memory)"))
+    assert is_oom_error(MemoryError())
+    assert not is_oom_error(RuntimeError("shape mismatch"))
+    assert not is_oom_error(ValueError("out of memory"))
+
+
+def test_sweep_turns_oom_into_row_and_goes_on():
+    calls = []
+
+    def run_one(cfg):
+        calls.append(cfg["size"])
+        if cfg["size"] == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        if cfg["size"] == 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        if cfg["size"] == 4:
+            raise MemoryError("simulated")
+        return {"median_ms": float(cfg["size"])}
+
+    configs = [{"size": s, "model": "m"} for s in (1, 2, 3, 4, 5)]
+    rows = list(sweep(configs, run_one, progress=False))
+    assert calls == [1, 2, 3, 4, 5]
+    assert [r["status"] for r in rows] == ["ok", "oom", "oom", "oom", "ok"]
+    assert rows[0] == {"size": 1, "model": "m", "median_ms": 1.0, "status": "ok"}
+    assert "out of memory" in rows[1]["error"].lower() and rows[1]["size"] == 2
+    assert "median_ms" not in rows[1]
+
+
+def test_sweep_propagates_other_errors():
+    def run_one(cfg):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        list(sweep([{"size": 1}], run_one, progress=False))
+
+
+def test_sweep_skips_done_keys():
+    calls = []
+    configs = [{"size": s, "flag": s % 2 == 0, "opt": None} for s in (1, 2, 3)]
+    fields = ["size", "flag", "opt"]
+    # keys as they come back from a CSV: all text
+    done = {config_key({"size": "2", "flag": "True", "opt": ""}, fields)}
+    rows = list(sweep(configs, lambda c: calls.append(c["size"]) or {}, done=done, progress=False,
+                      key_fields=fields))
+    assert calls == [1, 3]
+    assert [r["size"] for r in rows] == [1, 3]
+    # default key: all fields of the config, sorted by name
+    done = {config_key(configs[0], sorted(configs[0]))}
+    calls.clear()
+    list(sweep(configs, lambda c: calls.append(c["size"]) or {}, done=done, progress=False))
+    assert calls == [2, 3]
+
+
+def test_timing_values_are_finite():
+    res = measure({"a": lambda: torch.ones(8).sum()}, "cpu", warmup=0, repeats=3)
+    assert all(math.isfinite(v) for v in res["a"].row().values())

@@ -1,0 +1,47 @@
+"""Re-execute notebook sources in place with their default parameters, for nbval's reference outputs.
+
+Only the outputs of cells marked ``# NBVAL_CHECK_OUTPUT`` (deterministic: FLOPs, params, formulas)
+are kept; every other output, execution counts and papermill metadata are stripped, so the committed
+sources stay small and free of timings. nbval --nbval-lax then compares exactly those cells.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+
+from vitspeed.runner import strip_run_metadata
+
+MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def refresh(path: Path) -> None:
+    """Execute ``path`` with its defaults and write it back with only the checked outputs."""
+    fd, tmp = tempfile.mkstemp(suffix=".ipynb")
+    os.close(fd)
+    try:
+        pm.execute_notebook(str(path), tmp, cwd=str(path.parent), progress_bar=False)
+        nb = strip_run_metadata(nbformat.read(tmp, as_version=4))
+    finally:
+        os.unlink(tmp)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        if MARK not in cell.source:
+            cell.outputs = []
+        else:
+            for out in cell.outputs:
+                if "execution_count" in out:
+                    out["execution_count"] = None
+    nbformat.write(nb, path)
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(f"refreshing {arg}", flush=True)
+        refresh(Path(arg))
