@@ -61,7 +61,8 @@ def test_p1_without_dwc_at_neutral_scale_is_relu_linear_attention():
     q, k, v = qkv()
     focused = build_core("focused", 8, 3, p=1.0, kernel_size=0).double()  # scale at its zero init
     relu = build_core("linear_relu", 8, 3)
-    torch.testing.assert_close(focused(q, k, v), relu(q, k, v), rtol=1e-5, atol=1e-5)
+    # equal up to the reference's 1e-6 added after the ReLU and in the normaliser
+    torch.testing.assert_close(focused(q, k, v), relu(q, k, v), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("options", [{}, {"p": 2.0, "kernel_size": 3}, {"p": 8.0, "kernel_size": 0}])

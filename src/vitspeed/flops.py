@@ -218,10 +218,6 @@ def _max_min(op: str) -> Handle:
     return handle
 
 
-def _upsample(op: str, per_output: int) -> Handle:
-    return _per_output(op, per_output)
-
-
 def _fvcore_macs(op: str, fn: Callable[[list, list], Any]) -> Handle:
     def handle(inputs, outputs):
         if _shape(inputs[0]) is None:
@@ -240,7 +236,6 @@ fmod remainder floor_divide eq ne lt le gt ge logical_and logical_or logical_not
 bitwise_and bitwise_or bitwise_not bitwise_xor __and__ __or__ __xor__ atan atan2 asin acos
 nan_to_num xlogy hypot threshold
 """.split()
-_INPLACE_OK = {"where", "minimum", "maximum", "fmax", "fmin", "atan2", "hypot", "xlogy", "exp2", "sgn"}
 
 _REDUCTION_OPS = """
 sum mean amax amin prod norm frobenius_norm nuclear_norm linalg_vector_norm linalg_norm cumsum cumprod
@@ -298,10 +293,10 @@ def _handles() -> dict[str, Handle]:
         "aten::_log_softmax": _per_output("log_softmax", 3),
         "aten::max": _max_min("max"),
         "aten::min": _max_min("min"),
-        "aten::upsample_linear1d": _upsample("upsample_linear1d", 2),
-        "aten::upsample_bilinear2d": _upsample("upsample_bilinear2d", 4),
-        "aten::upsample_bicubic2d": _upsample("upsample_bicubic2d", 16),
-        "aten::grid_sampler": _upsample("grid_sampler", 4),
+        "aten::upsample_linear1d": _per_output("upsample_linear1d", 2),
+        "aten::upsample_bilinear2d": _per_output("upsample_bilinear2d", 4),
+        "aten::upsample_bicubic2d": _per_output("upsample_bicubic2d", 16),
+        "aten::grid_sampler": _per_output("grid_sampler", 4),
     }
     h["aten::outer"] = h["aten::ger"] = _outer
     for n in (1, 2, 3):
@@ -309,8 +304,7 @@ def _handles() -> dict[str, Handle]:
         h[f"aten::conv_transpose{n}d"] = _conv_handle("conv", None, transposed=True)
     for op in _ELEMENTWISE_OPS:
         h[f"aten::{op}"] = _per_output(op)
-        if op not in _INPLACE_OK:
-            h[f"aten::{op}_"] = _per_output(op + "_")
+        h[f"aten::{op}_"] = _per_output(op + "_")  # in-place form (harmless where none exists)
     for op in _REDUCTION_OPS + _POOLING_OPS:
         h[f"aten::{op}"] = _per_input(op)
     return h

@@ -90,6 +90,7 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
     out_dir = Path(output_dir) if output_dir else root / "book" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = []
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would end up in the book's outputs
     for stem in stems:
         source = root / "notebooks" / f"{stem}.ipynb"
         declared = pm.inspect_notebook(str(source))

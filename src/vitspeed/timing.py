@@ -32,7 +32,7 @@ from torch import nn
 
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype
 
-__all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error"]
+__all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory"]
 
 _MAX_INNER = 1_000_000
 
@@ -195,7 +195,7 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
@@ -290,7 +290,7 @@ class _RssSampler:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-def _forward_with_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, float | None, str]:
+def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, float | None, str]:
     """Run ``fn`` once; return (output, peak memory increase in MB, method).
 
     CUDA: ``max_memory_allocated`` during the call minus ``memory_allocated`` before it (tensors
@@ -394,7 +394,7 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
             def forward() -> Any:
                 return model(x)
 
-            out, peak_mb, mem_method = _forward_with_memory(forward, dev)
+            out, peak_mb, mem_method = forward_peak_memory(forward, dev)
             _check(out, type(model).__name__, None)
             del out
             fn: Callable[[], Any] = forward

@@ -32,9 +32,10 @@ Variants (the kernels of QT-ViT Table 2 plus two classics):
 Implementation (all variants): fp16/bf16 inputs are computed in float32 with autocast off, as
 EfficientViT does (its linear attention overflows in fp16 otherwise), and the result is cast back.
 The numerator and the normaliser come from one product by padding V with a column of ones
-(EfficientViT's trick): phi(Q) (phi(K)^T [V, 1]) = [numerator, normaliser]. On CPU it measured the
-same as a separate sum and matrix-vector product; it needs two fewer kernel launches. Each core's
-``explicit(q, k, v)`` computes the same attention the O(N^2 d) way (N x N weights), for tests.
+(EfficientViT's trick): phi(Q) (phi(K)^T [V, 1]) = [numerator, normaliser]. On CPU it timed the
+same as a separate sum plus matrix-vector product (GPU not measured) and it launches one kernel
+fewer. Each core's ``explicit(q, k, v)`` computes the same attention the O(N^2 d) way (N x N
+weights), for tests.
 
 Counting convention of the formulas (see :mod:`vitspeed.flops`): ``macs`` = multiply-accumulates of
 the products; ``elementwise`` = one op per output element of elementwise ops, 3 per element of a
@@ -65,6 +66,7 @@ __all__ = [
     "explicit_linear_attention",
     "check_no_bias",
     "compute_in_fp32",
+    "no_autocast",
     "normalized_product",
 ]
 

@@ -163,7 +163,7 @@ def _euclidean_formula(B, N, d, h, fused=True):
         # k*k, sum, times -1/2sqrt(d); SDPA adds the bias row and does the softmax
         return {"macs": 2 * scores * d, "elementwise": 2 * tokens + B * h * N + 4 * scores}
     # q*q, sum, k*k, sum, qq+kk, 2*qk, minus, times scale, softmax
-    return {"macs": 2 * scores * d, "elementwise": 4 * tokens + 3 * scores + 3 * scores + 3 * scores}
+    return {"macs": 2 * scores * d, "elementwise": 4 * tokens + 7 * scores}
 
 
 def _jaccard_formula(B, N, d, h, eps=1e-6):

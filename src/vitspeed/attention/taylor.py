@@ -174,8 +174,9 @@ class Taylor2Chunk(_TaylorKernel):
 
     D = d^2/c + d + 1, cost O(N d^3 / c). With c = 1 the kernel is exactly 1 + s + s^2/2, i.e.
     ``taylor2_full`` (numerically equal; this factorization merely stores the linear terms once).
-    Unlike the full kernel, the weights can be negative for c > 1 (sum_c s_c^2 / 2 < -1 - s is
-    possible); the eps-shifted normalizer is then not guaranteed positive.
+    Unlike the full kernel the weights are not bounded away from 0: they equal
+    1 - c/2 + sum_c (s_c + 1)^2 / 2, whose minimum 1 - c/2 (all s_c = -1) is 0 for c = 2 and
+    negative for c > 2, so the normalizer is not guaranteed positive there.
     """
 
     def __init__(self, head_dim: int, num_heads: int, c: int = 2) -> None:

@@ -90,8 +90,10 @@ def time_share(model_name: str, img_size: int, device: str = "cpu", dtype: str =
     timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
     total = timings["total"].median_s
     parts = {"attention": timings["attention"].median_s, "ffn": timings["ffn"].median_s}
-    parts["rest"] = max(total - parts["attention"] - parts["ffn"], 0.0)
+    # Not clamped: a negative rest means replaying the parts alone cost more than inside the model.
+    parts["rest"] = total - parts["attention"] - parts["ffn"]
     total_macs = sum(v["macs"] for v in flops.values())
+    # DeiT: patches + class token; Swin: tokens of the first stage (patch 4)
     tokens = (img_size // 16) ** 2 + 1 if model_name.startswith(("deit", "vit")) else (img_size // 4) ** 2
     rows = []
     for comp in ("attention", "ffn", "rest"):

@@ -1,0 +1,212 @@
+"""Shared machinery of the comparison chapters: models and attention cores timed side by side.
+
+Every comparison times all its candidates in one interleaved measurement (A B C A B C ...), after
+checking each output is finite, and records FLOPs (MACs and elementwise ops, batch included),
+parameters and peak memory beside median latency and IQR. Sweeps write tidy rows through
+:class:`vitspeed.results.ResultsWriter`, resume by run id and record out-of-memory as ``status='oom'``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from vitspeed.attention import build_core
+from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype
+from vitspeed.flops import count_flops, count_params
+from vitspeed.models import create_model
+from vitspeed.results import ResultsWriter
+from vitspeed.timing import check_output, forward_peak_memory, is_oom_error, measure, sweep
+
+__all__ = ["Candidate", "compare_models", "compare_cores", "implied_attention", "approximation",
+           "run_sweep", "candidate"]
+
+Candidate = dict[str, Any]  # {"label", "model" | "attention", "options", "ffn", "ffn_options", "prepare"}
+
+
+def candidate(label: str, **spec: Any) -> Candidate:
+    """A candidate for :func:`compare_models` (model=..., attention=..., options=...) or
+    :func:`compare_cores` (attention=..., options=...)."""
+    return {"label": label, **spec}
+
+
+def _oom_row(base: dict[str, Any], err: BaseException) -> dict[str, Any]:
+    return {**base, "status": "oom", "error": str(err).splitlines()[0][:200] if str(err) else type(err).__name__}
+
+
+# (model, img_size, attention, options, ffn, ffn_options, prepare) -> per-image counts: a sweep
+# over batch sizes and dtypes rebuilds the same model many times; tracing it for FLOPs costs seconds.
+_COUNT_CACHE: dict[tuple, dict[str, float]] = {}
+
+
+def _model_counts(model: torch.nn.Module, cand: Candidate, img_size: int) -> dict[str, float]:
+    """gmacs, g_elementwise (per image) and params_m of a candidate's model, cached per configuration."""
+    key = (cand["model"], img_size, cand.get("attention"), repr(cand.get("options")), cand.get("ffn"),
+           repr(cand.get("ffn_options")), cand.get("prepare"))
+    if key not in _COUNT_CACHE:
+        fc = count_flops(model, torch.zeros(1, 3, img_size, img_size))
+        _COUNT_CACHE[key] = {"gmacs": fc.macs / 1e9, "g_elementwise": fc.elementwise / 1e9,
+                             "params_m": count_params(model) / 1e6}
+    return dict(_COUNT_CACHE[key])
+
+
+def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_size: int = 1,
+                   device: str = "cpu", dtype: str = "float32", warmup: int = 3,
+                   repeats: int = 10) -> list[dict[str, Any]]:
+    """Time whole models interleaved at one (resolution, batch, dtype); one row per candidate.
+
+    A candidate's optional ``prepare`` (callable model -> model) runs right after the model is
+    built, before counting and timing (e.g. :func:`vitspeed.models.hvit.merge_ffns`).
+
+    Row: label, model, attention, img_size, batch_size, device, dtype, threads, median_ms, iqr_ms,
+    p10_ms, p90_ms (ms per batch), throughput (images/s), peak_mem_mb (rise during one forward),
+    gmacs and g_elementwise (per image, batch 1), params_m (millions), status.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev.type)
+    fns, rows = {}, {}
+    for cand in candidates:
+        label = cand["label"]
+        base = {"label": label, "model": cand["model"], "attention": cand.get("attention") or "stock",
+                "img_size": img_size, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
+                "threads": torch.get_num_threads()}
+        model = create_model(cand["model"], img_size=img_size, attention=cand.get("attention"),
+                             attention_options=cand.get("options"), ffn=cand.get("ffn"),
+                             ffn_options=cand.get("ffn_options"))
+        if cand.get("prepare") is not None:  # e.g. fold re-parameterizable branches for inference
+            model = cand["prepare"](model)
+        base.update(_model_counts(model, cand, img_size))
+        try:
+            model = model.to(dev, dt)
+            x = torch.randn(batch_size, 3, img_size, img_size, device=dev, dtype=dt)
+            fn = (lambda m, inp: (lambda: m(inp)))(model, x)
+            out, peak, _ = forward_peak_memory(fn, dev)
+            del out
+            check_output(fn, name=label)
+        except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
+            if not is_oom_error(err):
+                raise
+            rows[label] = _oom_row(base, err)
+            continue
+        fns[label] = fn
+        rows[label] = {**base, "peak_mem_mb": peak}
+    if fns:
+        timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+        for label, t in timings.items():
+            r = t.row()
+            rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
+                               p90_ms=r["p90_ms"], n=r["n"], throughput=batch_size / t.median_s, status="ok")
+    return [rows[c["label"]] for c in candidates]
+
+
+def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 64, heads: int = 6,
+                  batch_size: int = 1, device: str = "cpu", dtype: str = "float32", warmup: int = 3,
+                  repeats: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """Time attention cores alone on random (B, heads, N, head_dim) q, k, v, interleaved.
+
+    Row: label, attention, tokens, head_dim, heads, batch_size, device, dtype, median_ms, iqr_ms,
+    throughput (calls/s), peak_mem_mb, macs and elementwise (whole batch), status.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev.type)
+    g = torch.Generator().manual_seed(seed)
+    fns, rows = {}, {}
+    for cand in candidates:
+        label = cand["label"]
+        base = {"label": label, "attention": cand["attention"], "tokens": tokens, "head_dim": head_dim,
+                "heads": heads, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
+                "threads": torch.get_num_threads()}
+        core = build_core(cand["attention"], head_dim=head_dim, num_heads=heads, **(cand.get("options") or {}))
+        hq = getattr(core, "num_computed", heads)
+        shapes = [(batch_size, hq, tokens, head_dim)] * 2 + [(batch_size, heads, tokens, head_dim)]
+        cpu_inputs = [torch.randn(s, generator=g) for s in shapes]
+        fc = count_flops(core.eval(), tuple(cpu_inputs))
+        base.update(macs=fc.macs, elementwise=fc.elementwise)
+        try:
+            core = core.to(dev, dt)
+            q, k, v = (t.to(dev, dt) for t in cpu_inputs)
+            fn = (lambda c, a, b, cc: (lambda: c(a, b, cc)))(core, q, k, v)
+            out, peak, _ = forward_peak_memory(fn, dev)
+            del out
+            check_output(fn, name=label)
+        except BaseException as err:  # noqa: BLE001
+            if not is_oom_error(err):
+                raise
+            rows[label] = _oom_row(base, err)
+            continue
+        fns[label] = fn
+        rows[label] = {**base, "peak_mem_mb": peak}
+    if fns:
+        timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+        for label, t in timings.items():
+            r = t.row()
+            rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
+                               p90_ms=r["p90_ms"], n=r["n"], throughput=1.0 / t.median_s, status="ok")
+    return [rows[c["label"]] for c in candidates]
+
+
+def implied_attention(attention: str, q: torch.Tensor, k: torch.Tensor, **options: Any) -> torch.Tensor:
+    """The (B, h, N, N) attention matrix a variant applies, read off by feeding V = identity.
+
+    Every variant's output is (implied matrix) @ V, so with V = I_N the output is the matrix
+    itself. Options that add a V-only path (FLatten's depthwise conv) must be disabled by the caller.
+    """
+    B, h, N, d = q.shape
+    core = build_core(attention, head_dim=d, num_heads=h, **options).to(q.dtype)
+    eye = torch.eye(N, dtype=q.dtype).expand(B, h, N, N)
+    with torch.no_grad():
+        return core(q, k, eye)
+
+
+def approximation(candidates: Sequence[Candidate], tokens: int = 196, head_dim: int = 64, heads: int = 6,
+                  batch_size: int = 2, seed: int = 0, reference: str = "softmax") -> list[dict[str, Any]]:
+    """How closely each variant reproduces ``reference`` attention on the same random q, k, v.
+
+    q, k, v are standard normal (so q.k/sqrt(d) is standard normal: softmax rows are moderately
+    peaked). Row: label, rel_error = ||O - O_ref|| / ||O_ref|| (Frobenius, float64), row_entropy
+    (mean Shannon entropy in nats of the implied attention rows, negative weights clipped at 0) and
+    the reference's entropy; uniform rows have entropy ln N.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch_size, heads, tokens, head_dim, generator=g, dtype=torch.float64) for _ in range(3))
+
+    def entropy(a: torch.Tensor) -> float:
+        p = a.clamp_min(0)
+        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+        return float(-(p * p.clamp_min(1e-30).log()).sum(-1).mean())
+
+    ref_map = implied_attention(reference, q, k)
+    ref_out = ref_map @ v
+    rows = []
+    for cand in candidates:
+        opts = dict(cand.get("options") or {})
+        if cand["attention"] == "focused":
+            opts.setdefault("kernel_size", 0)
+        amap = implied_attention(cand["attention"], q, k, **opts)
+        out = amap @ v
+        rows.append({"label": cand["label"], "attention": cand["attention"], "tokens": tokens,
+                     "head_dim": head_dim, "rel_error": float((out - ref_out).norm() / ref_out.norm()),
+                     "row_entropy": entropy(amap), "reference_entropy": entropy(ref_map),
+                     "uniform_entropy": math.log(tokens)})
+    return rows
+
+
+def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fields: Sequence[str],
+              device: str = "cpu", dtypes: Iterable[str] = ("float32",), run_id: str | None = None) -> pd.DataFrame:
+    """Run ``run_group(config) -> rows`` for every config, writing rows to data/<chapter>.
+
+    Resumes an interrupted run with the same ``run_id`` (configs already written are skipped);
+    a config that runs out of memory as a whole is recorded with status 'oom'. Returns this run's rows.
+    """
+    dev = resolve_device(device)
+    dtypes = list(dtypes)
+    for dt in dtypes:
+        resolve_dtype(dt, dev.type)
+    writer = ResultsWriter(chapter, environment_record(str(dev), ",".join(dtypes)), run_id=run_id)
+    done = writer.done_keys(key_fields)
+    for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done, key_fields=key_fields,
+                        desc=chapter):
+        writer.extend(result["rows"] if "rows" in result else [result])
+    return pd.read_csv(writer.path) if writer.path.exists() else pd.DataFrame()
