@@ -1,7 +1,7 @@
 """Re-execute notebook sources in place with their default parameters, for nbval's reference outputs.
 
 Only the outputs of cells marked ``# NBVAL_CHECK_OUTPUT`` (deterministic: FLOPs, params, formulas)
-are kept; every other output, execution counts and papermill metadata are stripped, so the committed
+are kept (with their execution counts); every other output and papermill metadata are stripped, so the committed
 sources stay small and free of timings. nbval --nbval-lax then compares exactly those cells.
 """
 from __future__ import annotations
@@ -31,13 +31,10 @@ def refresh(path: Path) -> None:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
         if MARK not in cell.source:
             cell.outputs = []
-        else:
-            for out in cell.outputs:
-                if "execution_count" in out:
-                    out["execution_count"] = None
+            cell.execution_count = None
+        # checked cells keep their execution count: nbval treats a cell without one as never run
     nbformat.write(nb, path)
 
 

@@ -20,8 +20,8 @@ from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter
 from vitspeed.timing import check_output, forward_peak_memory, is_oom_error, measure, sweep
 
-__all__ = ["Candidate", "compare_models", "compare_cores", "implied_attention", "approximation",
-           "run_sweep", "candidate"]
+__all__ = ["Candidate", "compare_models", "compare_models_finite", "compare_cores", "implied_attention",
+           "approximation", "run_sweep", "candidate"]
 
 Candidate = dict[str, Any]  # {"label", "model" | "attention", "options", "ffn", "ffn_options", "prepare"}
 
@@ -99,6 +99,32 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
             rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
                                p90_ms=r["p90_ms"], n=r["n"], throughput=batch_size / t.median_s, status="ok")
     return [rows[c["label"]] for c in candidates]
+
+
+def compare_models_finite(candidates: Sequence[Candidate], **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`compare_models`, but a candidate whose output has NaN/inf becomes a ``status='nonfinite'`` row.
+
+    The others are then timed together without it (e.g. a model overflowing in float16), instead of
+    the whole group failing. ``kwargs`` are those of :func:`compare_models`; rows keep candidate order.
+    """
+    remaining = list(candidates)
+    failed: dict[str, dict[str, Any]] = {}
+    while True:
+        try:
+            rows = compare_models(remaining, **kwargs) if remaining else []
+            break
+        except ValueError as err:
+            bad = next((c for c in remaining if str(err).startswith(f"output of {c['label']} contains")), None)
+            if bad is None:
+                raise
+            failed[bad["label"]] = {
+                "label": bad["label"], "model": bad["model"], "attention": bad.get("attention") or "stock",
+                "img_size": kwargs.get("img_size", 224), "batch_size": kwargs.get("batch_size", 1),
+                "dtype": kwargs.get("dtype", "float32"), "status": "nonfinite",
+                "error": str(err).splitlines()[0][:200]}
+            remaining = [c for c in remaining if c["label"] != bad["label"]]
+    by_label = {r["label"]: r for r in rows}
+    return [by_label.get(c["label"]) or failed[c["label"]] for c in candidates]
 
 
 def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 64, heads: int = 6,

@@ -1,0 +1,193 @@
+"""Chapter 7 (hybrids): convolution/attention hybrids and linear-attention models, latency against FLOPs.
+
+LeViT (BatchNorm folded), FLatten-Swin-T, QT-ViT-1/2/3 and EfficientViT-B1/B2/B3 against DeiT-T/S and
+Swin-T, whole models timed interleaved at one image size, batch 1 and a larger batch. The question is
+how well FLOPs predict latency: ``ms_per_gmac`` (latency per image over GMACs per image) and its
+ratio to the group's median (``time_vs_flops``: > 1 means slower than its FLOPs suggest), and the
+Spearman rank correlation between GMACs and latency (:func:`rank_correlation`).
+
+Inference form: LeViT's BatchNorms are folded by :func:`vitspeed.models.create_model`; with
+``fold_bn`` (default) the BatchNorm after every EfficientViT/QT-ViT ``ConvNormAct`` convolution is
+folded too (:func:`fold_conv_bn`), so no hybrid is timed with a BatchNorm an inference build would
+remove. QT-ViT's BatchNorm on V (its GELU(BN(V)) shortcut, not after a convolution) stays.
+
+Units: latency in ms per forward pass of the whole batch (median, IQR, 10th/90th percentiles),
+throughput in images/s, FLOPs in GMACs per image (the literature's "FLOPs"), parameters in
+millions, peak memory in MB. Published figures (:data:`PUBLISHED`) come from the papers as
+collected in the study's reference notes; top-1 is never measured here (weights are random).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from vitspeed.studies.compare import candidate, compare_models_finite, run_sweep
+
+__all__ = ["CHAPTER", "MODELS", "PUBLISHED", "DEFAULT_MODELS", "fold_conv_bn", "count_batchnorms",
+           "published_table", "hybrids_group", "run_hybrids", "spearman", "rank_correlation", "add_flops_fit"]
+
+CHAPTER = "hybrids"
+
+#: timm/study model name -> (label, family), in the chapter's order.
+MODELS: dict[str, tuple[str, str]] = {
+    "deit_tiny_patch16_224": ("DeiT-T", "ViT"),
+    "deit_small_patch16_224": ("DeiT-S", "ViT"),
+    "swin_tiny_patch4_window7_224": ("Swin-T", "Swin"),
+    "flatten_swin_tiny": ("FLatten-Swin-T", "FLatten"),
+    "levit_128s": ("LeViT-128S", "LeViT"),
+    "levit_192": ("LeViT-192", "LeViT"),
+    "levit_256": ("LeViT-256", "LeViT"),
+    "efficientvit_b1": ("EfficientViT-B1", "EfficientViT"),
+    "efficientvit_b2": ("EfficientViT-B2", "EfficientViT"),
+    "efficientvit_b3": ("EfficientViT-B3", "EfficientViT"),
+    "qtvit_1": ("QT-ViT-1", "QT-ViT"),
+    "qtvit_2": ("QT-ViT-2", "QT-ViT"),
+    "qtvit_3": ("QT-ViT-3", "QT-ViT"),
+}
+
+#: A small set for CPU-sized defaults: one model of each kind.
+DEFAULT_MODELS = ["deit_tiny_patch16_224", "levit_128s", "efficientvit_b1", "qtvit_1", "flatten_swin_tiny"]
+
+#: Published FLOPs (GMACs), params (M) and ImageNet top-1 (%) with their bib key; absent = not collected.
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "deit_tiny_patch16_224": {"gmacs": 1.3, "params_m": 5.7, "top1": 72.2, "source": "touvron2021deit"},
+    "deit_small_patch16_224": {"gmacs": 4.6, "params_m": 22.1, "top1": 79.9, "source": "touvron2021deit"},
+    "swin_tiny_patch4_window7_224": {"gmacs": 4.5, "params_m": 28.0, "top1": 81.3, "source": "liu2021swin"},
+    "flatten_swin_tiny": {"top1": 82.1, "source": "han2023flatten"},
+    "levit_128s": {"gmacs": 0.305, "params_m": 7.8, "top1": 76.6, "source": "graham2021levit"},
+    "efficientvit_b1": {"gmacs": 0.52, "params_m": 9.1, "top1": 79.4, "source": "cai2023efficientvit"},
+    "qtvit_1": {"top1": 79.6, "source": "xu2024qtvit"},
+}
+
+
+def fold_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold the BatchNorm2d of every ``ConvNormAct`` (timm EfficientViT-MIT) into its convolution, in place.
+
+    Uses the running statistics (eval mode), so outputs are unchanged within float rounding. Other
+    modules are left alone; returns the model.
+    """
+    from timm.models.efficientvit_mit import ConvNormAct
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, ConvNormAct) and isinstance(module.norm, nn.BatchNorm2d) \
+                    and type(module.conv) is nn.Conv2d:
+                module.conv = fuse_conv_bn_eval(module.conv, module.norm)
+                module.norm = nn.Identity()
+    return model
+
+
+def count_batchnorms(model: nn.Module) -> int:
+    """Number of BatchNorm layers (any dimension) left in ``model``."""
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _candidates(models: Sequence[str], fold_bn: bool) -> list[dict[str, Any]]:
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"unknown or no model(s) {', '.join(map(repr, unknown)) or '(empty list)'}; "
+                         f"valid choices: {', '.join(MODELS)}")
+    cands = []
+    for name in models:
+        spec: dict[str, Any] = {"model": name}
+        if fold_bn and name.startswith(("efficientvit_", "qtvit_")):
+            spec["prepare"] = fold_conv_bn
+        cands.append(candidate(MODELS[name][0], **spec))
+    return cands
+
+
+def published_table(models: Iterable[str] | None = None) -> pd.DataFrame:
+    """Published figures, one row per model: model, label, family, published_gmacs, published_params_m,
+    published_top1 (ImageNet-1k, %), source (bib key); NaN where the reference notes give none."""
+    rows = []
+    for name in (models if models is not None else MODELS):
+        pub = PUBLISHED.get(name, {})
+        rows.append({"model": name, "label": MODELS[name][0], "family": MODELS[name][1],
+                     "published_gmacs": pub.get("gmacs", float("nan")),
+                     "published_params_m": pub.get("params_m", float("nan")),
+                     "published_top1": pub.get("top1", float("nan")), "source": pub.get("source", "")})
+    return pd.DataFrame(rows)
+
+
+def hybrids_group(models: Sequence[str], img_size: int, batch_size: int, dtype: str, device: str = "cpu",
+                  warmup: int = 3, repeats: int = 10, fold_bn: bool = True) -> list[dict[str, Any]]:
+    """Time ``models`` interleaved at one (image size, batch, dtype); one row per model.
+
+    Rows of :func:`vitspeed.studies.compare.compare_models` plus ``family``, ``bn_folded``,
+    ``ms_per_image`` (median_ms / batch) and ``ms_per_gmac`` (ms per image per GMAC per image).
+    """
+    rows = compare_models_finite(_candidates(list(models), fold_bn), img_size=img_size, batch_size=batch_size,
+                                 device=device, dtype=dtype, warmup=warmup, repeats=repeats)
+    family = {label: fam for label, fam in MODELS.values()}
+    for r in rows:
+        r["family"] = family[r["label"]]
+        r["bn_folded"] = bool(fold_bn or r["model"].startswith("levit_"))
+        ok = r.get("status") == "ok"
+        r["ms_per_image"] = r["median_ms"] / batch_size if ok else float("nan")
+        r["ms_per_gmac"] = r["ms_per_image"] / r["gmacs"] if ok else float("nan")
+    return rows
+
+
+def run_hybrids(models: Sequence[str] = tuple(DEFAULT_MODELS), img_size: int = 224,
+                batch_sizes: Iterable[int] = (1, 8), device: str = "cpu", dtypes: Iterable[str] = ("float32",),
+                warmup: int = 3, repeats: int = 10, fold_bn: bool = True, run_id: str | None = None) -> pd.DataFrame:
+    """Sweep batch sizes x dtypes over ``models``, rows written to data/hybrids; returns this run's rows."""
+    models = list(models)
+    _candidates(models, fold_bn)  # validate before anything runs
+    dtypes = list(dtypes)
+    configs = [{"img_size": img_size, "batch_size": int(b), "dtype": dt} for dt in dtypes for b in batch_sizes]
+
+    def group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        return hybrids_group(models, cfg["img_size"], cfg["batch_size"], cfg["dtype"], device=device,
+                             warmup=warmup, repeats=repeats, fold_bn=fold_bn)
+
+    return run_sweep(CHAPTER, configs, group, key_fields=("img_size", "batch_size", "dtype"), device=device,
+                     dtypes=dtypes, run_id=run_id)
+
+
+def spearman(x: Iterable[float], y: Iterable[float]) -> float:
+    """Spearman rank correlation: Pearson correlation of the ranks (ties get their average rank).
+
+    NaN for fewer than 3 pairs or a constant input.
+    """
+    xs, ys = pd.Series(list(x), dtype=float), pd.Series(list(y), dtype=float)
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman needs two sequences of equal length; got {len(xs)} and {len(ys)}")
+    if len(xs) < 3:
+        return float("nan")
+    rx, ry = xs.rank(), ys.rank()
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(rx.corr(ry))
+
+
+_GROUP = ["hardware", "dtype", "threads", "batch_size"]
+
+
+def rank_correlation(results: pd.DataFrame, x: str = "gmacs", y: str = "ms_per_image") -> pd.DataFrame:
+    """Spearman correlation of ``x`` and ``y`` across models, per (hardware, dtype, threads, batch).
+
+    Columns: the group keys, ``models`` (how many), ``spearman``. Only status 'ok' rows count.
+    """
+    ok = results[results.status.fillna("ok") == "ok"]
+    keys = [k for k in _GROUP if k in ok]
+    out = [{**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "models": len(g),
+            "spearman": spearman(g[x], g[y])} for key, g in ok.groupby(keys, sort=True)]
+    return pd.DataFrame(out, columns=[*keys, "models", "spearman"])
+
+
+def add_flops_fit(results: pd.DataFrame) -> pd.DataFrame:
+    """Copy of the 'ok' rows with ``time_vs_flops``: ms_per_gmac over its group's median ms_per_gmac.
+
+    Groups are (hardware, dtype, threads, batch); 1 = as fast as FLOPs predict with the group's
+    typical cost per GMAC, 2 = twice as slow as its FLOPs suggest, 0.5 = twice as fast.
+    """
+    ok = results[results.status.fillna("ok") == "ok"].copy()
+    keys = [k for k in _GROUP if k in ok]
+    ok["time_vs_flops"] = ok.ms_per_gmac / ok.groupby(keys).ms_per_gmac.transform("median")
+    return ok

@@ -1,0 +1,211 @@
+"""Chapter 4 (linear kernels): the kernels of QT-ViT's Table 2 against softmax, in cost and in kind.
+
+Three measurements, all through :mod:`vitspeed.studies.compare`:
+
+- the attention core alone on random ``(B, heads, N, head_dim)`` q, k, v over token counts
+  (MACs and elementwise ops of the whole batch, median latency and IQR in ms, peak memory in MB);
+- whole DeiT models with the kernel in every block (GMACs and elementwise ops per image, params in
+  millions, latency per batch);
+- how closely each kernel reproduces softmax attention on the same q, k, v (float64, fixed seed),
+  with diagnostics of the implied attention matrix that explain the large errors of the kernels
+  whose weights can be negative.
+
+Rows go to ``data/linear_kernels`` with a ``kind`` column (``core`` or ``model``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from vitspeed.attention import build_core, get_attention, validate_options
+from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores, compare_models,
+                                      implied_attention, run_sweep)
+
+__all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL",
+           "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels", "kernel_diagnostics",
+           "approximation_table"]
+
+CHAPTER = "linear_kernels"
+REFERENCES = ("softmax", "softmax_explicit")
+# QT-ViT Table 2 order, then the two classics and FLatten's focused kernel
+KERNELS = ("linear_relu", "linear_cosine", "linear_mean", "linear_sigmoid_softmax", "linear_angular",
+           "taylor1", "taylor2_compact", "linear_elu", "efficient", "focused")
+VARIANTS = REFERENCES + KERNELS
+
+# QT-ViT Table 2 (ImageNet top-1, %, each kernel trained in EfficientViT-B1); softmax is its baseline
+PUBLISHED_TOP1 = {"softmax": 79.8, "linear_relu": 79.4, "linear_cosine": 79.1, "linear_mean": 78.8,
+                  "linear_sigmoid_softmax": 78.9, "linear_angular": 79.1, "taylor1": 78.5,
+                  "taylor2_compact": 79.6}
+PUBLISHED_LABEL = "published, EfficientViT-B1 setting"
+
+# the normalisation switches, shown explicitly in the approximation table whatever the defaults are
+APPROXIMATION_FORMS = (("linear_cosine", {"normalize": True}), ("linear_cosine", {"normalize": False}),
+                       ("linear_mean", {"normalize": True}), ("linear_mean", {"normalize": False}))
+
+
+def _check_names(names: Sequence[str]) -> list[str]:
+    names = list(names)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)} for the linear-kernels chapter; "
+                         f"valid choices: {', '.join(VARIANTS)}")
+    return names
+
+
+def kernel_candidates(names: Sequence[str] | None = None, model: str | None = None) -> list[Candidate]:
+    """Candidates (registry defaults) labelled by variant name; with ``model`` for compare_models."""
+    names = _check_names(VARIANTS if names is None else names)
+    extra = {"model": model} if model is not None else {}
+    return [candidate(n, attention=n, **extra) for n in names]
+
+
+def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequence[str] | None = None,
+                       model_names: Sequence[str] | None = None, img_size: int = 224, head_dim: int = 64,
+                       heads: int = 6, batch_size: int = 1, device: str = "cpu",
+                       dtypes: Sequence[str] = ("float32",), warmup: int = 3, repeats: int = 10,
+                       run_id: str | None = None) -> pd.DataFrame:
+    """Time every kernel as a core (per token count) and in every model; rows to data/linear_kernels.
+
+    ``names`` are the variants timed as cores (default all of :data:`VARIANTS`), ``model_names``
+    those put into each of ``models`` (default the same). Core rows (``kind='core'``): MACs and
+    elementwise ops for the whole batch of ``batch_size`` x ``heads`` heads, latency per call (ms),
+    peak memory (MB). Model rows (``kind='model'``): GMACs per image, params (millions), latency
+    per batch (ms), throughput (images/s). Resumable by ``run_id``; returns this run's rows.
+    """
+    names = _check_names(VARIANTS if names is None else names)
+    model_names = _check_names(names if model_names is None else model_names)
+    dtypes = list(dtypes)
+    configs = ([{"kind": "core", "model": None, "img_size": None, "tokens": int(n), "dtype": dt}
+                for dt in dtypes for n in tokens]
+               + [{"kind": "model", "model": m, "img_size": int(img_size), "tokens": None, "dtype": dt}
+                  for dt in dtypes for m in models])
+
+    def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        if cfg["kind"] == "core":
+            rows = compare_cores(kernel_candidates(names), tokens=cfg["tokens"], head_dim=head_dim, heads=heads,
+                                 batch_size=batch_size, device=device, dtype=cfg["dtype"], warmup=warmup,
+                                 repeats=repeats)
+        else:
+            rows = compare_models(kernel_candidates(model_names, model=cfg["model"]), img_size=cfg["img_size"],
+                                  batch_size=batch_size, device=device, dtype=cfg["dtype"], warmup=warmup,
+                                  repeats=repeats)
+        return [{**row, **cfg} for row in rows]
+
+    return run_sweep(CHAPTER, configs, run_group, key_fields=("kind", "model", "img_size", "tokens", "dtype"),
+                     device=device, dtypes=dtypes, run_id=run_id)
+
+
+def _qkv(tokens: int, head_dim: int, heads: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    # the same draws, in the same order, as vitspeed.studies.compare.approximation
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch_size, heads, tokens, head_dim, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def _scaled_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """min over a scalar c of ||c out - ref|| / ||ref|| (c = <out, ref> / ||out||^2)."""
+    c = (out * ref).sum() / (out * out).sum().clamp_min(1e-300)
+    return float((c * out - ref).norm() / ref.norm())
+
+
+def _raw_weights(core: torch.nn.Module, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """The unnormalised (B, h, N, N) weights a kernelized core divides by their row sums, if it does."""
+    from vitspeed.attention.focused import FocusedLinearAttention
+
+    with torch.no_grad():
+        if isinstance(core, FocusedLinearAttention):
+            qf, kf = core._focused(q, k)  # features(x, scale) takes the scale, not k
+            return qf @ kf.transpose(-2, -1) / q.shape[-2]
+        if not getattr(core, "normalize", True):
+            return None  # no normaliser (efficient: its feature maps are already normalised)
+        if hasattr(core, "weights"):
+            return core.weights(q, k)
+        if hasattr(core, "features"):
+            qf, kf = core.features(q, k)
+            return qf @ kf.transpose(-2, -1)
+    return None
+
+
+def kernel_diagnostics(attention: str, options: dict[str, Any] | None = None, tokens: int = 196,
+                       head_dim: int = 64, heads: int = 6, batch_size: int = 2, seed: int = 0,
+                       reference: str = "softmax") -> dict[str, Any]:
+    """Why a kernel is far from ``reference``: properties of the (B, h, N, N) matrix A it applies.
+
+    Same q, k, v as :func:`vitspeed.studies.compare.approximation` (standard normal, float64).
+    Returns ``scaled_error`` = min over a scalar c of ||c O - O_ref|| / ||O_ref|| (the error left
+    once a learned output scale could absorb a wrong magnitude; sqrt(1 - cos^2) of O and O_ref),
+    ``row_sum`` (mean sum of A's rows: 1 for a normalised kernel), ``negative_share`` (share of
+    sum |A_ij| in negative entries), ``max_weight`` (largest |A_ij|; 1 at most for a convex
+    combination), and, for kernels dividing by a normaliser den_i = sum_j w_ij, ``nonpositive_den``
+    (fraction of rows with den_i <= 0) and ``small_den`` (fraction with |den_i| < 1% of the median
+    |den|); NaN for kernels without one.
+    """
+    options = dict(options or {})
+    if attention == "focused":
+        options.setdefault("kernel_size", 0)  # the DWC acts on V alone, not through A
+    q, k, v = _qkv(tokens, head_dim, heads, batch_size, seed)
+    amap = implied_attention(attention, q, k, **options)
+    ref = implied_attention(reference, q, k) @ v
+    out = amap @ v
+    row: dict[str, Any] = {
+        "scaled_error": _scaled_error(out, ref),
+        "row_sum": float(amap.sum(-1).mean()),
+        "negative_share": float(amap.clamp_max(0).abs().sum() / amap.abs().sum()),
+        "max_weight": float(amap.abs().max()),
+        "nonpositive_den": float("nan"), "small_den": float("nan"),
+    }
+    core = build_core(attention, head_dim=head_dim, num_heads=heads, **options).double()
+    w = _raw_weights(core, q, k)
+    if w is not None:
+        den = w.sum(-1)
+        row["nonpositive_den"] = float((den <= 0).double().mean())
+        row["small_den"] = float((den.abs() < 0.01 * den.abs().median()).double().mean())
+    return row
+
+
+def _label(attention: str, options: dict[str, Any]) -> str:
+    if not options:
+        return attention
+    return attention + " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+
+
+def approximation_table(names: Sequence[str] | None = None, tokens: int = 196, head_dim: int = 64,
+                        heads: int = 6, batch_size: int = 2, seed: int = 0, forms: bool = True) -> pd.DataFrame:
+    """Approximation of softmax attention by each kernel, its diagnostics, and the published top-1.
+
+    One row per variant (registry defaults; ``forms`` adds :data:`APPROXIMATION_FORMS`, the
+    normalised and unnormalised cosine and mean kernels), plus ``uniform`` (A = 1/N, the plain mean
+    of V, for reference). Columns: label, attention, options, rel_error and row entropy (nats) from
+    :func:`~vitspeed.studies.compare.approximation`, the :func:`kernel_diagnostics`, and
+    ``published_top1`` (QT-ViT Table 2, EfficientViT-B1 setting; NaN where the paper has no row).
+    """
+    names = [n for n in _check_names(VARIANTS if names is None else names) if n != "softmax"]
+    cands = [candidate(n, attention=n) for n in names]
+    if forms:
+        cands += [candidate(_label(a, o), attention=a, options=o) for a, o in APPROXIMATION_FORMS]
+    rows = approximation(cands, tokens=tokens, head_dim=head_dim, heads=heads, batch_size=batch_size, seed=seed)
+    out = []
+    for cand, row in zip(cands, rows):
+        diag = kernel_diagnostics(cand["attention"], cand.get("options"), tokens=tokens, head_dim=head_dim,
+                                  heads=heads, batch_size=batch_size, seed=seed)
+        is_default = not cand.get("options")
+        key = "softmax" if cand["attention"] == "softmax_explicit" else cand["attention"]
+        published = PUBLISHED_TOP1.get(key, float("nan")) if is_default else float("nan")
+        used = validate_options(get_attention(cand["attention"]), cand.get("options"))
+        if cand["attention"] == "focused":
+            used["kernel_size"] = 0  # approximation() drops the DWC: it acts on V, not through A
+        out.append({**row, **diag, "options": ", ".join(f"{k}={v}" for k, v in used.items()),
+                    "published_top1": published})
+    # the uniform average: what a kernel that cannot tell keys apart does
+    q, k, v = _qkv(tokens, head_dim, heads, batch_size, seed)
+    ref = implied_attention("softmax", q, k) @ v
+    mean_v = v.mean(-2, keepdim=True).expand_as(v)
+    out.append({"label": "uniform (mean of V)", "attention": "-", "tokens": tokens, "head_dim": head_dim,
+                "rel_error": float((mean_v - ref).norm() / ref.norm()), "row_entropy": math.log(tokens),
+                "reference_entropy": out[0]["reference_entropy"] if out else float("nan"),
+                "uniform_entropy": math.log(tokens), "scaled_error": _scaled_error(mean_v, ref),
+                "row_sum": 1.0, "negative_share": 0.0, "max_weight": 1.0 / tokens,
+                "nonpositive_den": float("nan"), "small_den": float("nan"), "options": "", "published_top1": float("nan")})
+    return pd.DataFrame(out)

@@ -1,0 +1,199 @@
+"""Chapter 5 (the quadratic Taylor kernel): QT-ViT's ways of cutting the Kronecker cost, measured.
+
+The exact second-order kernel 1 + s + s^2/2 (``taylor2_full``, D = (d+1)^2 + 1 features, O(N d^3))
+against the paper's ablations (pooling to d/p channels, Kronecker products within c chunks, d
+random quadratic terms) and its compact kernel (D = 2d + 1, O(N d^2)), with softmax for reference:
+
+- closed-form costs from the registry formulas (:func:`vitspeed.formulas.core_formula`);
+- counted MACs and params of QT-ViT-1 (``create_model('qtvit_1', attention=..., attention_options=...)``);
+- latency of the cores over token counts and of whole QT-ViT-1 models (rows to ``data/taylor``);
+- how closely each kernel reproduces the exact 2nd-order kernel and softmax on the same q, k, v.
+
+Counting conventions are those of :mod:`vitspeed.flops` (MACs of products; elementwise ops apart).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+import sympy as sp
+import torch
+
+from vitspeed import formulas as F
+from vitspeed.attention import get_attention, validate_options
+from vitspeed.flops import count_flops, count_params
+from vitspeed.models import create_model
+from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores, compare_models,
+                                      run_sweep)
+from vitspeed.studies.linear_kernels import kernel_diagnostics
+
+__all__ = ["CHAPTER", "MODEL", "VARIANTS", "PUBLISHED_ABLATION", "PUBLISHED_LABEL", "taylor_candidates",
+           "formula_table", "qtvit_costs", "run_taylor", "approximation_table"]
+
+CHAPTER = "taylor"
+MODEL = "qtvit_1"
+# label -> (attention, options): the rows of QT-ViT's Table 3 plus the compact kernel of the
+# authors' code (unit-norm squares, D = d + 1) and softmax (cores only: QT-ViT takes linear kernels)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "softmax": ("softmax", {}),
+    "full": ("taylor2_full", {}),
+    "pool p=2": ("taylor2_pool", {"p": 2}),
+    "pool p=4": ("taylor2_pool", {"p": 4}),
+    "chunk c=2": ("taylor2_chunk", {"c": 2}),
+    "chunk c=4": ("taylor2_chunk", {"c": 4}),
+    "chunk c=8": ("taylor2_chunk", {"c": 8}),
+    "random": ("taylor2_random", {}),
+    "compact": ("taylor2_compact", {}),
+    "compact (code)": ("taylor2_compact", {"mode": "reference"}),
+}
+TIMED = ("softmax", "full", "pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
+# QT-ViT Table 3: ImageNet top-1 (%) of QT-ViT-1 trained with each way of cutting the Kronecker cost
+PUBLISHED_ABLATION = {"full": 79.7, "pool p=2": 79.3, "pool p=4": 79.1, "chunk c=2": 79.4, "chunk c=4": 79.3,
+                      "chunk c=8": 79.1, "random": 61.8, "compact": 79.6}
+PUBLISHED_LABEL = "published, QT-ViT-1 ablation"
+# in the QT-ViT shell, for reference: EfficientViT's own kernel, and timm's EfficientViT-B1 itself
+MODEL_REFERENCES = {"relu (QT-ViT shell)": {"model": MODEL, "attention": "linear_relu"},
+                    "EfficientViT-B1 (timm)": {"model": "efficientvit_b1"}}
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    labels = list(labels)
+    unknown = [x for x in labels if x not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown Taylor variant label(s) {', '.join(unknown)}; valid choices: {', '.join(VARIANTS)}")
+    return labels
+
+
+def taylor_candidates(labels: Sequence[str] | None = None, model: str | None = None) -> list[Candidate]:
+    """Candidates for compare_cores (or, with ``model``, compare_models; softmax is then skipped)."""
+    labels = _check_labels(TIMED if labels is None else labels)
+    out = []
+    for label in labels:
+        name, options = VARIANTS[label]
+        if model is not None and get_attention(name).family != "linear":
+            continue
+        extra = {"model": model} if model is not None else {}
+        out.append(candidate(label, attention=name, options=dict(options), **extra))
+    return out
+
+
+def formula_table(labels: Sequence[str] | None = None, symbolic_options: bool = False) -> pd.DataFrame:
+    """Closed-form cost of each core on (1, h, N, d) tensors, as sympy expressions.
+
+    Columns: label, attention, ``features`` (D, the feature dimension: MACs / (2 N h (d+1)); '-' for
+    softmax), ``macs`` and ``elementwise`` (factored). ``symbolic_options`` adds the pooling and chunk
+    ablations with symbolic p and c.
+    """
+    labels = _check_labels(VARIANTS if labels is None else labels)
+    d = sp.Symbol("d", positive=True)
+    rows = [(label, *VARIANTS[label]) for label in labels]
+    if symbolic_options:
+        rows += [("pool p", "taylor2_pool", {"p": sp.Symbol("p", positive=True)}),
+                 ("chunk c", "taylor2_chunk", {"c": sp.Symbol("c", positive=True)})]
+    out = []
+    for label, name, options in rows:
+        f = F.core_formula(name, batch=1, tokens=F.N, head_dim=d, heads=F.h, **options)
+        linear = get_attention(name).family == "linear"
+        features = sp.factor(sp.simplify(f["macs"] / (2 * F.N * F.h * (d + 1)))) if linear else "-"
+        out.append({"label": label, "attention": name, "features": features,
+                    "macs": sp.factor(f["macs"]), "elementwise": sp.factor(f["elementwise"])})
+    return pd.DataFrame(out)
+
+
+def _model_candidates(labels: Sequence[str] | None, references: bool) -> list[Candidate]:
+    cands = taylor_candidates(labels, model=MODEL)
+    if references:
+        cands += [candidate(label, **spec) for label, spec in MODEL_REFERENCES.items()]
+    return cands
+
+
+def qtvit_costs(img_size: int = 224, labels: Sequence[str] | None = None, references: bool = True) -> pd.DataFrame:
+    """Counted cost of QT-ViT-1 with each kernel (deterministic): one row per variant.
+
+    Columns: label, gmacs and g_elementwise (whole model, per image), attn_gmacs and
+    attn_g_elementwise (the QTLiteMLA modules), params_m (millions), unhandled (ops the counter
+    missed; empty). ``references`` adds ReLU in the same shell and timm's EfficientViT-B1.
+    """
+    labels = [x for x in _check_labels(VARIANTS if labels is None else labels) if x != "softmax"]
+    rows = []
+    for cand in _model_candidates(labels, references):
+        model = create_model(cand["model"], img_size=img_size, attention=cand.get("attention"),
+                             attention_options=cand.get("options"))
+        fc = count_flops(model, torch.zeros(1, 3, img_size, img_size))
+        attn = fc.breakdown()["attention"]
+        rows.append({"label": cand["label"], "img_size": img_size, "gmacs": fc.macs / 1e9,
+                     "g_elementwise": fc.elementwise / 1e9, "attn_gmacs": attn["macs"] / 1e9,
+                     "attn_g_elementwise": attn["elementwise"] / 1e9, "params_m": count_params(model) / 1e6,
+                     "unhandled": ", ".join(sorted(fc.unhandled)),
+                     "published_top1": PUBLISHED_ABLATION.get(cand["label"], float("nan"))})
+    return pd.DataFrame(rows)
+
+
+def run_taylor(tokens: Sequence[int], img_sizes: Sequence[int], head_dims: Sequence[int] = (16,), heads: int = 16,
+               labels: Sequence[str] | None = None, model_labels: Sequence[str] | None = None,
+               references: bool = True, batch_size: int = 1, device: str = "cpu",
+               dtypes: Sequence[str] = ("float32",), warmup: int = 3, repeats: int = 10,
+               run_id: str | None = None) -> pd.DataFrame:
+    """Time the Taylor cores over token counts and QT-ViT-1 over image sizes; rows to data/taylor.
+
+    Core rows (``kind='core'``, per head_dim x tokens x dtype): MACs and elementwise ops of the
+    whole batch, latency per call (ms), peak memory (MB). Model rows (``kind='model'``, per img_size
+    x dtype): GMACs per image, params (millions), latency per batch (ms), throughput (images/s);
+    ``references`` adds ReLU in the QT-ViT shell and timm's EfficientViT-B1. Head dims must be
+    divisible by the pooling and chunk factors. Resumable by ``run_id``; returns this run's rows.
+    """
+    labels = _check_labels(TIMED if labels is None else labels)
+    model_labels = [x for x in _check_labels(labels if model_labels is None else model_labels) if x != "softmax"]
+    for label in labels:
+        name, options = VARIANTS[label]
+        for hd in head_dims:
+            validate_options(get_attention(name), options)
+            for factor in (options.get("p", 1), options.get("c", 1)):
+                if hd % factor:
+                    raise ValueError(f"head dim {hd} is not divisible by {factor} ({label}); "
+                                     f"choose head dims that are multiples of 8 or drop {label!r}")
+    dtypes = list(dtypes)
+    configs = ([{"kind": "core", "img_size": None, "tokens": int(n), "head_dim": int(hd), "dtype": dt}
+                for dt in dtypes for hd in head_dims for n in tokens]
+               + [{"kind": "model", "img_size": int(s), "tokens": None, "head_dim": None, "dtype": dt}
+                  for dt in dtypes for s in img_sizes])
+
+    def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        if cfg["kind"] == "core":
+            rows = compare_cores(taylor_candidates(labels), tokens=cfg["tokens"], head_dim=cfg["head_dim"],
+                                 heads=heads, batch_size=batch_size, device=device, dtype=cfg["dtype"],
+                                 warmup=warmup, repeats=repeats)
+        else:
+            rows = compare_models(_model_candidates(model_labels, references), img_size=cfg["img_size"],
+                                  batch_size=batch_size, device=device, dtype=cfg["dtype"], warmup=warmup,
+                                  repeats=repeats)
+        return [{**row, **cfg} for row in rows]
+
+    return run_sweep(CHAPTER, configs, run_group, key_fields=("kind", "img_size", "tokens", "head_dim", "dtype"),
+                     device=device, dtypes=dtypes, run_id=run_id)
+
+
+def approximation_table(labels: Sequence[str] | None = None, tokens: int = 196, head_dims: Sequence[int] = (16,),
+                        heads: int = 4, batch_size: int = 2, seed: int = 0,
+                        references: Sequence[str] = ("taylor2_full", "softmax")) -> pd.DataFrame:
+    """Error of each kernel against the exact 2nd-order kernel and against softmax (float64).
+
+    One row per (reference, head_dim, variant): rel_error and row entropy (nats) from
+    :func:`~vitspeed.studies.compare.approximation`, plus ``scaled_error`` (after the best scalar
+    rescaling), ``negative_share`` and ``nonpositive_den`` from
+    :func:`~vitspeed.studies.linear_kernels.kernel_diagnostics`, and the published ablation top-1.
+    """
+    labels = [x for x in _check_labels(VARIANTS if labels is None else labels) if x != "softmax"]
+    out = []
+    for reference in references:
+        for hd in head_dims:
+            cands = taylor_candidates(labels)
+            rows = approximation(cands, tokens=tokens, head_dim=hd, heads=heads, batch_size=batch_size,
+                                 seed=seed, reference=reference)
+            for cand, row in zip(cands, rows):
+                diag = kernel_diagnostics(cand["attention"], cand["options"], tokens=tokens, head_dim=hd,
+                                          heads=heads, batch_size=batch_size, seed=seed, reference=reference)
+                out.append({"reference": reference, **row, "scaled_error": diag["scaled_error"],
+                            "negative_share": diag["negative_share"], "nonpositive_den": diag["nonpositive_den"],
+                            "published_top1": PUBLISHED_ABLATION.get(cand["label"], float("nan"))})
+    return pd.DataFrame(out)

@@ -1,0 +1,88 @@
+"""Tests of the redundancy chapter's study module (hMHSA + cFFN on DeiT): tiny images, CPU."""
+import math
+
+import pandas as pd
+import pytest
+
+from vitspeed.results import read_results
+from vitspeed.studies import redundancy as R
+
+TINY = "deit_tiny_patch16_224"
+
+
+def test_ratio_matches_hvit_split():
+    assert R.hmhsa_ratio(6) == 0.5
+    assert R.hmhsa_ratio(3) == pytest.approx(2 / 3)
+    assert round(R.hmhsa_ratio(3) * 3) == 2
+
+
+def test_candidates_are_the_four_variants():
+    cands = R.redundancy_candidates(TINY)
+    assert [c["variant"] for c in cands] == ["stock", "hmhsa", "cffn", "hmhsa+cffn"]
+    assert cands[1]["attention"] == "hallucinated" and cands[1]["options"] == {"ratio": pytest.approx(2 / 3)}
+    assert cands[2]["ffn"] == "cffn" and callable(cands[2]["prepare"])  # merged before counting/timing
+    assert cands[3]["model"] == "hdeit_tiny"
+    with pytest.raises(ValueError, match="valid choices"):
+        R.redundancy_candidates("resnet50")
+
+
+def test_counted_savings_equal_closed_form_and_merged_cffn_is_cheaper():
+    df = R.counted_savings([TINY], img_size=32)
+    assert list(df.variant) == ["stock", "hmhsa", "cffn", "hmhsa+cffn"]
+    assert df.exact.all(), df
+    saved = df.set_index("variant").macs_saved
+    assert (saved.drop("stock") > 0).all()  # merged cFFN saves; the unmerged training form would cost more
+    assert saved["hmhsa+cffn"] == saved["hmhsa"] + saved["cffn"]
+
+
+def test_predicted_savings_deit_small_matches_docstring():
+    pred = {p["variant"]: p for p in R.predicted_savings("deit_small_patch16_224")}
+    C, N, L = 384, 197, 12
+    # ffn: H C - r (H + C) with H = 4C, r = C/2 -> 1.5 C^2 per token
+    assert pred["cffn"]["macs_saved"] == L * N * (4 * C * C - (C // 2) * 5 * C)
+    # attention: N C^2 + N^2 C / 2 - N^2 h^2 / 4 per block (module docstring)
+    assert pred["hmhsa"]["macs_saved"] == L * (N * C * C + N * N * C // 2 - N * N * 36 // 4)
+
+
+def test_compare_and_run_write_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    df = R.run_redundancy([TINY], img_sizes=[32], batch_sizes=[1, 2], warmup=0, repeats=1, run_id="t1")
+    assert len(df) == 8
+    for col in ["label", "variant", "median_ms", "iqr_ms", "throughput", "gmacs", "params_m", "peak_mem_mb",
+                "macs_saved_pct", "params_saved_pct", "latency_saved_pct", "speedup", "status", "tokens"]:
+        assert col in df.columns, col
+    assert (df.status == "ok").all()
+    stock = df[df.variant == "stock"]
+    assert (stock.latency_saved_pct == 0).all() and (stock.macs_saved_pct == 0).all()
+    assert set(df.tokens) == {5}
+    # resuming the same run id measures nothing again
+    again = R.run_redundancy([TINY], img_sizes=[32], batch_sizes=[1, 2], warmup=0, repeats=1, run_id="t1")
+    assert len(again) == 8
+    stored = read_results("redundancy", roots=[tmp_path])
+    assert len(stored) == 8 and not math.isnan(stored.median_ms.iloc[0])
+
+
+def test_oom_of_a_candidate_is_recorded(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    real = compare.forward_peak_memory
+
+    def fake(fn, dev):
+        out = real(fn, dev)
+        if out[0].shape[-1] and getattr(fake, "calls", 0) == 1:
+            fake.calls += 1
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        fake.calls = getattr(fake, "calls", 0) + 1
+        return out
+
+    monkeypatch.setattr(compare, "forward_peak_memory", fake)
+    rows = R.compare_redundancy(TINY, img_size=32, warmup=0, repeats=1)
+    status = pd.Series([r["status"] for r in rows])
+    assert list(status) == ["ok", "oom", "ok", "ok"]
+    assert math.isnan(rows[1]["latency_saved_pct"]) and rows[1]["macs_saved_pct"] > 0
+
+
+def test_interpretation_quotes_both_modules():
+    text = R.interpretation()
+    assert "OUR INTERPRETATION" in text and "AFTER" in text
+    assert "cFFN" in text and "rank-r" in text
