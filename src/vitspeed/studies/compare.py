@@ -20,8 +20,8 @@ from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter
 from vitspeed.timing import check_output, forward_peak_memory, is_oom_error, measure, sweep
 
-__all__ = ["Candidate", "compare_models", "compare_models_finite", "compare_cores", "implied_attention",
-           "approximation", "run_sweep", "candidate"]
+__all__ = ["Candidate", "compare_models", "compare_models_finite", "compare_cores", "compare_cores_finite",
+           "implied_attention", "approximation", "run_sweep", "candidate"]
 
 Candidate = dict[str, Any]  # {"label", "model" | "attention", "options", "ffn", "ffn_options", "prepare"}
 
@@ -127,6 +127,10 @@ def compare_models_finite(candidates: Sequence[Candidate], **kwargs: Any) -> lis
     return [by_label.get(c["label"]) or failed[c["label"]] for c in candidates]
 
 
+# (attention, options, tokens, head_dim, heads, batch) -> counts of a core, as _COUNT_CACHE for models
+_CORE_COUNT_CACHE: dict[tuple, dict[str, int]] = {}
+
+
 def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 64, heads: int = 6,
                   batch_size: int = 1, device: str = "cpu", dtype: str = "float32", warmup: int = 3,
                   repeats: int = 10, seed: int = 0) -> list[dict[str, Any]]:
@@ -148,8 +152,11 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
         hq = getattr(core, "num_computed", heads)
         shapes = [(batch_size, hq, tokens, head_dim)] * 2 + [(batch_size, heads, tokens, head_dim)]
         cpu_inputs = [torch.randn(s, generator=g) for s in shapes]
-        fc = count_flops(core.eval(), tuple(cpu_inputs))
-        base.update(macs=fc.macs, elementwise=fc.elementwise)
+        key = (cand["attention"], repr(cand.get("options")), tokens, head_dim, heads, batch_size)
+        if key not in _CORE_COUNT_CACHE:  # counts do not depend on the values or the dtype
+            fc = count_flops(core.eval(), tuple(cpu_inputs))
+            _CORE_COUNT_CACHE[key] = {"macs": fc.macs, "elementwise": fc.elementwise}
+        base.update(_CORE_COUNT_CACHE[key])
         try:
             core = core.to(dev, dt)
             q, k, v = (t.to(dev, dt) for t in cpu_inputs)
@@ -171,6 +178,31 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
             rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
                                p90_ms=r["p90_ms"], n=r["n"], throughput=1.0 / t.median_s, status="ok")
     return [rows[c["label"]] for c in candidates]
+
+
+def compare_cores_finite(candidates: Sequence[Candidate], **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`compare_cores`, but a core whose output has NaN/inf becomes a ``status='nonfinite'`` row.
+
+    The others are then timed together without it (e.g. a kernel overflowing in float16), as in
+    :func:`compare_models_finite`; ``kwargs`` are those of :func:`compare_cores`; rows keep candidate order.
+    """
+    remaining = list(candidates)
+    failed: dict[str, dict[str, Any]] = {}
+    while True:
+        try:
+            rows = compare_cores(remaining, **kwargs) if remaining else []
+            break
+        except ValueError as err:
+            bad = next((c for c in remaining if str(err).startswith(f"output of {c['label']} contains")), None)
+            if bad is None:
+                raise
+            failed[bad["label"]] = {
+                "label": bad["label"], "attention": bad["attention"], "tokens": kwargs.get("tokens"),
+                "batch_size": kwargs.get("batch_size", 1), "dtype": kwargs.get("dtype", "float32"),
+                "status": "nonfinite", "error": str(err).splitlines()[0][:200]}
+            remaining = [c for c in remaining if c["label"] != bad["label"]]
+    by_label = {r["label"]: r for r in rows}
+    return [by_label.get(c["label"]) or failed[c["label"]] for c in candidates]
 
 
 def implied_attention(attention: str, q: torch.Tensor, k: torch.Tensor, **options: Any) -> torch.Tensor:

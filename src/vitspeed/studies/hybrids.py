@@ -26,8 +26,9 @@ from torch import nn
 
 from vitspeed.studies.compare import candidate, compare_models_finite, run_sweep
 
-__all__ = ["CHAPTER", "MODELS", "PUBLISHED", "DEFAULT_MODELS", "fold_conv_bn", "count_batchnorms",
-           "published_table", "hybrids_group", "run_hybrids", "spearman", "rank_correlation", "add_flops_fit"]
+__all__ = ["CHAPTER", "MODELS", "PUBLISHED", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn", "count_batchnorms",
+           "batchnorms_left", "published_table", "hybrids_group", "run_hybrids", "spearman", "rank_correlation",
+           "add_flops_fit", "pair_ratios"]
 
 CHAPTER = "hybrids"
 
@@ -49,7 +50,16 @@ MODELS: dict[str, tuple[str, str]] = {
 }
 
 #: A small set for CPU-sized defaults: one model of each kind.
-DEFAULT_MODELS = ["deit_tiny_patch16_224", "levit_128s", "efficientvit_b1", "qtvit_1", "flatten_swin_tiny"]
+DEFAULT_MODELS = ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "flatten_swin_tiny", "levit_128s",
+                  "efficientvit_b1", "qtvit_1"]
+
+#: (model, reference) pairs the chapter compares directly: what a change of design costs against its FLOPs.
+PAIRS: list[tuple[str, str]] = [
+    ("qtvit_1", "efficientvit_b1"),
+    ("flatten_swin_tiny", "swin_tiny_patch4_window7_224"),
+    ("levit_128s", "deit_tiny_patch16_224"),
+    ("efficientvit_b1", "deit_tiny_patch16_224"),
+]
 
 #: Published FLOPs (GMACs), params (M) and ImageNet top-1 (%) with their bib key; absent = not collected.
 PUBLISHED: dict[str, dict[str, Any]] = {
@@ -85,6 +95,20 @@ def fold_conv_bn(model: nn.Module) -> nn.Module:
 def count_batchnorms(model: nn.Module) -> int:
     """Number of BatchNorm layers (any dimension) left in ``model``."""
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def batchnorms_left(models: Iterable[str], fold_bn: bool = True, img_size: int = 224) -> pd.DataFrame:
+    """BatchNorm layers in each model as it is timed (after LeViT's folding and, with ``fold_bn``,
+    :func:`fold_conv_bn`): columns model, label, batchnorms. Builds each model once."""
+    from vitspeed.models import create_model
+
+    rows = []
+    for cand in _candidates(list(models), fold_bn):
+        model = create_model(cand["model"], img_size=img_size)
+        if cand.get("prepare") is not None:
+            model = cand["prepare"](model)
+        rows.append({"model": cand["model"], "label": cand["label"], "batchnorms": count_batchnorms(model)})
+    return pd.DataFrame(rows)
 
 
 def _candidates(models: Sequence[str], fold_bn: bool) -> list[dict[str, Any]]:
@@ -135,7 +159,8 @@ def hybrids_group(models: Sequence[str], img_size: int, batch_size: int, dtype: 
 
 def run_hybrids(models: Sequence[str] = tuple(DEFAULT_MODELS), img_size: int = 224,
                 batch_sizes: Iterable[int] = (1, 8), device: str = "cpu", dtypes: Iterable[str] = ("float32",),
-                warmup: int = 3, repeats: int = 10, fold_bn: bool = True, run_id: str | None = None) -> pd.DataFrame:
+                warmup: int = 3, repeats: int = 10, fold_bn: bool = True,
+                run_id: str | None = None) -> pd.DataFrame:
     """Sweep batch sizes x dtypes over ``models``, rows written to data/hybrids; returns this run's rows."""
     models = list(models)
     _candidates(models, fold_bn)  # validate before anything runs
@@ -191,3 +216,28 @@ def add_flops_fit(results: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in _GROUP if k in ok]
     ok["time_vs_flops"] = ok.ms_per_gmac / ok.groupby(keys).ms_per_gmac.transform("median")
     return ok
+
+
+def pair_ratios(results: pd.DataFrame, pairs: Sequence[tuple[str, str]] = tuple(PAIRS)) -> pd.DataFrame:
+    """For each (model, reference) pair present in a group: its MACs ratio and its latency ratio.
+
+    One row per (hardware, dtype, threads, batch, pair): ``macs_ratio`` = gmacs(model)/gmacs(reference),
+    ``time_ratio`` = ms_per_image(model)/ms_per_image(reference), ``time_per_macs`` = time_ratio /
+    macs_ratio (> 1: the model is slower than its FLOPs predict relative to the reference).
+    """
+    ok = results[results.status.fillna("ok") == "ok"]
+    keys = [k for k in _GROUP if k in ok]
+    out = []
+    for key, g in ok.groupby(keys, sort=True):
+        by_model = g.set_index("model")
+        for model, ref in pairs:
+            if model not in by_model.index or ref not in by_model.index:
+                continue
+            a, b = by_model.loc[model], by_model.loc[ref]
+            macs_ratio = float(a.gmacs / b.gmacs)
+            time_ratio = float(a.ms_per_image / b.ms_per_image)
+            out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "model": model,
+                        "reference": ref, "pair": f"{a.label} / {b.label}", "macs_ratio": macs_ratio,
+                        "time_ratio": time_ratio, "time_per_macs": time_ratio / macs_ratio})
+    return pd.DataFrame(out, columns=[*keys, "model", "reference", "pair", "macs_ratio", "time_ratio",
+                                      "time_per_macs"])

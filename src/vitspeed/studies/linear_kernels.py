@@ -63,30 +63,33 @@ def kernel_candidates(names: Sequence[str] | None = None, model: str | None = No
 
 
 def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequence[str] | None = None,
-                       model_names: Sequence[str] | None = None, img_size: int = 224, head_dim: int = 64,
-                       heads: int = 6, batch_size: int = 1, device: str = "cpu",
-                       dtypes: Sequence[str] = ("float32",), warmup: int = 3, repeats: int = 10,
-                       run_id: str | None = None) -> pd.DataFrame:
+                       model_names: Sequence[str] | None = None, img_sizes: Sequence[int] = (224,),
+                       head_dim: int = 64, heads: int = 6, batch_size: int = 1, core_batch_size: int | None = None,
+                       device: str = "cpu", dtypes: Sequence[str] = ("float32",), warmup: int = 3,
+                       repeats: int = 10, run_id: str | None = None) -> pd.DataFrame:
     """Time every kernel as a core (per token count) and in every model; rows to data/linear_kernels.
 
     ``names`` are the variants timed as cores (default all of :data:`VARIANTS`), ``model_names``
-    those put into each of ``models`` (default the same). Core rows (``kind='core'``): MACs and
-    elementwise ops for the whole batch of ``batch_size`` x ``heads`` heads, latency per call (ms),
-    peak memory (MB). Model rows (``kind='model'``): GMACs per image, params (millions), latency
-    per batch (ms), throughput (images/s). Resumable by ``run_id``; returns this run's rows.
+    those put into each of ``models`` at each of ``img_sizes`` (default the same names). Core rows
+    (``kind='core'``): MACs and elementwise ops for the whole batch of ``core_batch_size`` (default
+    ``batch_size``) x ``heads`` heads, latency per call (ms), peak memory (MB). Model rows
+    (``kind='model'``, batch ``batch_size``): GMACs per image, params (millions), latency per batch
+    (ms), throughput (images/s). FLatten's ``focused`` core needs square token counts (its
+    depthwise conv runs on a sqrt(N) x sqrt(N) grid). Resumable by ``run_id``; returns this run's rows.
     """
     names = _check_names(VARIANTS if names is None else names)
     model_names = _check_names(names if model_names is None else model_names)
     dtypes = list(dtypes)
     configs = ([{"kind": "core", "model": None, "img_size": None, "tokens": int(n), "dtype": dt}
                 for dt in dtypes for n in tokens]
-               + [{"kind": "model", "model": m, "img_size": int(img_size), "tokens": None, "dtype": dt}
-                  for dt in dtypes for m in models])
+               + [{"kind": "model", "model": m, "img_size": int(s), "tokens": None, "dtype": dt}
+                  for dt in dtypes for m in models for s in img_sizes])
+    core_batch = batch_size if core_batch_size is None else core_batch_size
 
     def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if cfg["kind"] == "core":
             rows = compare_cores(kernel_candidates(names), tokens=cfg["tokens"], head_dim=head_dim, heads=heads,
-                                 batch_size=batch_size, device=device, dtype=cfg["dtype"], warmup=warmup,
+                                 batch_size=core_batch, device=device, dtype=cfg["dtype"], warmup=warmup,
                                  repeats=repeats)
         else:
             rows = compare_models(kernel_candidates(model_names, model=cfg["model"]), img_size=cfg["img_size"],

@@ -19,12 +19,13 @@ import pandas as pd
 import sympy as sp
 
 from vitspeed import formulas as F
+from vitspeed.attention import families as _families  # noqa: F401  registers every variant in book order first
 from vitspeed.attention import hallucinated as _hallucinated_module
 from vitspeed import ffn as _ffn_module
 from vitspeed.ffn import cffn_rank
 from vitspeed.models import create_model
 from vitspeed.models.hvit import merge_ffns
-from vitspeed.studies.compare import Candidate, candidate, compare_models, run_sweep
+from vitspeed.studies.compare import Candidate, candidate, compare_models_finite, run_sweep
 
 __all__ = ["BASES", "VARIANTS", "hmhsa_ratio", "redundancy_candidates", "compare_redundancy",
            "run_redundancy", "predicted_savings", "counted_savings", "interpretation", "CLAIMED_RANGE_PCT"]
@@ -85,9 +86,11 @@ def redundancy_candidates(base: str, num_heads: int | None = None) -> list[Candi
 def _savings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add savings against the stock row of the same group (percent, positive = fewer / faster)."""
     stock = next(r for r in rows if r["variant"] == "stock")
+    nan = float("nan")
     for r in rows:
-        r["macs_saved_pct"] = 100.0 * (1.0 - r["gmacs"] / stock["gmacs"])
-        r["params_saved_pct"] = 100.0 * (1.0 - r["params_m"] / stock["params_m"])
+        counted = "gmacs" in r and "gmacs" in stock  # absent from rows with a non-finite output
+        r["macs_saved_pct"] = 100.0 * (1.0 - r["gmacs"] / stock["gmacs"]) if counted else nan
+        r["params_saved_pct"] = 100.0 * (1.0 - r["params_m"] / stock["params_m"]) if counted else nan
         ok = r.get("status") == "ok" and stock.get("status") == "ok"
         r["latency_saved_pct"] = 100.0 * (1.0 - r["median_ms"] / stock["median_ms"]) if ok else float("nan")
         r["speedup"] = stock["median_ms"] / r["median_ms"] if ok else float("nan")
@@ -98,13 +101,16 @@ def compare_redundancy(base: str, img_size: int = 224, batch_size: int = 1, devi
                        dtype: str = "float32", warmup: int = 3, repeats: int = 10) -> list[dict[str, Any]]:
     """Time the four variants of ``base`` interleaved; rows of compare_models plus savings.
 
+    A variant whose output is not finite (e.g. overflow in float16) gets ``status='nonfinite'``
+    and the others are timed without it.
+
     Extra columns: base (timm name), base_label (DeiT-T / DeiT-S), variant, hmhsa_ratio, tokens,
     macs_saved_pct, params_saved_pct, latency_saved_pct (vs the stock model, %), speedup (stock / variant).
     """
     geo = _geometry(base)
     cands = redundancy_candidates(base, geo["heads"])
-    rows = compare_models(cands, img_size=img_size, batch_size=batch_size, device=device, dtype=dtype,
-                          warmup=warmup, repeats=repeats)
+    rows = compare_models_finite(cands, img_size=img_size, batch_size=batch_size, device=device, dtype=dtype,
+                                 warmup=warmup, repeats=repeats)
     tokens = (img_size // geo["patch"]) ** 2 + 1
     for cand, row in zip(cands, rows):
         row.update(base=base, base_label=BASES[base][0], variant=cand["variant"], tokens=tokens,

@@ -33,9 +33,11 @@ __all__ = ["CHAPTER", "MODEL", "VARIANTS", "PUBLISHED_ABLATION", "PUBLISHED_LABE
 CHAPTER = "taylor"
 MODEL = "qtvit_1"
 # label -> (attention, options): the rows of QT-ViT's Table 3 plus the compact kernel of the
-# authors' code (unit-norm squares, D = d + 1) and softmax (cores only: QT-ViT takes linear kernels)
+# authors' code (unit-norm squares, D = d + 1) and softmax, fused and explicit (cores only: QT-ViT
+# takes linear kernels)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "softmax": ("softmax", {}),
+    "softmax (explicit)": ("softmax_explicit", {}),
     "full": ("taylor2_full", {}),
     "pool p=2": ("taylor2_pool", {"p": 2}),
     "pool p=4": ("taylor2_pool", {"p": 4}),
@@ -46,7 +48,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "compact": ("taylor2_compact", {}),
     "compact (code)": ("taylor2_compact", {"mode": "reference"}),
 }
-TIMED = ("softmax", "full", "pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
+TIMED = ("softmax", "softmax (explicit)", "full", "pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
 # QT-ViT Table 3: ImageNet top-1 (%) of QT-ViT-1 trained with each way of cutting the Kronecker cost
 PUBLISHED_ABLATION = {"full": 79.7, "pool p=2": 79.3, "pool p=4": 79.1, "chunk c=2": 79.4, "chunk c=4": 79.3,
                       "chunk c=8": 79.1, "random": 61.8, "compact": 79.6}
@@ -114,7 +116,7 @@ def qtvit_costs(img_size: int = 224, labels: Sequence[str] | None = None, refere
     attn_g_elementwise (the QTLiteMLA modules), params_m (millions), unhandled (ops the counter
     missed; empty). ``references`` adds ReLU in the same shell and timm's EfficientViT-B1.
     """
-    labels = [x for x in _check_labels(VARIANTS if labels is None else labels) if x != "softmax"]
+    labels = [x for x in _check_labels(VARIANTS if labels is None else labels) if not x.startswith("softmax")]
     rows = []
     for cand in _model_candidates(labels, references):
         model = create_model(cand["model"], img_size=img_size, attention=cand.get("attention"),
@@ -131,19 +133,20 @@ def qtvit_costs(img_size: int = 224, labels: Sequence[str] | None = None, refere
 
 def run_taylor(tokens: Sequence[int], img_sizes: Sequence[int], head_dims: Sequence[int] = (16,), heads: int = 16,
                labels: Sequence[str] | None = None, model_labels: Sequence[str] | None = None,
-               references: bool = True, batch_size: int = 1, device: str = "cpu",
+               references: bool = True, batch_size: int = 1, core_batch_size: int | None = None, device: str = "cpu",
                dtypes: Sequence[str] = ("float32",), warmup: int = 3, repeats: int = 10,
                run_id: str | None = None) -> pd.DataFrame:
     """Time the Taylor cores over token counts and QT-ViT-1 over image sizes; rows to data/taylor.
 
-    Core rows (``kind='core'``, per head_dim x tokens x dtype): MACs and elementwise ops of the
-    whole batch, latency per call (ms), peak memory (MB). Model rows (``kind='model'``, per img_size
+    Core rows (``kind='core'``, per head_dim x tokens x dtype, batch ``core_batch_size``, default
+    ``batch_size``): MACs and elementwise ops of the whole batch, latency per call (ms), peak memory (MB). Model rows (``kind='model'``, per img_size
     x dtype): GMACs per image, params (millions), latency per batch (ms), throughput (images/s);
     ``references`` adds ReLU in the QT-ViT shell and timm's EfficientViT-B1. Head dims must be
     divisible by the pooling and chunk factors. Resumable by ``run_id``; returns this run's rows.
     """
     labels = _check_labels(TIMED if labels is None else labels)
-    model_labels = [x for x in _check_labels(labels if model_labels is None else model_labels) if x != "softmax"]
+    model_labels = [x for x in _check_labels(labels if model_labels is None else model_labels)
+                    if not x.startswith("softmax")]
     for label in labels:
         name, options = VARIANTS[label]
         for hd in head_dims:
@@ -153,6 +156,7 @@ def run_taylor(tokens: Sequence[int], img_sizes: Sequence[int], head_dims: Seque
                     raise ValueError(f"head dim {hd} is not divisible by {factor} ({label}); "
                                      f"choose head dims that are multiples of 8 or drop {label!r}")
     dtypes = list(dtypes)
+    core_batch = batch_size if core_batch_size is None else core_batch_size
     configs = ([{"kind": "core", "img_size": None, "tokens": int(n), "head_dim": int(hd), "dtype": dt}
                 for dt in dtypes for hd in head_dims for n in tokens]
                + [{"kind": "model", "img_size": int(s), "tokens": None, "head_dim": None, "dtype": dt}
@@ -161,7 +165,7 @@ def run_taylor(tokens: Sequence[int], img_sizes: Sequence[int], head_dims: Seque
     def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if cfg["kind"] == "core":
             rows = compare_cores(taylor_candidates(labels), tokens=cfg["tokens"], head_dim=cfg["head_dim"],
-                                 heads=heads, batch_size=batch_size, device=device, dtype=cfg["dtype"],
+                                 heads=heads, batch_size=core_batch, device=device, dtype=cfg["dtype"],
                                  warmup=warmup, repeats=repeats)
         else:
             rows = compare_models(_model_candidates(model_labels, references), img_size=cfg["img_size"],
@@ -183,7 +187,7 @@ def approximation_table(labels: Sequence[str] | None = None, tokens: int = 196, 
     rescaling), ``negative_share`` and ``nonpositive_den`` from
     :func:`~vitspeed.studies.linear_kernels.kernel_diagnostics`, and the published ablation top-1.
     """
-    labels = [x for x in _check_labels(VARIANTS if labels is None else labels) if x != "softmax"]
+    labels = [x for x in _check_labels(VARIANTS if labels is None else labels) if not x.startswith("softmax")]
     out = []
     for reference in references:
         for hd in head_dims:

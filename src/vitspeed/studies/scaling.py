@@ -1,0 +1,286 @@
+"""Chapter "scaling": latency, throughput and memory of every attention variant as tokens grow.
+
+Two levels, both timed with the shared machinery of :mod:`vitspeed.studies.compare` (all variants
+of one configuration interleaved, outputs checked finite, out-of-memory recorded per candidate):
+
+- ``core``: the attention core alone on random (B, heads, N, head_dim) q, k, v (DeiT-S geometry:
+  6 heads of 64 by default), over token counts N. Token counts must be perfect squares because
+  FLatten's ``focused`` core, given no grid, treats all N tokens as a square map for its DWC.
+- ``model``: DeiT-S with every block's attention swapped, over image sizes (N = (side/16)^2 + 1
+  tokens) at one batch size, and over batch sizes at one image size.
+
+``caps`` limits costly variants (``taylor2_full`` is O(N d^3)): ``{variant: max tokens per call}``,
+tokens per image times the batch size (the cost is linear in both); a capped point is not run and
+is recorded with ``status='capped'`` and its ``cap_tokens``, so tables list it.
+
+The *crossover* of a variant is the token count where it overtakes fused softmax attention
+(``softmax``, PyTorch's SDPA): the ratio r(N) = latency(variant) / latency(softmax), measured in
+one interleaved group per N, is interpolated linearly in log N - log r between the two measured
+points where it falls through 1. The FLOPs-predicted crossover solves the closed-form core costs
+(:func:`vitspeed.formulas.core_formula`) for the same N. Units: latency ms per call/batch (median,
+IQR), throughput calls/s (core) or images/s (model), peak memory MB (rise during one forward).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import sympy as sp
+
+from vitspeed import formulas as F
+from vitspeed.attention import get_attention, list_attentions
+from vitspeed.studies.compare import candidate, compare_cores_finite, compare_models_finite, run_sweep
+
+__all__ = ["REFERENCE", "BACKBONE", "resolve_variants", "model_tokens", "core_group", "model_group",
+           "run_scaling", "crossover_point", "crossovers", "predicted_crossovers", "latency_ratios"]
+
+CHAPTER = "scaling"
+REFERENCE = "softmax"  # fused SDPA, the fastest honest softmax baseline
+BACKBONE = "deit_small_patch16_224"
+PATCH = 16
+KEY_FIELDS = ("level", "tokens", "img_size", "batch_size", "dtype")
+NOT_IN_RANGE = "not within measured range"
+FASTER_THROUGHOUT = "faster throughout"
+CROSSES = "crosses"
+TOO_FEW = "too few points"
+
+
+def resolve_variants(variants: str | Iterable[str]) -> list[str]:
+    """``"all"`` -> every registered variant; else the names, checked against the registry.
+
+    The reference (fused softmax) is always included, first.
+    """
+    names = list_attentions() if variants == "all" else list(variants)
+    for name in names:
+        get_attention(name)  # ValueError listing the valid names
+    return [REFERENCE] + [n for n in names if n != REFERENCE]
+
+
+def model_tokens(img_size: int, patch: int = PATCH) -> int:
+    """Tokens of DeiT at ``img_size``: (img_size / patch)^2 patches plus the class token."""
+    if img_size % patch:
+        raise ValueError(f"image size {img_size} is not a multiple of the patch size {patch}; "
+                         f"valid sizes: multiples of {patch} (224, 240, ...)")
+    return (img_size // patch) ** 2 + 1
+
+
+def _capped(variant: str, tokens: int, batch_size: int, caps: dict[str, int] | None) -> int | None:
+    """The cap of ``variant`` if tokens x batch exceeds it, else None."""
+    cap = (caps or {}).get(variant)
+    return int(cap) if cap is not None and tokens * batch_size > cap else None
+
+
+def _capped_row(level: str, variant: str, tokens: int, cap: int, **extra: Any) -> dict[str, Any]:
+    return {"level": level, "label": variant, "attention": variant, "family": get_attention(variant).family,
+            "tokens": tokens, **extra, "status": "capped", "cap_tokens": cap}
+
+
+def core_group(variants: Sequence[str], tokens: int, batch_size: int = 1, device: str = "cpu",
+               dtype: str = "float32", head_dim: int = 64, heads: int = 6, warmup: int = 3,
+               repeats: int = 10, caps: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """All variants' cores timed interleaved at one token count: rows of compare_cores plus
+    ``level='core'``, ``family``, ``img_size`` (empty) and capped rows; a core whose output is not
+    finite (e.g. overflow in float16) gets ``status='nonfinite'`` and the others are timed without it."""
+    run = [v for v in variants if _capped(v, tokens, batch_size, caps) is None]
+    rows = compare_cores_finite([candidate(v, attention=v) for v in run], tokens=tokens, head_dim=head_dim,
+                                heads=heads, batch_size=batch_size, device=device, dtype=dtype, warmup=warmup,
+                                repeats=repeats) if run else []
+    for row in rows:
+        row.update(level="core", family=get_attention(row["attention"]).family, img_size=None)
+    for v in variants:
+        cap = _capped(v, tokens, batch_size, caps)
+        if cap is not None:
+            rows.append(_capped_row("core", v, tokens, cap, img_size=None, batch_size=batch_size,
+                                    dtype=dtype, head_dim=head_dim, heads=heads))
+    return rows
+
+
+def model_group(variants: Sequence[str], img_size: int, batch_size: int = 1, device: str = "cpu",
+                dtype: str = "float32", warmup: int = 3, repeats: int = 10,
+                caps: dict[str, int] | None = None, model: str = BACKBONE) -> list[dict[str, Any]]:
+    """DeiT-S with each variant's attention, timed interleaved at one (image size, batch): rows of
+    compare_models plus ``level='model'``, ``tokens``, ``family`` and capped rows (non-finite
+    outputs recorded as ``status='nonfinite'``, as for cores)."""
+    tokens = model_tokens(img_size)
+    run = [v for v in variants if _capped(v, tokens, batch_size, caps) is None]
+    rows = compare_models_finite([candidate(v, model=model, attention=v) for v in run], img_size=img_size,
+                                 batch_size=batch_size, device=device, dtype=dtype, warmup=warmup,
+                                 repeats=repeats) if run else []
+    for row in rows:
+        row.update(level="model", tokens=tokens, family=get_attention(row["attention"]).family)
+    for v in variants:
+        cap = _capped(v, tokens, batch_size, caps)
+        if cap is not None:
+            rows.append(_capped_row("model", v, tokens, cap, img_size=img_size, batch_size=batch_size,
+                                    dtype=dtype, model=model))
+    return rows
+
+
+def _check_square(tokens: Iterable[int], variants: Sequence[str]) -> None:
+    if "focused" not in variants:
+        return
+    bad = [n for n in tokens if math.isqrt(n) ** 2 != n]
+    if bad:
+        raise ValueError(f"core token counts {bad} are not perfect squares, which the 'focused' core needs "
+                         "(its DWC treats the N tokens as a square map); valid choices: 64, 256, 1024, 4096, ...")
+
+
+def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterable[int] = (64, 256),
+                model_variants: str | Iterable[str] = "all", img_sizes: Iterable[int] = (224,),
+                batch_sizes: Iterable[int] = (1,), batch_img_size: int = 224, model_batch_size: int = 1,
+                core_batch_size: int = 1, device: str = "cpu", dtypes: Iterable[str] = ("float32",),
+                head_dim: int = 64, heads: int = 6, warmup: int = 3, repeats: int = 10,
+                caps: dict[str, int] | None = None, run_id: str | None = None,
+                model: str = BACKBONE) -> pd.DataFrame:
+    """Sweep both levels into data/scaling as ONE run (one file per hardware): this run's rows.
+
+    Core level: ``core_tokens`` x dtypes at ``core_batch_size``. Model level: ``img_sizes`` at
+    ``model_batch_size`` plus ``batch_sizes`` at ``batch_img_size`` (shared points measured once),
+    ``model`` a DeiT/ViT timm name (DeiT-S by default).
+    Resumable with the same ``run_id``; a whole configuration that runs out of memory is recorded
+    as ``status='oom'``.
+    """
+    import datetime as _dt
+
+    core_vs = resolve_variants(core_variants)
+    model_vs = resolve_variants(model_variants)
+    core_tokens, img_sizes, batch_sizes, dtypes = list(core_tokens), list(img_sizes), list(batch_sizes), list(dtypes)
+    _check_square(core_tokens, core_vs)
+    for s in [*img_sizes, batch_img_size]:
+        model_tokens(s)
+    run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    configs: list[dict[str, Any]] = []
+    for dt in dtypes:
+        configs += [{"level": "core", "tokens": n, "img_size": None, "batch_size": core_batch_size, "dtype": dt}
+                    for n in core_tokens]
+        points = [(s, model_batch_size) for s in img_sizes]
+        points += [(batch_img_size, b) for b in batch_sizes if (batch_img_size, b) not in points]
+        configs += [{"level": "model", "tokens": model_tokens(s), "img_size": s, "batch_size": b, "dtype": dt}
+                    for s, b in points]
+
+    def group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        if cfg["level"] == "core":
+            return core_group(core_vs, cfg["tokens"], cfg["batch_size"], device=device, dtype=cfg["dtype"],
+                              head_dim=head_dim, heads=heads, warmup=warmup, repeats=repeats, caps=caps)
+        return model_group(model_vs, cfg["img_size"], cfg["batch_size"], device=device, dtype=cfg["dtype"],
+                           warmup=warmup, repeats=repeats, caps=caps, model=model)
+
+    return run_sweep(CHAPTER, configs, group, key_fields=KEY_FIELDS, device=device, dtypes=dtypes, run_id=run_id)
+
+
+def crossover_point(tokens: Sequence[float], ratio: Sequence[float]) -> tuple[float, str]:
+    """Where ``ratio`` (variant / reference latency) falls through 1 as tokens grow.
+
+    Returns (N*, status): status ``crosses`` with N* interpolated linearly in (log N, log ratio)
+    between the last measured point at or above 1 and the next one, the variant being faster at
+    every larger measured N; ``faster throughout`` (N* = nan: below the smallest measured N);
+    ``not within measured range`` (still slower at the largest measured N); ``too few points``.
+    """
+    pts = sorted((float(n), float(r)) for n, r in zip(tokens, ratio) if r > 0 and math.isfinite(r))
+    if len(pts) < 2:
+        return math.nan, TOO_FEW
+    if pts[-1][1] >= 1.0:
+        return math.nan, NOT_IN_RANGE
+    slower = [i for i, (_, r) in enumerate(pts) if r >= 1.0]
+    if not slower:
+        return math.nan, FASTER_THROUGHOUT
+    i = slower[-1]
+    (n1, r1), (n2, r2) = pts[i], pts[i + 1]
+    x1, x2, y1, y2 = math.log(n1), math.log(n2), math.log(r1), math.log(r2)
+    return float(math.exp(x1 + (0.0 - y1) * (x2 - x1) / (y2 - y1))), CROSSES
+
+
+def crossovers(results: pd.DataFrame, level: str = "core", reference: str = REFERENCE,
+               by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
+    """Measured crossover of every variant against ``reference`` per device/precision/batch group.
+
+    Uses rows of ``level`` with status 'ok' where both the variant and the reference were
+    measured at the same token count. Columns: the ``by`` fields, attention, family, crossover_tokens,
+    status, tokens_min / tokens_max (measured range), ratio_min_n / ratio_max_n (latency ratio at
+    the smallest / largest N).
+    """
+    df = results[(results.level == level) & (results.status.fillna("ok") == "ok")].copy()
+    by = [b for b in by if b in df.columns]
+    out = []
+    for key, grp in df.groupby(by, dropna=False) if by else [((), df)]:
+        key = key if isinstance(key, tuple) else (key,)
+        ref = grp[grp.attention == reference].groupby("tokens").median_ms.median()
+        for variant, vg in grp[grp.attention != reference].groupby("attention", sort=False):
+            t = vg.groupby("tokens").median_ms.median()
+            common = sorted(set(t.index) & set(ref.index))
+            ratio = [t[n] / ref[n] for n in common]
+            n_star, status = crossover_point(common, ratio)
+            out.append({**dict(zip(by, key)), "attention": variant, "family": get_attention(variant).family,
+                        "crossover_tokens": n_star, "status": status,
+                        "tokens_min": min(common) if common else math.nan,
+                        "tokens_max": max(common) if common else math.nan,
+                        "ratio_min_n": ratio[0] if ratio else math.nan,
+                        "ratio_max_n": ratio[-1] if ratio else math.nan})
+    return pd.DataFrame(out)
+
+
+def _formula_crossover(cost_v: sp.Expr, cost_r: sp.Expr, n_sym: sp.Symbol) -> tuple[float, str]:
+    """Largest N >= 16 (a 4 x 4 map) where cost_v falls below cost_r (log grid, then bisection)."""
+    fv = sp.lambdify(n_sym, cost_v, "numpy")
+    fr = sp.lambdify(n_sym, cost_r, "numpy")
+
+    def g(n: float) -> float:  # log of the cost ratio
+        return math.log(float(fv(n))) - math.log(float(fr(n)))
+
+    grid = np.logspace(math.log10(16), 9, 801)
+    vals = [g(n) for n in grid]
+    if all(v < 0 for v in vals):
+        return math.nan, "cheaper at every N"
+    if vals[-1] >= 0:
+        if all(abs(v) < 1e-12 for v in vals):
+            return math.nan, "same cost at every N"
+        return math.nan, "never"
+    i = max(j for j, v in enumerate(vals) if v >= 0)
+    lo, hi = math.log(grid[i]), math.log(grid[i + 1])
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if g(math.exp(mid)) >= 0:
+            lo = mid
+        else:
+            hi = mid
+    return float(math.exp(0.5 * (lo + hi))), CROSSES
+
+
+def predicted_crossovers(variants: str | Iterable[str] = "all", head_dim: int = 64, heads: int = 6,
+                         reference: str = REFERENCE) -> pd.DataFrame:
+    """Token count where each variant's closed-form core cost falls below the reference's.
+
+    Two predictions per variant (batch 1, default options): ``macs_crossover`` from MACs alone (the
+    literature's FLOPs) and ``total_crossover`` from MACs + elementwise ops. Status columns say
+    ``crosses``, ``cheaper at every N``, ``same cost at every N`` or ``never``. The projections
+    and the FFN are the same for every variant (hallucinated attention aside, which only saves), so
+    the whole-model prediction is the same N.
+    """
+    n_sym = sp.Symbol("N", positive=True)
+    ref = F.core_formula(reference, 1, n_sym, head_dim, heads)
+    rows = []
+    for v in resolve_variants(variants):
+        if v == reference:
+            continue
+        f = F.core_formula(v, 1, n_sym, head_dim, heads)
+        macs_n, macs_status = _formula_crossover(f["macs"], ref["macs"], n_sym)
+        tot_n, tot_status = _formula_crossover(f["macs"] + f["elementwise"], ref["macs"] + ref["elementwise"], n_sym)
+        rows.append({"attention": v, "family": get_attention(v).family, "complexity": get_attention(v).complexity,
+                     "macs_crossover": macs_n, "macs_status": macs_status,
+                     "total_crossover": tot_n, "total_status": tot_status})
+    return pd.DataFrame(rows)
+
+
+def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str = REFERENCE,
+                   by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
+    """Rows of ``level`` (status ok) with ``ratio`` = median latency / the reference's median at the
+    same token count in the same group (> 1: slower than fused softmax)."""
+    df = results[(results.level == level) & (results.status.fillna("ok") == "ok")].copy()
+    keys = [b for b in by if b in df.columns] + ["tokens"]
+    ref = (df[df.attention == reference].groupby(keys, dropna=False).median_ms.median()
+           .rename("reference_ms").reset_index())
+    df = df.merge(ref, on=keys, how="inner")
+    df["ratio"] = df.median_ms / df.reference_ms
+    return df

@@ -1,0 +1,51 @@
+"""Shared comparison machinery: interleaved model/core timing, implied maps, approximation error."""
+import math
+
+import pytest
+import torch
+
+from vitspeed.studies import compare
+from vitspeed.studies.compare import approximation, candidate, compare_cores, compare_models, implied_attention
+
+
+def test_implied_attention_of_softmax_is_the_softmax_map():
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, 10, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    expected = (q @ k.transpose(-1, -2) / math.sqrt(8)).softmax(-1)
+    torch.testing.assert_close(implied_attention("softmax", q, k), expected)
+
+
+def test_approximation_of_the_reference_itself_is_exact_and_entropies_are_bounded():
+    rows = approximation([candidate("explicit", attention="softmax_explicit"),
+                          candidate("relu", attention="linear_relu")], tokens=16, head_dim=8, heads=2)
+    assert rows[0]["rel_error"] < 1e-12
+    assert rows[1]["rel_error"] > 1e-3
+    for r in rows:
+        assert 0 < r["row_entropy"] <= r["uniform_entropy"] + 1e-9
+
+
+def test_compare_cores_times_every_candidate_and_counts_flops():
+    rows = compare_cores([candidate("fused", attention="softmax"), candidate("relu", attention="linear_relu")],
+                         tokens=32, head_dim=8, heads=2, warmup=1, repeats=2)
+    assert [r["label"] for r in rows] == ["fused", "relu"]
+    for r in rows:
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["macs"] > 0
+    assert rows[0]["macs"] == 2 * 2 * 32 * 32 * 8  # B h N N (d + dv)
+
+
+def test_compare_models_records_out_of_memory_per_candidate(monkeypatch):
+    real = compare.forward_peak_memory
+
+    def fake(fn, dev):
+        if fake.calls == 0:
+            fake.calls += 1
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real(fn, dev)
+
+    fake.calls = 0
+    monkeypatch.setattr(compare, "forward_peak_memory", fake)
+    rows = compare_models([candidate("a", model="deit_tiny_patch16_224", attention="jaccard"),
+                           candidate("b", model="deit_tiny_patch16_224")], img_size=32, warmup=1, repeats=2)
+    assert rows[0]["status"] == "oom" and "out of memory" in rows[0]["error"]
+    assert rows[1]["status"] == "ok" and rows[1]["median_ms"] > 0
+    assert rows[1]["params_m"] == pytest.approx(5.5, abs=0.3)

@@ -1,0 +1,106 @@
+"""Chapter 7 study: hybrids timed against their FLOPs, BatchNorm folding, rank correlation, pairs."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from vitspeed.models import create_model, get_model_spec
+from vitspeed.studies import hybrids as H
+
+
+def test_every_listed_model_is_known_to_the_factory():
+    for name in H.MODELS:
+        get_model_spec(name)  # ValueError if unknown
+    assert set(H.DEFAULT_MODELS) <= set(H.MODELS)
+    assert {m for pair in H.PAIRS for m in pair} <= set(H.MODELS)
+
+
+def test_published_table_holds_the_papers_numbers_and_nothing_invented():
+    pub = H.published_table().set_index("model")
+    assert list(pub.index) == list(H.MODELS)
+    assert pub.loc["levit_128s", "published_gmacs"] == 0.305
+    assert pub.loc["efficientvit_b1", "published_top1"] == 79.4
+    assert pub.loc["swin_tiny_patch4_window7_224", "published_params_m"] == 28.0
+    assert pub.loc["flatten_swin_tiny", "published_top1"] == 82.1
+    assert math.isnan(pub.loc["levit_256", "published_gmacs"]) and pub.loc["levit_256", "source"] == ""
+
+
+def test_fold_conv_bn_keeps_outputs_and_removes_every_convnorm_batchnorm():
+    torch.manual_seed(0)
+    model = create_model("efficientvit_b1")
+    for m in model.modules():  # non-trivial running statistics, so folding is really tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        before = model(x)
+    assert H.count_batchnorms(model) > 0
+    H.fold_conv_bn(model)
+    assert H.count_batchnorms(model) == 0
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_spearman():
+    assert H.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
+    assert H.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert H.spearman([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
+    assert math.isnan(H.spearman([1, 2], [1, 2]))
+    assert math.isnan(H.spearman([1, 2, 3], [5, 5, 5]))
+    with pytest.raises(ValueError, match="equal length"):
+        H.spearman([1, 2, 3], [1, 2])
+
+
+def _results():
+    rows = []
+    for batch, ms in [(1, {"a": 1.0, "b": 4.0, "c": 2.0}), (8, {"a": 8.0, "b": 16.0, "c": 24.0})]:
+        for model, gmacs in [("a", 1.0), ("b", 2.0), ("c", 4.0)]:
+            rows.append({"hardware": "hw", "dtype": "float32", "threads": 2, "batch_size": batch, "model": model,
+                         "label": model.upper(), "gmacs": gmacs, "median_ms": ms[model], "status": "ok",
+                         "ms_per_image": ms[model] / batch, "ms_per_gmac": ms[model] / batch / gmacs})
+    rows.append({**rows[0], "model": "d", "label": "D", "status": "oom", "median_ms": float("nan")})
+    return pd.DataFrame(rows)
+
+
+def test_rank_correlation_per_group_ignores_failed_rows():
+    rho = H.rank_correlation(_results()).set_index("batch_size")
+    assert rho.loc[1, "models"] == 3 and rho.loc[1, "spearman"] == pytest.approx(0.5)
+    assert rho.loc[8, "spearman"] == pytest.approx(1.0)
+
+
+def test_flops_fit_and_pairs():
+    fit = H.add_flops_fit(_results()).set_index(["batch_size", "model"])
+    assert "d" not in fit.index.get_level_values("model")
+    # batch 1: ms per gmac a=1, b=2, c=0.5 -> median 1
+    assert fit.loc[(1, "b"), "time_vs_flops"] == pytest.approx(2.0)
+    assert fit.loc[(1, "c"), "time_vs_flops"] == pytest.approx(0.5)
+    pairs = H.pair_ratios(_results(), pairs=[("c", "a"), ("a", "missing")])
+    assert len(pairs) == 2  # one per batch size; the pair with an absent model is skipped
+    p1 = pairs[pairs.batch_size == 1].iloc[0]
+    assert p1.pair == "C / A" and p1.macs_ratio == 4.0 and p1.time_ratio == 2.0 and p1.time_per_macs == 0.5
+
+
+def test_unknown_model_is_a_value_error():
+    with pytest.raises(ValueError, match="valid choices"):
+        H.run_hybrids(models=["levit_128s", "resnet50"])
+
+
+def test_run_writes_rows_with_cost_per_gmac(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    df = H.run_hybrids(models=["levit_128s", "efficientvit_b1"], batch_sizes=[2], warmup=0, repeats=1,
+                       run_id="t1")
+    assert list(df.label) == ["LeViT-128S", "EfficientViT-B1"] and set(df.status) == {"ok"}
+    assert list(df.family) == ["LeViT", "EfficientViT"] and df.bn_folded.all()
+    for col in ["median_ms", "iqr_ms", "throughput", "gmacs", "params_m", "peak_mem_mb", "ms_per_image",
+                "ms_per_gmac"]:
+        assert col in df, col
+    assert (df.ms_per_image == df.median_ms / 2).all()
+    assert df.ms_per_gmac.tolist() == pytest.approx((df.ms_per_image / df.gmacs).tolist())
+    by = df.set_index("model")
+    assert by.loc["levit_128s", "gmacs"] == pytest.approx(0.305, rel=0.01)  # published 305M
+    assert by.loc["efficientvit_b1", "gmacs"] == pytest.approx(0.52, rel=0.01)  # published 0.52G, BN folded
+    left = H.batchnorms_left(["levit_128s", "efficientvit_b1"]).set_index("model").batchnorms
+    assert left.to_dict() == {"levit_128s": 0, "efficientvit_b1": 0}

@@ -1,0 +1,101 @@
+"""Chapter 4 study module: kernel sweeps write complete rows, approximation diagnostics are right."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from vitspeed.studies import linear_kernels as L
+from vitspeed.studies.compare import approximation, candidate
+
+SMALL = dict(tokens=36, head_dim=8, heads=2, batch_size=1, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_candidates_cover_table_2_and_reject_unknown_names():
+    labels = [c["label"] for c in L.kernel_candidates()]
+    assert labels == list(L.VARIANTS)
+    assert set(L.PUBLISHED_TOP1) - {"softmax"} <= set(L.KERNELS)
+    assert all(c["model"] == "deit_tiny_patch16_224" for c in L.kernel_candidates(["softmax"], model="deit_tiny_patch16_224"))
+    with pytest.raises(ValueError, match="valid choices"):
+        L.kernel_candidates(["linear_relu", "nope"])
+
+
+def test_sweep_writes_core_and_model_rows_and_resumes(results_dir):
+    kw = dict(names=["softmax", "linear_relu", "linear_mean"], model_names=["softmax", "linear_relu"], img_sizes=[144],
+              head_dim=8, heads=2, warmup=0, repeats=1, run_id="t")
+    rows = L.run_linear_kernels([64], ["deit_tiny_patch16_224"], **kw)
+    assert len(rows) == 3 + 2
+    assert set(rows.kind) == {"core", "model"} and (rows.status == "ok").all()
+    cores = rows[rows.kind == "core"].set_index("label")
+    assert list(cores.index) == ["softmax", "linear_relu", "linear_mean"]
+    assert (cores.median_ms > 0).all() and (cores.macs > 0).all()
+    # 64 tokens > head_dim + 1: the kernels do fewer MACs than softmax (2 N^2 d h)
+    assert cores.loc["softmax", "macs"] == 2 * 64 * 64 * 8 * 2
+    assert cores.loc["linear_relu", "macs"] < cores.loc["softmax", "macs"]
+    models = rows[rows.kind == "model"].set_index("label")  # 82 tokens > 65: fewer MACs
+    assert set(models.model) == {"deit_tiny_patch16_224"} and (models.img_size == 144).all()
+    assert models.loc["linear_relu", "gmacs"] < models.loc["softmax", "gmacs"]
+    assert {"params_m", "throughput", "peak_mem_mb", "iqr_ms"} <= set(models.columns)
+    again = L.run_linear_kernels([64], ["deit_tiny_patch16_224"], **kw)  # resumed: nothing re-measured
+    assert len(again) == len(rows)
+
+
+def test_sweep_records_out_of_memory(results_dir, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+
+    monkeypatch.setattr(L, "compare_cores", oom)
+    rows = L.run_linear_kernels([64], [], names=["softmax"], head_dim=8, heads=2, warmup=0, repeats=1, run_id="o")
+    assert list(rows.status) == ["oom"] and rows.tokens.iloc[0] == 64 and "out of memory" in rows.error.iloc[0]
+
+
+def test_scaled_error_never_exceeds_relative_error_and_matches_approximation():
+    for name, options in [("linear_relu", {}), ("linear_mean", {"normalize": False}), ("taylor1", {})]:
+        diag = L.kernel_diagnostics(name, options, **SMALL)
+        (row,) = approximation([candidate(name, attention=name, options=options)], **SMALL)
+        assert diag["scaled_error"] <= row["rel_error"] + 1e-12
+    # an output that is the reference times 3 has relative error 2 and scaled error 0
+    ref = torch.randn(2, 3, 4, dtype=torch.float64)
+    assert L._scaled_error(3 * ref, ref) < 1e-12
+
+
+def test_approximation_table_explains_the_signed_normaliser():
+    table = L.approximation_table(**SMALL).set_index("label")
+    assert table.loc["softmax_explicit", "rel_error"] < 1e-10
+    assert "uniform (mean of V)" in table.index and table.loc["uniform (mean of V)", "row_entropy"] == pytest.approx(math.log(36))
+    # signed kernels divided by their row sums: a large share of rows has a non-positive normaliser
+    for label in ("linear_cosine (normalize=True)", "linear_mean (normalize=True)"):
+        assert table.loc[label, "nonpositive_den"] > 0.2
+        assert table.loc[label, "max_weight"] > 1.0
+        assert table.loc[label, "row_sum"] == pytest.approx(1.0, abs=1e-3)
+    # without the denominator the implied rows sum to about zero: an error of scale
+    for label in ("linear_cosine (normalize=False)", "linear_mean (normalize=False)"):
+        assert abs(table.loc[label, "row_sum"]) < 0.5
+        assert math.isnan(table.loc[label, "nonpositive_den"])
+        assert table.loc[label, "scaled_error"] < 1.0 < table.loc[label, "rel_error"]
+    # positive kernels: convex combinations
+    for label in ("linear_relu", "linear_elu", "linear_angular", "linear_sigmoid_softmax", "taylor2_compact", "focused"):
+        assert table.loc[label, "nonpositive_den"] == 0
+        assert table.loc[label, "negative_share"] == 0
+        assert table.loc[label, "row_sum"] == pytest.approx(1.0, abs=1e-4)  # eps in the normaliser
+    assert table.loc["taylor1", "published_top1"] == 78.5 and table.loc["softmax_explicit", "published_top1"] == 79.8
+    assert math.isnan(table.loc["linear_cosine (normalize=True)", "published_top1"])
+    assert math.isnan(table.loc["linear_elu", "published_top1"])
+    assert table.loc["focused", "options"].endswith("kernel_size=0")
+    assert isinstance(table.reset_index(), pd.DataFrame) and len(table) == len(L.VARIANTS) - 1 + 4 + 1

@@ -1,0 +1,154 @@
+"""Tests of the scaling chapter's study module: tiny sizes, CPU, one thread."""
+import gc
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from vitspeed.attention import list_attentions
+from vitspeed.results import read_results
+from vitspeed.studies import scaling as S
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny tensors: a second thread only adds synchronization, which a busy shared machine makes slow
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def frozen_gc():
+    # the harness runs gc.collect() per candidate; with timm, sympy and fvcore loaded each takes
+    # tenths of a second unless the long-lived objects are frozen out of the collector's scans
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+def test_resolve_variants():
+    assert S.resolve_variants("all") == list_attentions()
+    assert S.resolve_variants(["linear_relu"]) == ["softmax", "linear_relu"]  # reference always first
+    with pytest.raises(ValueError, match="valid choices"):
+        S.resolve_variants(["no_such_attention"])
+
+
+def test_model_tokens_and_bad_sizes():
+    assert S.model_tokens(224) == 197 and S.model_tokens(512) == 1025
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        S.model_tokens(100)
+    with pytest.raises(ValueError, match="perfect squares"):
+        S.run_scaling(["focused"], [60], ["softmax"], [32])
+
+
+def test_crossover_point_interpolates_log_log():
+    n, status = S.crossover_point([100, 400], [2.0, 0.5])
+    assert status == S.CROSSES
+    assert n == pytest.approx(200.0)  # log-linear: halfway in log N where log r crosses 0
+    n, status = S.crossover_point([64, 256, 1024], [3.0, 0.9, 1.2])
+    assert status == S.NOT_IN_RANGE and math.isnan(n)
+    n, status = S.crossover_point([64, 256, 1024], [1.5, 1.2, 0.8])
+    assert status == S.CROSSES and 256 < n < 1024
+    assert S.crossover_point([64, 256], [0.5, 0.4])[1] == S.FASTER_THROUGHOUT
+    assert S.crossover_point([64], [0.5])[1] == S.TOO_FEW
+    # noisy dip below 1 then back above: the last crossing counts
+    n, status = S.crossover_point([16, 64, 256, 1024], [2.0, 0.9, 1.1, 0.5])
+    assert status == S.CROSSES and 256 < n < 1024
+
+
+def test_crossovers_from_rows():
+    rows = []
+    for n, (ts, tl) in {64: (1.0, 4.0), 256: (4.0, 4.0 * 1.0), 1024: (16.0, 4.0)}.items():
+        rows += [{"level": "core", "attention": "softmax", "tokens": n, "median_ms": ts, "status": "ok",
+                  "hardware": "h", "dtype": "float32", "batch_size": 1},
+                 {"level": "core", "attention": "linear_relu", "tokens": n, "median_ms": tl, "status": "ok",
+                  "hardware": "h", "dtype": "float32", "batch_size": 1}]
+    rows.append({"level": "core", "attention": "taylor2_full", "tokens": 1024, "status": "capped",
+                 "hardware": "h", "dtype": "float32", "batch_size": 1})
+    out = S.crossovers(pd.DataFrame(rows), level="core").set_index("attention")
+    assert out.loc["linear_relu", "status"] == S.CROSSES
+    assert out.loc["linear_relu", "crossover_tokens"] == pytest.approx(256.0)  # ratio exactly 1 at 256
+    assert "taylor2_full" not in out.index  # capped rows are not measurements
+    ratios = S.latency_ratios(pd.DataFrame(rows), level="core")
+    assert ratios[ratios.attention == "softmax"].ratio.eq(1).all()
+
+
+def test_predicted_crossovers():
+    pred = S.predicted_crossovers("all").set_index("attention")
+    assert "softmax" not in pred.index and len(pred) == len(list_attentions()) - 1
+    # linear_relu: 2 h N D (d + 1) with D = d vs 2 h N^2 d -> N = d + 1 = 65
+    assert pred.loc["linear_relu", "macs_crossover"] == pytest.approx(65.0, rel=1e-6)
+    # exact Kronecker Taylor kernel: D = (d + 1)^2 + 1 -> N = D (d + 1) / d
+    assert pred.loc["taylor2_full", "macs_crossover"] == pytest.approx((65 ** 2 + 1) * 65 / 64, rel=1e-6)
+    assert pred.loc["softmax_explicit", "macs_status"] == "same cost at every N"
+    assert pred.loc["softmax_explicit", "total_status"] == "never"
+    assert pred.loc["hallucinated", "macs_status"] == "cheaper at every N"
+
+
+def test_run_scaling_writes_one_run_with_caps_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    kw = dict(core_variants=["linear_relu", "taylor2_full", "focused"], core_tokens=[16, 64],
+              model_variants=["linear_relu"], img_sizes=[32, 48], batch_sizes=[1, 2], batch_img_size=32,
+              warmup=0, repeats=1, caps={"taylor2_full": 20}, run_id="t1",
+              model="deit_tiny_patch16_224")
+    df = S.run_scaling(**kw)
+    core = df[df.level == "core"]
+    assert set(core.attention) == {"softmax", "linear_relu", "taylor2_full", "focused"}
+    capped = df[df.status == "capped"]
+    assert list(capped.attention) == ["taylor2_full"] and list(capped.tokens) == [64]
+    assert capped.cap_tokens.iloc[0] == 20
+    # the cap counts tokens x batch: 5 tokens x batch 2 = 10 <= 20 runs, so no model row is capped
+    kw2 = {**kw, "core_variants": ["softmax"], "model_variants": ["taylor2_full"], "img_sizes": [32],
+           "batch_sizes": [2, 8], "caps": {"taylor2_full": 12}, "run_id": "t2"}
+    df2 = S.run_scaling(**kw2)
+    m2 = df2[(df2.level == "model") & (df2.attention == "taylor2_full")].set_index("batch_size")
+    assert m2.loc[2, "status"] == "ok" and m2.loc[8, "status"] == "capped"
+    model = df[df.level == "model"]
+    # (32, b1), (48, b1) and (32, b2): the shared point (32, 1) is measured once
+    assert sorted(zip(model.img_size, model.batch_size)) == [(32, 1)] * 2 + [(32, 2)] * 2 + [(48, 1)] * 2
+    assert set(model.tokens) == {5, 10}
+    for col in ["median_ms", "iqr_ms", "throughput", "peak_mem_mb", "family", "status"]:
+        assert col in df.columns
+    ok = df[df.status == "ok"]
+    assert ok.median_ms.gt(0).all()
+    assert len(S.run_scaling(**kw)) == len(df)  # resumed: nothing measured twice
+    stored = read_results("scaling", roots=[tmp_path])
+    assert len(stored[stored.run_id == "t1"]) == len(df)
+
+
+def test_out_of_memory_recorded_per_candidate(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    real = compare.forward_peak_memory
+    calls = []
+
+    def fake(fn, dev):  # the second core (linear_relu) runs out of memory
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real(fn, dev)
+
+    monkeypatch.setattr(compare, "forward_peak_memory", fake)
+    rows = S.core_group(["softmax", "linear_relu"], tokens=16, warmup=0, repeats=1)
+    assert [r["status"] for r in rows] == ["ok", "oom"]
+    assert rows[1]["level"] == "core" and "out of memory" in rows[1]["error"]
+
+
+def test_nonfinite_core_is_recorded_and_others_timed(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    real = compare.check_output
+
+    def fake(fn, name=None, **kw):
+        if name == "linear_relu":
+            raise ValueError("output of linear_relu contains 7 non-finite value(s) (NaN or inf); refusing")
+        return real(fn, name=name, **kw)
+
+    monkeypatch.setattr(compare, "check_output", fake)
+    rows = S.core_group(["softmax", "linear_relu", "linear_elu"], tokens=16, warmup=0, repeats=1)
+    assert [r["status"] for r in rows] == ["ok", "nonfinite", "ok"]
+    assert rows[1]["level"] == "core" and rows[1]["family"] == "linear"
