@@ -14,7 +14,7 @@ from vitspeed.formulas import core_formula
 LINEAR = ["linear_relu", "linear_elu", "linear_cosine", "linear_mean", "linear_sigmoid_softmax",
           "linear_angular", "taylor1", "efficient"]
 # every variant with its default options, plus the non-default normalisation switches
-CASES = [(name, {}) for name in LINEAR] + [("linear_cosine", {"normalize": False}),
+CASES = [(name, {}) for name in LINEAR] + [("linear_cosine", {"normalize": True}),
                                            ("linear_mean", {"normalize": True})]
 
 
@@ -41,7 +41,7 @@ def test_linear_form_equals_explicit_quadratic_form(name, options, N):
 
 # kernels whose weights can be negative: their sum normaliser can come near zero, which magnifies
 # rounding (the instability the module documents), so float32 agreement is looser there
-SIGNED_NORMALISER = {("linear_cosine", ()), ("linear_mean", (("normalize", True),)), ("taylor1", ())}
+SIGNED_NORMALISER = {("linear_cosine", (("normalize", True),)), ("linear_mean", (("normalize", True),)), ("taylor1", ())}
 
 
 @pytest.mark.parametrize("name,options", CASES)
@@ -63,7 +63,7 @@ def test_weights_follow_the_published_kernels():
     expected = {
         "linear_relu": _normalised(q.relu() @ k.relu().transpose(-1, -2), v, 1e-15),
         "linear_elu": _normalised((F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2), v, 1e-6),
-        "linear_cosine": _normalised(qh @ kh.transpose(-1, -2), v, 1e-6),
+        "linear_cosine": (qh @ kh.transpose(-1, -2)) @ v,
         "linear_mean": (q @ k.transpose(-1, -2) / N) @ v,
         "linear_sigmoid_softmax": _normalised(q.sigmoid() @ k.softmax(-2).transpose(-1, -2), v, 1e-6),
         "linear_angular": _normalised(0.5 + qh @ kh.transpose(-1, -2) / math.pi, v, 0.0),
@@ -72,9 +72,9 @@ def test_weights_follow_the_published_kernels():
     }
     for name, want in expected.items():
         torch.testing.assert_close(build_core(name, d, 3)(q, k, v), want, msg=name)
-    # Hydra's raw form and the literal sum normaliser of the mean kernel
-    torch.testing.assert_close(build_core("linear_cosine", d, 3, normalize=False)(q, k, v),
-                               (qh @ kh.transpose(-1, -2)) @ v)
+    # the signed sum normaliser of the cosine kernel and of the mean kernel
+    torch.testing.assert_close(build_core("linear_cosine", d, 3, normalize=True)(q, k, v),
+                               _normalised(qh @ kh.transpose(-1, -2), v, 1e-6))
     qm, km = q / math.sqrt(N), k / math.sqrt(N)
     torch.testing.assert_close(build_core("linear_mean", d, 3, normalize=True)(q, k, v),
                                _normalised(qm @ km.transpose(-1, -2), v, 1e-6))

@@ -9,10 +9,11 @@ Variants (the kernels of QT-ViT Table 2 plus two classics):
 
 - ``linear_relu``   phi = ReLU (EfficientViT), eps 1e-15.
 - ``linear_elu``    phi = elu(x) + 1 (Katharopoulos et al.), eps 1e-6.
-- ``linear_cosine`` phi = x / ||x|| (Hydra's kernel). The weights qhat.khat are signed, so the
-  normaliser can be zero or negative; it is kept (option ``normalize=True``, eps 1e-6, as the
-  section-4 formula has it) and nothing guards its sign. ``normalize=False`` gives Hydra's own
-  unnormalised form phi(Q)(phi(K)^T V).
+- ``linear_cosine`` phi = x / ||x|| (Hydra's kernel). By default Hydra's own form,
+  phi(Q)(phi(K)^T V) with no normaliser, as its reference code computes it. The weights qhat.khat
+  are signed, so the section-4 normaliser qhat . sum khat can be zero or negative: on random inputs
+  about half of the rows get a normaliser <= 0 and blow up. ``normalize=True`` applies it anyway
+  (eps 1e-6, sign unguarded) for the comparison in the linear-kernels chapter.
 - ``linear_mean``   phi = x / sqrt(N) (PolyNL). The 1/sqrt(N) on both sides *is* the normalisation:
   the weights are q.k / N, a mean over positions. With the sum normaliser the 1/sqrt(N) would
   cancel, and q . sum k is signed, so by default (``normalize=False``) the output is
@@ -216,11 +217,12 @@ class EluLinearAttention(LinearAttention):
 
 
 class CosineLinearAttention(LinearAttention):
-    """Hydra's cosine kernel phi = x / ||x||; normalised by qhat . sum khat (signed) unless told not."""
+    """Hydra's cosine kernel phi = x / ||x||, unnormalised as in Hydra; ``normalize=True`` divides by
+    the signed qhat . sum khat (section-4 form, unstable)."""
 
     variant = "linear_cosine"
 
-    def __init__(self, head_dim: int, num_heads: int, normalize: bool = True, eps: float = 1e-6) -> None:
+    def __init__(self, head_dim: int, num_heads: int, normalize: bool = False, eps: float = 1e-6) -> None:
         super().__init__(head_dim, num_heads)
         self.normalize = normalize
         self.eps = eps
@@ -392,8 +394,8 @@ register_attention(AttentionSpec(
     summary="linear transformer kernel phi = elu(x) + 1 (Katharopoulos et al.)",
     paper="katharopoulos2020transformers", formula=_with_features(lambda B, N, d, h: 4 * B * h * N * d), **_L))
 register_attention(AttentionSpec(
-    name="linear_cosine", core=CosineLinearAttention, options={"normalize": True, "eps": 1e-6},
-    summary="Hydra cosine kernel phi = x/||x||; normaliser signed (normalize=False: Hydra's raw form)",
+    name="linear_cosine", core=CosineLinearAttention, options={"normalize": False, "eps": 1e-6},
+    summary="Hydra cosine kernel phi = x/||x||, no normaliser as in Hydra (normalize=True: signed sum)",
     paper="bolya2022hydra", formula=_with_features(_normalize_ops), **_L))
 register_attention(AttentionSpec(
     name="linear_mean", core=MeanLinearAttention, options={"normalize": False, "eps": 1e-6},
