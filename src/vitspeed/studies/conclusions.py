@@ -1,0 +1,86 @@
+"""Conclusions: the fastest attention per device, precision and resolution, with the accuracy cost.
+
+Reads what the other chapters wrote to data/ (nothing is measured here):
+- ``scaling``: DeiT-S with every attention variant, whole-model latency over resolutions;
+- ``swin_similarity``: the seed's Swin-T "possible sets";
+- ``hybrids``: LeViT, EfficientViT, QT-ViT, FLatten-Swin, DeiT, Swin.
+Accuracies are the papers' published ImageNet top-1 (../shared/reference/papers.md), each with the
+setting it was measured in; they are not comparable across settings and we did not train anything.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+__all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "swin_sets", "SEED_SETS"]
+
+#: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
+PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
+    "softmax": (79.8, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "linear_relu": (79.4, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "linear_cosine": (79.1, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "linear_mean": (78.8, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "linear_sigmoid_softmax": (78.9, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "linear_angular": (79.1, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "taylor1": (78.5, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "taylor2_compact": (79.6, "EfficientViT-B1, QT-ViT Table 2", "xu2024qtvit"),
+    "taylor2_full": (79.7, "QT-ViT-1, QT-ViT Table 3", "xu2024qtvit"),
+    "taylor2_pool": (79.3, "QT-ViT-1 (p=2), QT-ViT Table 3", "xu2024qtvit"),
+    "taylor2_chunk": (79.4, "QT-ViT-1 (c=2), QT-ViT Table 3", "xu2024qtvit"),
+    "taylor2_random": (61.8, "QT-ViT-1, QT-ViT Table 3", "xu2024qtvit"),
+    "focused": (74.1, "DeiT-T (softmax 72.2), FLatten", "han2023flatten"),
+}
+
+#: The seed's "possible sets" as labelled in the Swin chapter.
+SEED_SETS = ["softmax", "flatten", "jaccard", "euclidean", "cosine"]
+
+
+def published_accuracy() -> pd.DataFrame:
+    """Published top-1 per variant with its setting and BibTeX key (one row per variant)."""
+    return pd.DataFrame([{"attention": k, "published_top1": v[0], "setting": v[1], "source": v[2]}
+                         for k, v in PUBLISHED_TOP1.items()])
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows that were measured (status ok or absent): OOM, capped and non-finite points dropped."""
+    if "status" not in df:
+        return df
+    return df[df.status.fillna("ok") == "ok"]
+
+
+def speedups(scaling: pd.DataFrame, reference: str = "softmax") -> pd.DataFrame:
+    """Model-level speedup of each variant over fused softmax in the same interleaved measurement.
+
+    One row per (hardware, dtype, img_size, batch_size, attention): median_ms and
+    ``speedup`` = reference median / variant median (> 1 is faster than fused softmax).
+    """
+    df = ok_rows(scaling[scaling.level == "model"]).copy()
+    keys = ["hardware", "dtype", "img_size", "batch_size"]
+    ref = df[df.attention == reference][keys + ["median_ms"]].rename(columns={"median_ms": "reference_ms"})
+    out = df.merge(ref, on=keys, how="inner")
+    out["speedup"] = out.reference_ms / out.median_ms
+    out["img_size"] = out.img_size.astype(int)
+    out["batch_size"] = out.batch_size.astype(int)
+    return out[keys + ["attention", "family", "tokens", "median_ms", "iqr_ms", "reference_ms", "speedup"]]
+
+
+def fastest(speed: pd.DataFrame, min_top1_drop: float | None = None) -> pd.DataFrame:
+    """The fastest variant per (hardware, dtype, img_size, batch_size).
+
+    With ``min_top1_drop`` only variants whose published top-1 (QT-ViT Table 2 setting) is within that
+    many points of softmax's are eligible: "fast while keeping a good model".
+    """
+    df = speed
+    if min_top1_drop is not None:
+        table2 = {k: v[0] for k, v in PUBLISHED_TOP1.items() if "Table 2" in v[1]}
+        keep = {k for k, top1 in table2.items() if table2["softmax"] - top1 <= min_top1_drop}
+        df = df[df.attention.isin(keep)]
+    idx = df.groupby(["hardware", "dtype", "img_size", "batch_size"]).median_ms.idxmin()
+    return df.loc[idx].reset_index(drop=True)
+
+
+def swin_sets(swin: pd.DataFrame) -> pd.DataFrame:
+    """The seed's Swin-T sets per (hardware, dtype, batch): median ms, ratio to fused softmax, rank."""
+    df = ok_rows(swin[swin.label.isin(SEED_SETS)]).copy()
+    df["rank"] = df.groupby(["hardware", "dtype", "batch_size"]).median_ms.rank().astype(int)
+    cols = ["hardware", "dtype", "batch_size", "label", "median_ms", "iqr_ms", "ratio_vs_softmax", "rank"]
+    return df[cols].sort_values(["hardware", "dtype", "batch_size", "rank"]).reset_index(drop=True)
