@@ -1,4 +1,5 @@
 """Chapter 3 study: Swin-T variants timed against the fused base, seed ratios, timm's fused flag."""
+import json
 import math
 
 import pandas as pd
@@ -123,3 +124,13 @@ def test_every_variant_builds_as_a_swin_tiny_with_the_named_attention():
             assert model.layers[0].blocks[0].attn.variant == "focused" and attn.variant == "softmax"
         else:
             assert attn.variant == spec["attention"]
+
+
+def test_a_run_over_several_dtypes_records_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setitem(S.VARIANTS, "softmax", ({"model": "deit_tiny_patch16_224", "attention": "softmax"}, "s"))
+    df = S.run_swin_similarity(img_size=64, batch_sizes=[1], dtypes=["float32", "bfloat16"], variants=["softmax"],
+                               warmup=0, repeats=1, run_id="t2")
+    assert list(df.dtype) == ["float32", "bfloat16"] and set(df.status) == {"ok"}
+    (env,) = (tmp_path / S.CHAPTER).glob("*__t2.env.json")
+    assert json.loads(env.read_text())["dtype"] == "float32,bfloat16"

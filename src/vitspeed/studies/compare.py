@@ -260,9 +260,14 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
     """
     dev = resolve_device(device)
     dtypes = list(dtypes)
+    if not dtypes:
+        raise ValueError("run_sweep needs at least one dtype; valid names: float32, bfloat16, float16")
     for dt in dtypes:
         resolve_dtype(dt, dev.type)
-    writer = ResultsWriter(chapter, environment_record(str(dev), ",".join(dtypes)), run_id=run_id)
+    # environment_record takes one dtype; the run's list is recorded as text.
+    env = environment_record(str(dev), dtypes[0])
+    env["dtype"] = ",".join(dtypes)
+    writer = ResultsWriter(chapter, env, run_id=run_id)
     done = writer.done_keys(key_fields)
     for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done, key_fields=key_fields,
                         desc=chapter):

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype
+from vitspeed.envinfo import resolve_device, resolve_dtype
 from vitspeed.flops import count_flops
 from vitspeed.models import create_model
 from vitspeed.timing import check_output, measure
@@ -114,25 +114,13 @@ def run_time_share(models: Iterable[str], img_sizes: Iterable[int], device: str 
                    dtypes: Iterable[str] = ("float32",), batch_size: int = 1, warmup: int = 3,
                    repeats: int = 10, run_id: str | None = None) -> pd.DataFrame:
     """Sweep models x sizes x dtypes, writing rows to data/time_share (resumable by run id)."""
-    from vitspeed.results import ResultsWriter
-    from vitspeed.timing import sweep
+    from vitspeed.studies.compare import run_sweep
 
-    dev = resolve_device(device)
-    dtypes = list(dtypes)
-    for dt in dtypes:
-        resolve_dtype(dt, dev.type)
-    writer = ResultsWriter("time_share", environment_record(str(dev), ",".join(dtypes)), run_id=run_id)
-    key = ("model", "img_size", "dtype")
     configs = [{"model": m, "img_size": s, "dtype": dt} for m in models for s in img_sizes for dt in dtypes]
-    done = writer.done_keys(key)
 
-    def run_one(cfg: dict) -> dict:
-        return {"rows": time_share(cfg["model"], cfg["img_size"], device=str(dev), dtype=cfg["dtype"],
-                                   batch_size=batch_size, warmup=warmup, repeats=repeats)}
+    def run_one(cfg: dict) -> list[dict[str, Any]]:
+        return time_share(cfg["model"], cfg["img_size"], device=device, dtype=cfg["dtype"],
+                          batch_size=batch_size, warmup=warmup, repeats=repeats)
 
-    for result in sweep(configs, run_one, done=done, key_fields=key, desc="time share"):
-        if "rows" in result:
-            writer.extend(result["rows"])
-        else:  # out of memory at this size: recorded as such
-            writer.add(result)
-    return pd.read_csv(writer.path) if writer.path.exists() else pd.DataFrame()
+    return run_sweep("time_share", configs, run_one, key_fields=("model", "img_size", "dtype"),
+                     device=device, dtypes=dtypes, run_id=run_id)
