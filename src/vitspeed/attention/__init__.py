@@ -16,3 +16,6 @@ __all__ = [
     "register_attention",
     "validate_options",
 ]
+
+# Register every family now, in book order, whichever family module a caller imports first.
+from vitspeed.attention import families  # noqa: E402,F401
