@@ -1,10 +1,8 @@
 """Tests of the redundancy chapter's study module (hMHSA + cFFN on DeiT): tiny images, CPU."""
-import gc
 import math
 
 import pandas as pd
 import pytest
-import torch
 
 from vitspeed.results import read_results
 from vitspeed.studies import redundancy as R
@@ -12,23 +10,7 @@ from vitspeed.studies import redundancy as R
 TINY = "deit_tiny_patch16_224"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a second thread only adds synchronization, which a busy shared machine makes slow
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def frozen_gc():
-    # the harness runs gc.collect() per candidate; with timm, sympy and fvcore loaded each takes
-    # tenths of a second unless the long-lived objects are frozen out of the collector's scans
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
+pytestmark = pytest.mark.usefixtures("one_thread", "frozen_gc")
 
 
 def test_ratio_matches_hvit_split():

@@ -1,33 +1,15 @@
 """Tests of the scaling chapter's study module: tiny sizes, CPU, one thread."""
-import gc
 import math
 
 import pandas as pd
 import pytest
-import torch
 
 from vitspeed.attention import list_attentions
 from vitspeed.results import read_results
 from vitspeed.studies import scaling as S
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a second thread only adds synchronization, which a busy shared machine makes slow
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def frozen_gc():
-    # the harness runs gc.collect() per candidate; with timm, sympy and fvcore loaded each takes
-    # tenths of a second unless the long-lived objects are frozen out of the collector's scans
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
+pytestmark = pytest.mark.usefixtures("one_thread", "frozen_gc")
 
 
 def test_resolve_variants():

@@ -10,14 +10,6 @@ from vitspeed.results import config_key
 from vitspeed.timing import Timing, benchmark_model, check_output, is_oom_error, measure, sweep
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_timing_summary_in_seconds_and_row_in_ms():
     t = Timing([0.004, 0.001, 0.003, 0.002, 0.005])
     assert t.n == 5

@@ -52,6 +52,34 @@ def _model_counts(model: torch.nn.Module, cand: Candidate, img_size: int) -> dic
     return dict(_COUNT_CACHE[key])
 
 
+def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, dev: torch.device) -> None:
+    """Build the timed callable (``make_fn()`` moves weights and inputs to the device), measure its
+    peak memory and check its output; a candidate that runs out of memory becomes an OOM row."""
+    try:
+        fn = make_fn()
+        out, peak, _ = forward_peak_memory(fn, dev)
+        del out
+        check_output(fn, name=label)
+    except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
+        if not is_oom_error(err):
+            raise
+        rows[label] = _oom_row(base, err)
+        return
+    fns[label] = fn
+    rows[label] = {**base, "peak_mem_mb": peak}
+
+
+def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: int, items_per_call: int) -> None:
+    """Time the prepared callables in one interleaved measurement and fill in their rows."""
+    if not fns:
+        return
+    timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+    for label, t in timings.items():
+        r = t.row()
+        rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
+                           p90_ms=r["p90_ms"], n=r["n"], throughput=items_per_call / t.median_s, status="ok")
+
+
 def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_size: int = 1,
                    device: str = "cpu", dtype: str = "float32", warmup: int = 3,
                    repeats: int = 10) -> list[dict[str, Any]]:
@@ -78,27 +106,36 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
         if cand.get("prepare") is not None:  # e.g. fold re-parameterizable branches for inference
             model = cand["prepare"](model)
         base.update(_model_counts(model, cand, img_size))
-        try:
-            model = model.to(dev, dt)
+
+        def make_fn(model=model):
+            m = model.to(dev, dt)
             x = torch.randn(batch_size, 3, img_size, img_size, device=dev, dtype=dt)
-            fn = (lambda m, inp: (lambda: m(inp)))(model, x)
-            out, peak, _ = forward_peak_memory(fn, dev)
-            del out
-            check_output(fn, name=label)
-        except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
-            if not is_oom_error(err):
-                raise
-            rows[label] = _oom_row(base, err)
-            continue
-        fns[label] = fn
-        rows[label] = {**base, "peak_mem_mb": peak}
-    if fns:
-        timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
-        for label, t in timings.items():
-            r = t.row()
-            rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
-                               p90_ms=r["p90_ms"], n=r["n"], throughput=batch_size / t.median_s, status="ok")
+            return lambda: m(x)
+
+        _prepare(fns, rows, label, base, make_fn, dev)
+    _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size)
     return [rows[c["label"]] for c in candidates]
+
+
+def _finite(compare, candidates: Sequence[Candidate], failed_fields, **kwargs: Any) -> list[dict[str, Any]]:
+    """Run ``compare``; a candidate whose output has NaN/inf becomes a ``status='nonfinite'`` row
+    (``failed_fields(candidate)`` gives its identifying columns) and the rest are timed again without it."""
+    remaining = list(candidates)
+    failed: dict[str, dict[str, Any]] = {}
+    while True:
+        try:
+            rows = compare(remaining, **kwargs) if remaining else []
+            break
+        except ValueError as err:
+            bad = next((c for c in remaining if str(err).startswith(f"output of {c['label']} contains")), None)
+            if bad is None:
+                raise
+            failed[bad["label"]] = {**failed_fields(bad), "batch_size": kwargs.get("batch_size", 1),
+                                    "dtype": kwargs.get("dtype", "float32"), "status": "nonfinite",
+                                    "error": str(err).splitlines()[0][:200]}
+            remaining = [c for c in remaining if c["label"] != bad["label"]]
+    by_label = {r["label"]: r for r in rows}
+    return [by_label.get(c["label"]) or failed[c["label"]] for c in candidates]
 
 
 def compare_models_finite(candidates: Sequence[Candidate], **kwargs: Any) -> list[dict[str, Any]]:
@@ -107,24 +144,9 @@ def compare_models_finite(candidates: Sequence[Candidate], **kwargs: Any) -> lis
     The others are then timed together without it (e.g. a model overflowing in float16), instead of
     the whole group failing. ``kwargs`` are those of :func:`compare_models`; rows keep candidate order.
     """
-    remaining = list(candidates)
-    failed: dict[str, dict[str, Any]] = {}
-    while True:
-        try:
-            rows = compare_models(remaining, **kwargs) if remaining else []
-            break
-        except ValueError as err:
-            bad = next((c for c in remaining if str(err).startswith(f"output of {c['label']} contains")), None)
-            if bad is None:
-                raise
-            failed[bad["label"]] = {
-                "label": bad["label"], "model": bad["model"], "attention": bad.get("attention") or "stock",
-                "img_size": kwargs.get("img_size", 224), "batch_size": kwargs.get("batch_size", 1),
-                "dtype": kwargs.get("dtype", "float32"), "status": "nonfinite",
-                "error": str(err).splitlines()[0][:200]}
-            remaining = [c for c in remaining if c["label"] != bad["label"]]
-    by_label = {r["label"]: r for r in rows}
-    return [by_label.get(c["label"]) or failed[c["label"]] for c in candidates]
+    return _finite(compare_models, candidates,
+                   lambda c: {"label": c["label"], "model": c["model"], "attention": c.get("attention") or "stock",
+                              "img_size": kwargs.get("img_size", 224)}, **kwargs)
 
 
 # (attention, options, tokens, head_dim, heads, batch) -> counts of a core, as _COUNT_CACHE for models
@@ -157,26 +179,14 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
             fc = count_flops(core.eval(), tuple(cpu_inputs))
             _CORE_COUNT_CACHE[key] = {"macs": fc.macs, "elementwise": fc.elementwise}
         base.update(_CORE_COUNT_CACHE[key])
-        try:
-            core = core.to(dev, dt)
+
+        def make_fn(core=core, cpu_inputs=cpu_inputs):
+            c = core.to(dev, dt)
             q, k, v = (t.to(dev, dt) for t in cpu_inputs)
-            fn = (lambda c, a, b, cc: (lambda: c(a, b, cc)))(core, q, k, v)
-            out, peak, _ = forward_peak_memory(fn, dev)
-            del out
-            check_output(fn, name=label)
-        except BaseException as err:  # noqa: BLE001
-            if not is_oom_error(err):
-                raise
-            rows[label] = _oom_row(base, err)
-            continue
-        fns[label] = fn
-        rows[label] = {**base, "peak_mem_mb": peak}
-    if fns:
-        timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
-        for label, t in timings.items():
-            r = t.row()
-            rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
-                               p90_ms=r["p90_ms"], n=r["n"], throughput=1.0 / t.median_s, status="ok")
+            return lambda: c(q, k, v)
+
+        _prepare(fns, rows, label, base, make_fn, dev)
+    _time_all(fns, rows, dev, warmup, repeats, items_per_call=1)
     return [rows[c["label"]] for c in candidates]
 
 
@@ -186,23 +196,9 @@ def compare_cores_finite(candidates: Sequence[Candidate], **kwargs: Any) -> list
     The others are then timed together without it (e.g. a kernel overflowing in float16), as in
     :func:`compare_models_finite`; ``kwargs`` are those of :func:`compare_cores`; rows keep candidate order.
     """
-    remaining = list(candidates)
-    failed: dict[str, dict[str, Any]] = {}
-    while True:
-        try:
-            rows = compare_cores(remaining, **kwargs) if remaining else []
-            break
-        except ValueError as err:
-            bad = next((c for c in remaining if str(err).startswith(f"output of {c['label']} contains")), None)
-            if bad is None:
-                raise
-            failed[bad["label"]] = {
-                "label": bad["label"], "attention": bad["attention"], "tokens": kwargs.get("tokens"),
-                "batch_size": kwargs.get("batch_size", 1), "dtype": kwargs.get("dtype", "float32"),
-                "status": "nonfinite", "error": str(err).splitlines()[0][:200]}
-            remaining = [c for c in remaining if c["label"] != bad["label"]]
-    by_label = {r["label"]: r for r in rows}
-    return [by_label.get(c["label"]) or failed[c["label"]] for c in candidates]
+    return _finite(compare_cores, candidates,
+                   lambda c: {"label": c["label"], "attention": c["attention"], "tokens": kwargs.get("tokens")},
+                   **kwargs)
 
 
 def implied_attention(attention: str, q: torch.Tensor, k: torch.Tensor, **options: Any) -> torch.Tensor:
