@@ -57,11 +57,19 @@ def list_notebooks(root: Path | None = None) -> list[str]:
 
 
 def strip_run_metadata(nb: Any) -> Any:
-    """Remove papermill's timing/status metadata from a notebook object (in place, returned)."""
+    """Remove papermill's timing/status metadata from a notebook object (in place, returned).
+
+    A parameters cell the book hides (tag ``remove-cell``) hides papermill's injected cell too.
+    """
     nb.metadata.pop("papermill", None)
+    hide = any("parameters" in c.metadata.get("tags", []) and "remove-cell" in c.metadata.get("tags", [])
+               for c in nb.cells)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        tags = cell.metadata.get("tags", [])
+        if hide and "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
     return nb
 
 
