@@ -23,3 +23,31 @@ def frozen_gc():
     gc.freeze()
     yield
     gc.unfreeze()
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    """A scratch results root: ResultsWriter writes there instead of the repository's data/."""
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def oom_on_call(monkeypatch):
+    """``oom_on_call(n)``: the n-th candidate prepared by the comparison machinery runs out of memory."""
+    import vitspeed.studies.compare as compare
+
+    real = compare.forward_peak_memory
+
+    def install(n: int) -> None:
+        calls = []
+
+        def fake(fn, dev):
+            calls.append(1)
+            if len(calls) == n:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+            return real(fn, dev)
+
+        monkeypatch.setattr(compare, "forward_peak_memory", fake)
+
+    return install

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from vitspeed.studies import compare
 from vitspeed.studies.compare import approximation, candidate, compare_cores, compare_models, implied_attention
 
 
@@ -33,17 +32,8 @@ def test_compare_cores_times_every_candidate_and_counts_flops():
     assert rows[0]["macs"] == 2 * 2 * 32 * 32 * 8  # B h N N (d + dv)
 
 
-def test_compare_models_records_out_of_memory_per_candidate(monkeypatch):
-    real = compare.forward_peak_memory
-
-    def fake(fn, dev):
-        if fake.calls == 0:
-            fake.calls += 1
-            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
-        return real(fn, dev)
-
-    fake.calls = 0
-    monkeypatch.setattr(compare, "forward_peak_memory", fake)
+def test_compare_models_records_out_of_memory_per_candidate(oom_on_call):
+    oom_on_call(1)
     rows = compare_models([candidate("a", model="deit_tiny_patch16_224", attention="jaccard"),
                            candidate("b", model="deit_tiny_patch16_224")], img_size=32, warmup=1, repeats=2)
     assert rows[0]["status"] == "oom" and "out of memory" in rows[0]["error"]

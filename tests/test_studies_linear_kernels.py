@@ -13,18 +13,7 @@ from vitspeed.studies.compare import approximation, candidate
 SMALL = dict(tokens=36, head_dim=8, heads=2, batch_size=1, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def results_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_candidates_cover_table_2_and_reject_unknown_names():

@@ -65,19 +65,8 @@ def test_compare_and_run_write_rows(tmp_path, monkeypatch):
     assert len(stored) == 8 and not math.isnan(stored.median_ms.iloc[0])
 
 
-def test_oom_of_a_candidate_is_recorded(monkeypatch):
-    import vitspeed.studies.compare as compare
-
-    real = compare.forward_peak_memory
-    calls = []
-
-    def fake(fn, dev):  # the second candidate (hMHSA) runs out of memory
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
-        return real(fn, dev)
-
-    monkeypatch.setattr(compare, "forward_peak_memory", fake)
+def test_oom_of_a_candidate_is_recorded(oom_on_call):
+    oom_on_call(2)  # the second candidate (hMHSA) runs out of memory
     rows = R.compare_redundancy(TINY, img_size=32, warmup=0, repeats=1)
     status = pd.Series([r["status"] for r in rows])
     assert list(status) == ["ok", "oom", "ok", "ok"]

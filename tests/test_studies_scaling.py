@@ -102,19 +102,8 @@ def test_run_scaling_writes_one_run_with_caps_and_resume(tmp_path, monkeypatch):
     assert len(stored[stored.run_id == "t1"]) == len(df)
 
 
-def test_out_of_memory_recorded_per_candidate(monkeypatch):
-    import vitspeed.studies.compare as compare
-
-    real = compare.forward_peak_memory
-    calls = []
-
-    def fake(fn, dev):  # the second core (linear_relu) runs out of memory
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
-        return real(fn, dev)
-
-    monkeypatch.setattr(compare, "forward_peak_memory", fake)
+def test_out_of_memory_recorded_per_candidate(oom_on_call):
+    oom_on_call(2)  # the second core (linear_relu) runs out of memory
     rows = S.core_group(["softmax", "linear_relu"], tokens=16, warmup=0, repeats=1)
     assert [r["status"] for r in rows] == ["ok", "oom"]
     assert rows[1]["level"] == "core" and "out of memory" in rows[1]["error"]

@@ -5,23 +5,11 @@ import math
 
 import pytest
 import sympy as sp
-import torch
 
 from vitspeed.studies import taylor as T
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def results_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_labels_and_published_ablation():
