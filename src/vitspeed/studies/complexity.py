@@ -15,7 +15,7 @@ from vitspeed import formulas as F
 from vitspeed.attention import build_core, get_attention, list_attentions
 from vitspeed.flops import count_flops
 
-__all__ = ["layer_check", "variant_check", "cost_curves", "crossovers"]
+__all__ = ["layer_check", "variant_check", "variant_traffic", "cost_curves", "crossovers"]
 
 
 def layer_check(tokens: Iterable[int], widths: Iterable[int], heads: int = 6, window: int = 7) -> pd.DataFrame:
@@ -89,3 +89,28 @@ def crossovers(width: int, ratio: int = 4) -> dict[str, float]:
     scores = F.crossover_tokens(2 * F.N**2 * F.C, F.ffn_macs(ratio=ratio))
     return {"msa_vs_ffn": float(whole.subs(F.C, width)), "scores_vs_ffn": float(scores.subs(F.C, width)),
             "msa_vs_ffn_expr": str(whole), "scores_vs_ffn_expr": str(scores)}
+
+
+def variant_traffic(tokens: Iterable[int], head_dim: int = 64, heads: int = 6, batch: int = 1,
+                    variants: Iterable[str] | None = None) -> pd.DataFrame:
+    """MACs, elementwise ops and bytes moved (fp32, eager) of every variant's core at each N.
+
+    ``intensity`` is MACs per byte: the higher, the more a variant can use a device's compute
+    before its memory bandwidth limits it (see :mod:`vitspeed.traffic`).
+    """
+    from vitspeed.traffic import count_traffic
+
+    rows = []
+    torch.manual_seed(0)
+    for name in variants or list_attentions():
+        for n in tokens:
+            core = build_core(name, head_dim=head_dim, num_heads=heads).eval()
+            hq = getattr(core, "num_computed", heads)
+            q, k = (torch.randn(batch, hq, n, head_dim) for _ in range(2))
+            v = torch.randn(batch, heads, n, head_dim)
+            fc = count_flops(core, (q, k, v))
+            traffic = count_traffic(core, (q, k, v))
+            rows.append({"variant": name, "N": n, "MMACs": round(fc.macs / 1e6, 3),
+                         "M elementwise": round(fc.elementwise / 1e6, 3), "MB moved": round(traffic.total / 1e6, 3),
+                         "MACs per byte": round(fc.macs / traffic.total, 3)})
+    return pd.DataFrame(rows)
