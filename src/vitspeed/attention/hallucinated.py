@@ -49,7 +49,8 @@ import sympy
 import torch
 from torch import nn
 
-from vitspeed.attention.registry import AttentionSpec, build_core, register_attention
+from vitspeed.attention.registry import AttentionSpec, register_attention
+from vitspeed.attention.shells import GlobalAttention
 
 __all__ = ["HallucinatedCore", "HallucinatedAttention", "computed_heads", "make_hallucinated_shell"]
 
@@ -116,7 +117,7 @@ class HallucinatedCore(nn.Module):
         return torch.cat((out_c, out_h), dim=1)
 
 
-class HallucinatedAttention(nn.Module):
+class HallucinatedAttention(GlobalAttention):
     """hMHSA module, a drop-in for timm's ViT ``Attention`` (``qkv`` / ``proj`` as in timm).
 
     ``qkv`` is ``Linear(C, 2 h_c d + C)``: queries and keys for the h_c computed heads, values for
@@ -127,28 +128,28 @@ class HallucinatedAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attention: str = "hallucinated",
                  options: dict[str, Any] | None = None, qkv_bias: bool = False, proj_bias: bool = True,
                  grid: tuple[int, int] | None = None) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.grid = grid
-        self.variant = attention
-        self.core = build_core(attention, self.head_dim, num_heads, **(options or {}))
-        self.num_computed = self.core.num_computed
-        self.qk_dim = self.num_computed * self.head_dim
-        self.qkv = nn.Linear(dim, 2 * self.qk_dim + dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        super().__init__(dim, num_heads, attention, options, qkv_bias, proj_bias, grid)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x)
-        q, k, v = qkv.split((self.qk_dim, self.qk_dim, C), dim=-1)
+    @property
+    def num_computed(self) -> int:
+        """Heads whose attention maps are computed (the rest are hallucinated)."""
+        return self.core.num_computed
+
+    @property
+    def qk_dim(self) -> int:
+        """Width of the query (and key) projection: computed heads x head_dim."""
+        return self.core.num_computed * self.head_dim
+
+    def _qkv_width(self, dim: int, core: nn.Module) -> int:
+        return 2 * core.num_computed * self.head_dim + dim
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, N, _ = qkv.shape
+        q, k, v = qkv.split((self.qk_dim, self.qk_dim, self.num_heads * self.head_dim), dim=-1)
         q = q.view(B, N, self.num_computed, self.head_dim).transpose(1, 2)
         k = k.view(B, N, self.num_computed, self.head_dim).transpose(1, 2)
         v = v.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        out = self.core(q, k, v, bias=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+        return q, k, v
 
 
 def make_hallucinated_shell(kind: str, **kwargs: Any) -> nn.Module:

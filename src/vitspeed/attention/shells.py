@@ -54,9 +54,18 @@ class GlobalAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.grid = grid
         self.variant = attention
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.core = build_core(attention, self.head_dim, num_heads, **(options or {}))
+        core = build_core(attention, self.head_dim, num_heads, **(options or {}))
+        self.qkv = nn.Linear(dim, self._qkv_width(dim, core), bias=qkv_bias)
+        self.core = core
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def _qkv_width(self, dim: int, core: nn.Module) -> int:
+        """Output width of the fused q, k, v projection (3C; shells with fewer q/k heads override)."""
+        return 3 * dim
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, heads, N, head_dim) from the projection output (B, N, width)."""
+        return _split_heads(qkv, self.num_heads)
 
     def _grid(self, n_tokens: int) -> tuple[int, int]:
         if self.grid is not None and self.grid[0] * self.grid[1] <= n_tokens:
@@ -66,7 +75,7 @@ class GlobalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = _split_heads(self.qkv(x), self.num_heads)
+        q, k, v = self._split(self.qkv(x))
         out = self.core(q, k, v, bias=attn_mask, grid=self._grid(N))
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 

@@ -34,6 +34,8 @@ selections and constant tensors are free. ``t = B h N d`` and ``n = B h N`` belo
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,6 +134,14 @@ class Taylor2Full(_TaylorKernel):
         return _kronecker_features(q, self.head_dim), _kronecker_features(k, self.head_dim)
 
 
+def _check_divisor(variant: str, option: str, value: Any, head_dim: int) -> None:
+    """Raise ValueError unless ``value`` is a positive integer dividing ``head_dim`` (valid ones listed)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or head_dim % value:
+        divisors = [i for i in range(1, head_dim + 1) if head_dim % i == 0]
+        raise ValueError(f"{variant} option {option}={value!r} must be a positive integer dividing head_dim "
+                         f"{head_dim}; valid choices: {divisors}")
+
+
 class Taylor2Pool(_TaylorKernel):
     """Ablation: average-pool x from d to d/p channels (groups of p neighbours), then taylor2_full.
 
@@ -143,10 +153,7 @@ class Taylor2Pool(_TaylorKernel):
 
     def __init__(self, head_dim: int, num_heads: int, p: int = 2) -> None:
         super().__init__()
-        if not isinstance(p, int) or isinstance(p, bool) or p < 1 or head_dim % p:
-            divisors = [i for i in range(1, head_dim + 1) if head_dim % i == 0]
-            raise ValueError(f"taylor2_pool option p={p!r} must be a positive integer dividing head_dim "
-                             f"{head_dim}; valid choices: {divisors}")
+        _check_divisor("taylor2_pool", "p", p, head_dim)
         self.head_dim = head_dim
         self.p = p
 
@@ -181,10 +188,7 @@ class Taylor2Chunk(_TaylorKernel):
 
     def __init__(self, head_dim: int, num_heads: int, c: int = 2) -> None:
         super().__init__()
-        if not isinstance(c, int) or isinstance(c, bool) or c < 1 or head_dim % c:
-            divisors = [i for i in range(1, head_dim + 1) if head_dim % i == 0]
-            raise ValueError(f"taylor2_chunk option c={c!r} must be a positive integer dividing head_dim "
-                             f"{head_dim}; valid choices: {divisors}")
+        _check_divisor("taylor2_chunk", "c", c, head_dim)
         self.head_dim = head_dim
         self.c = c
 
