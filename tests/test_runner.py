@@ -11,7 +11,7 @@ def test_presets_and_notebooks_exist():
 
 
 def test_unknown_preset_lists_valid(tmp_path):
-    with pytest.raises(ValueError, match="unknown preset 'huge'; valid choices: cpu, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; valid choices: cpu, gpu, gpu-smoke, smoke"):
         run_notebooks(preset="huge", output_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -37,3 +37,46 @@ def test_strip_run_metadata_drops_timings_and_hides_injected_cell_of_hidden_para
     assert "execution" not in out.cells[1].metadata and "papermill" not in out.cells[0].metadata
     assert "remove-cell" in out.cells[1].metadata["tags"]
     assert '"duration"' not in nbformat.writes(out)
+
+
+def _toy_repo(root, cells):
+    """A repository root with one preset and one notebook made of ``cells`` (code sources)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    (root / "presets").mkdir()
+    (root / "presets" / "toy.yaml").write_text("parameters: {}\n")
+    (root / "notebooks").mkdir()
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "notebooks" / "toy.ipynb")
+
+
+def test_time_budget_stops_a_sweep_and_writes_no_notebook(tmp_path, monkeypatch):
+    from vitspeed.runner import RunIncomplete
+
+    monkeypatch.delenv("VITSPEED_DEADLINE", raising=False)
+    root = tmp_path / "repo"
+    root.mkdir()
+    # the kernel waits for the deadline its parent set, then sweeps: the first config must not start
+    _toy_repo(root, ["import os, time\nfrom vitspeed.timing import deadline_from_env, sweep\n"
+                     "time.sleep(max(0.0, deadline_from_env() - time.time()) + 0.1)\n"
+                     "list(sweep([{'a': 1}], lambda c: 1 / 0, progress=False, deadline=deadline_from_env()))"])
+    out = tmp_path / "out"
+    with pytest.raises(RunIncomplete, match="toy: .*1 of 1 configurations left") as info:
+        run_notebooks(["toy"], preset="toy", output_dir=out, root=root, time_budget_s=1.0)
+    assert info.value.executed == []
+    assert list(out.iterdir()) == []  # the stopped notebook is not written
+    import os
+    assert "VITSPEED_DEADLINE" not in os.environ  # restored for the caller
+
+
+def test_zero_time_budget_runs_nothing_and_cli_exits_3(tmp_path, capsys):
+    from vitspeed.cli import main
+
+    code = main(["run", "01_complexity", "--output-dir", str(tmp_path), "--time-budget", "0"])
+    assert code == 3
+    assert "incomplete: time budget of 0 s reached before 01_complexity" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="time budget must be a number of seconds >= 0"):
+        run_notebooks(["01_complexity"], output_dir=tmp_path, time_budget_s=-1)

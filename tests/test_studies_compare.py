@@ -30,6 +30,28 @@ def test_compare_cores_times_every_candidate_and_counts_flops():
     for r in rows:
         assert r["status"] == "ok" and r["median_ms"] > 0 and r["macs"] > 0
     assert rows[0]["macs"] == 2 * 2 * 32 * 32 * 8  # B h N N (d + dv)
+    # bytes of one call in the timed dtype: fused SDPA reads q, k, v and writes the output, no more
+    assert rows[0]["bytes_moved"] == 4 * 2 * 32 * 8 * 4
+    assert rows[1]["bytes_moved"] > rows[0]["bytes_moved"]
+    assert rows[0]["sdpa_backend"] == "flash_cpu" and rows[1]["sdpa_backend"] == ""
+    # no CUDA-graph timing on the CPU, and no tf32 flag outside CUDA float32
+    assert "graph_median_ms" not in rows[0] and rows[0]["tf32"] is None
+
+
+def test_cuda_graph_timing_needs_cuda():
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device.*valid choices"):
+        compare_cores([candidate("fused", attention="softmax")], tokens=16, head_dim=8, heads=2, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        compare_models([candidate("a", model="deit_tiny_patch16_224")], img_size=32, cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batch1_rows_carry_graph_replay_latency():
+    rows = compare_cores([candidate("fused", attention="softmax"), candidate("relu", attention="linear_relu")],
+                         tokens=256, head_dim=64, heads=6, device="cuda", dtype="bfloat16", warmup=2, repeats=5)
+    for r in rows:
+        assert r["status"] == "ok" and r["graph_median_ms"] > 0 and "graph_error" not in r
+    assert rows[0]["sdpa_backend"] in {"flash", "cudnn", "mem_efficient"}
 
 
 def test_compare_models_records_out_of_memory_per_candidate(oom_on_call):

@@ -6,6 +6,7 @@ import pytest
 
 from vitspeed.attention import list_attentions
 from vitspeed.results import read_results
+from vitspeed.roofline import roofline
 from vitspeed.studies import scaling as S
 
 
@@ -76,8 +77,15 @@ def test_run_scaling_writes_one_run_with_caps_and_resume(tmp_path, monkeypatch):
     kw = dict(core_variants=["linear_relu", "taylor2_full", "focused"], core_tokens=[16, 64],
               model_variants=["linear_relu"], img_sizes=[32, 48], batch_sizes=[1, 2], batch_img_size=32,
               warmup=0, repeats=1, caps={"taylor2_full": 20}, run_id="t1",
-              model="deit_tiny_patch16_224")
+              model="deit_tiny_patch16_224", ceiling_sizes=(64, 1 << 16))
     df = S.run_scaling(**kw)
+    ceil = df[df.level == "ceiling"]
+    assert sorted(ceil.attention) == ["copy", "matmul"] and (ceil.dtype == "float32").all()
+    assert ceil.set_index("attention").loc["matmul", "flops"] == 2 * 64 ** 3
+    # every core row can be placed under the ceilings measured in the same run
+    roof = roofline(df)
+    assert len(roof) == len(df[(df.level == "core") & (df.status == "ok")])
+    assert set(roof.bound) <= {"memory", "compute"} and roof.efficiency.gt(0).all()
     core = df[df.level == "core"]
     assert set(core.attention) == {"softmax", "linear_relu", "taylor2_full", "focused"}
     capped = df[df.status == "capped"]
@@ -85,7 +93,7 @@ def test_run_scaling_writes_one_run_with_caps_and_resume(tmp_path, monkeypatch):
     assert capped.cap_tokens.iloc[0] == 20
     # the cap counts tokens x batch: 5 tokens x batch 2 = 10 <= 20 runs, so no model row is capped
     kw2 = {**kw, "core_variants": ["softmax"], "model_variants": ["taylor2_full"], "img_sizes": [32],
-           "batch_sizes": [2, 8], "caps": {"taylor2_full": 12}, "run_id": "t2"}
+           "batch_sizes": [2, 8], "caps": {"taylor2_full": 12}, "run_id": "t2", "ceilings": False}
     df2 = S.run_scaling(**kw2)
     m2 = df2[(df2.level == "model") & (df2.attention == "taylor2_full")].set_index("batch_size")
     assert m2.loc[2, "status"] == "ok" and m2.loc[8, "status"] == "capped"
@@ -97,7 +105,8 @@ def test_run_scaling_writes_one_run_with_caps_and_resume(tmp_path, monkeypatch):
         assert col in df.columns
     ok = df[df.status == "ok"]
     assert ok.median_ms.gt(0).all()
-    assert len(S.run_scaling(**kw)) == len(df)  # resumed: nothing measured twice
+    assert len(S.run_scaling(**kw)) == len(df)  # resumed: nothing measured twice, ceilings included
+    assert "ceiling" not in set(df2.level)
     stored = read_results("scaling", roots=[tmp_path])
     assert len(stored[stored.run_id == "t1"]) == len(df)
 

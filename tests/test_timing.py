@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from vitspeed.results import config_key
-from vitspeed.timing import Timing, benchmark_model, check_output, is_oom_error, measure, sweep
+from vitspeed.timing import (SweepIncomplete, Timing, benchmark_model, check_output, deadline_from_env, is_oom_error,
+                             measure, sweep)
 
 
 def test_timing_summary_in_seconds_and_row_in_ms():
@@ -204,6 +205,36 @@ def test_sweep_skips_done_keys():
     calls.clear()
     list(sweep(configs, lambda c: calls.append(c["size"]) or {}, done=done, progress=False))
     assert calls == [2, 3]
+
+
+def test_sweep_starts_nothing_after_its_deadline():
+    calls = []
+    configs = [{"size": s} for s in (1, 2, 3)]
+
+    def run_one(cfg):
+        calls.append(cfg["size"])
+        time.sleep(0.3 if cfg["size"] == 1 else 0)
+        return {}
+
+    rows = []
+    with pytest.raises(SweepIncomplete, match="2 of 3 configurations left"):
+        for row in sweep(configs, run_one, progress=False, deadline=time.time() + 0.15):
+            rows.append(row)
+    # the configuration running when the deadline passed finished and was yielded; no other started
+    assert calls == [1] and [r["size"] for r in rows] == [1]
+    # done configurations do not count as left, and a sweep with nothing left never raises
+    done = {config_key(c, ["size"]) for c in configs}
+    assert list(sweep(configs, run_one, done=done, progress=False, deadline=0.0)) == []
+
+
+def test_deadline_from_env(monkeypatch):
+    monkeypatch.delenv("VITSPEED_DEADLINE", raising=False)
+    assert deadline_from_env() is None
+    monkeypatch.setenv("VITSPEED_DEADLINE", "1700000000.5")
+    assert deadline_from_env() == 1700000000.5
+    monkeypatch.setenv("VITSPEED_DEADLINE", "soon")
+    with pytest.raises(ValueError, match="seconds since the epoch"):
+        deadline_from_env()
 
 
 def test_timing_values_are_finite():

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from vitspeed.attention import build_core
-from vitspeed.traffic import count_traffic
+from vitspeed.traffic import count_traffic, sdpa_backend, trace_traffic
 
 
 class MatmulThenView(nn.Module):
@@ -35,3 +35,21 @@ def test_linear_attention_traffic_grows_linearly_in_tokens():
     totals = [count_traffic(build_core("linear_relu", d, h), tuple(torch.randn(1, h, n, d) for _ in range(3))).total
               for n in sizes]
     assert 3.5 < totals[1] / totals[0] < 4.5
+
+
+def test_trace_traffic_of_a_callable_equals_count_traffic_of_the_module():
+    q, k, v = (torch.randn(1, 2, 32, 8) for _ in range(3))
+    core = build_core("linear_relu", 8, 2)
+    assert trace_traffic(lambda: core(q, k, v)).total == count_traffic(core, (q, k, v)).total > 0
+
+
+def test_sdpa_backend_names_the_kernel_sdpa_chose():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+    fused = build_core("softmax", 16, 2)
+    assert sdpa_backend(lambda: fused(q, k, v)) == "flash_cpu"  # PyTorch's fused CPU kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        assert sdpa_backend(lambda: fused(q, k, v)) == "math"
+    assert sdpa_backend(lambda: build_core("softmax_explicit", 16, 2)(q, k, v)) == ""
+    assert sdpa_backend(lambda: build_core("linear_relu", 16, 2)(q, k, v)) == ""

@@ -1,24 +1,64 @@
 #!/usr/bin/env bash
-# Run the gpu preset of the chapters on a CUDA machine with no network access.
+# Run the gpu preset of the chapters on a CUDA machine with no network access, in parts.
+#
 #   tools/gpu_run.sh OUTDIR [NOTEBOOK ...]
-# Installs what the machine lacks from the wheels in .whl/ (tools/gpu_wheels.sh), then executes the
-# named notebooks (default: all) with papermill and the gpu preset. Results and environment records go
-# to OUTDIR/data/<chapter>/, executed notebooks to OUTDIR/notebooks/. The preset fixes the run id, so
-# running the same command again resumes: configurations already in OUTDIR/data are skipped.
-# Split a long sweep over several calls by naming a few notebooks each time (each call < 10 min).
+#
+# 1. Installs what the machine lacks from the wheels in .whl/ (made by tools/gpu_wheels.sh) into
+#    /tmp/vitspeed-site, with no index: nothing is downloaded.
+# 2. Copies the results of earlier parts (data/<chapter>/*__<run id>.*, run id from the preset)
+#    into OUTDIR/data, so a part run on a fresh machine resumes where the last one stopped.
+# 3. Executes the named notebooks (default: all, in order) with papermill and the preset; results
+#    and environment records go to OUTDIR/data/<chapter>/, executed notebooks to OUTDIR/executed/.
+#    No measurement starts after VITSPEED_TIME_BUDGET seconds (default 420), so one call stays well
+#    inside a 10-minute slot.
+# 4. Packs OUTDIR/data into OUTDIR/results.tar.gz (unpack it in the repository's root: it holds
+#    data/<chapter>/<hardware>__<run id>.*) and OUTDIR/executed into OUTDIR/executed.tar.gz.
+#
+# Exit status: 0 when every notebook finished, 3 when the budget ran out first (run the same command
+# again, with the results brought back into data/, to resume), anything else is a failure.
+# Environment: VITSPEED_PRESET (default gpu), VITSPEED_TIME_BUDGET (seconds), VITSPEED_ALLOW_CPU=1 to
+# rehearse on a machine without CUDA (with a preset whose device is cpu, e.g. smoke).
 set -euo pipefail
 out=${1:?usage: tools/gpu_run.sh OUTDIR [NOTEBOOK ...]}
 shift
 repo=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out"
+preset=${VITSPEED_PRESET:-gpu}
+budget=${VITSPEED_TIME_BUDGET:-420}
+mkdir -p "$out/data"
 out=$(cd "$out" && pwd)
+python=${PYTHON:-python3}
+
 site=/tmp/vitspeed-site
 if compgen -G "$repo/.whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$repo"/.whl/*.whl
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+      "$repo"/.whl/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$repo/src:${PYTHONPATH:-}"
 export VITSPEED_RESULTS_DIR="$out/data" PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_DISABLE=1
-python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name(0))"
-python3 -m vitspeed.cli run --preset gpu --output-dir "$out/notebooks" "$@"
-echo "results in $out/data"
+
+if [ "${VITSPEED_ALLOW_CPU:-0}" != 1 ]; then
+  "$python" -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_run.sh: no CUDA device visible; \
+set VITSPEED_ALLOW_CPU=1 to rehearse on the CPU'); print('GPU:', torch.cuda.get_device_name(0))"
+fi
+
+run_id=$("$python" -c "from vitspeed.runner import load_preset; print(load_preset('$preset')['parameters'].get('run_id', ''))")
+if [ -n "$run_id" ]; then
+  for f in "$repo"/data/*/*__"$run_id".csv "$repo"/data/*/*__"$run_id".env.json; do
+    [ -e "$f" ] || continue
+    chapter=$(basename "$(dirname "$f")")
+    mkdir -p "$out/data/$chapter"
+    [ -e "$out/data/$chapter/$(basename "$f")" ] || cp "$f" "$out/data/$chapter/"
+  done
+fi
+
+rc=0
+"$python" -m vitspeed.cli run --preset "$preset" --output-dir "$out/executed" --time-budget "$budget" "$@" || rc=$?
+tar czf "$out/results.tar.gz" -C "$out" data
+[ -d "$out/executed" ] && tar czf "$out/executed.tar.gz" -C "$out" executed
+case $rc in
+  0) echo "gpu_run.sh: complete; results in $out/data (packed in $out/results.tar.gz)" ;;
+  3) echo "gpu_run.sh: time budget reached; unpack $out/results.tar.gz into the repository and run again to resume" ;;
+  *) echo "gpu_run.sh: failed with status $rc" >&2 ;;
+esac
+exit $rc

@@ -3,6 +3,8 @@
 Every error a user can cause (unknown model/variant/option, an image size the patch or window does
 not divide, cuda asked for but absent, an unsupported dtype, an unknown preset or notebook) prints
 one sentence naming the valid choices to stderr and exits with status 2, having written nothing.
+``vitspeed run --time-budget S`` exits with status 3 when the budget ran out first: the results
+measured so far are in data/, and the same command run again resumes.
 """
 from __future__ import annotations
 
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", help="notebook names (default: all)")
     p.add_argument("--preset", default="cpu", help="parameter preset in presets/ (default cpu)")
     p.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/chapters)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="start no new measurement after this many seconds; exit 3 if unfinished (rerun resumes)")
     return parser
 
 
@@ -148,12 +152,15 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from vitspeed.runner import run_notebooks
 
-    executed = run_notebooks(args.notebooks or None, preset=args.preset, output_dir=args.output_dir)
+    executed = run_notebooks(args.notebooks or None, preset=args.preset, output_dir=args.output_dir,
+                             time_budget_s=args.time_budget)
     return {"executed": [str(p) for p in executed]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input)."""
+    """Entry point; returns the exit status (0 ok, 2 bad input, 3 ``run`` stopped by its time budget)."""
+    from vitspeed.runner import RunIncomplete
+
     args = build_parser().parse_args(argv)
     handlers = {"list": _cmd_list, "flops": _cmd_flops, "bench": _cmd_bench, "run": _cmd_run}
     try:
@@ -161,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"vitspeed {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunIncomplete as err:
+        print(f"vitspeed {args.command}: incomplete: {err}", file=sys.stderr)
+        return 3
     if getattr(args, "json", False):
         print(json.dumps(result, default=str))
     return 0

@@ -10,17 +10,32 @@ Presets live in ``presets/<name>.yaml``::
 Only parameters a notebook declares in its ``parameters`` cell are passed to it. Executed notebooks
 are written atomically (temp file, then rename) to ``book/chapters/``, papermill's per-cell timing
 metadata stripped, so that a failed run never leaves a half-written chapter.
+
+A *time budget* (``time_budget_s``) bounds one call: past it no sweep starts a new configuration
+(:data:`vitspeed.timing.DEADLINE_ENV` tells the notebooks' kernels when), the notebook that was
+stopped is not written, and :class:`RunIncomplete` is raised. Results already measured are in
+data/, so running the same command again (same preset, hence the same run id) resumes.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["repo_root", "list_presets", "load_preset", "list_notebooks", "run_notebooks", "strip_run_metadata"]
+__all__ = ["repo_root", "list_presets", "load_preset", "list_notebooks", "run_notebooks", "strip_run_metadata",
+           "RunIncomplete"]
+
+
+class RunIncomplete(RuntimeError):
+    """The time budget ran out before every notebook finished; ``executed`` lists those that did."""
+
+    def __init__(self, message: str, executed: list[Path]) -> None:
+        super().__init__(message)
+        self.executed = executed
 
 
 def repo_root() -> Path:
@@ -87,34 +102,59 @@ def _resolve(names: Iterable[str] | None, root: Path) -> list[str]:
 
 
 def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", output_dir: str | Path | None = None,
-                  root: Path | None = None) -> list[Path]:
-    """Execute notebooks (all by default) with ``preset``; return the executed notebooks' paths."""
+                  root: Path | None = None, time_budget_s: float | None = None) -> list[Path]:
+    """Execute notebooks (all by default) with ``preset``; return the executed notebooks' paths.
+
+    ``time_budget_s`` (seconds from now): no sweep configuration starts after it, and
+    :class:`RunIncomplete` is raised if a notebook could not finish (run again to resume).
+    """
     import nbformat
     import papermill as pm
+
+    from vitspeed.timing import DEADLINE_ENV
 
     root = root or repo_root()
     config = load_preset(preset, root)
     stems = _resolve(names, root)
+    if time_budget_s is not None and not time_budget_s >= 0:
+        raise ValueError(f"time budget must be a number of seconds >= 0; got {time_budget_s}")
+    deadline = None if time_budget_s is None else time.time() + float(time_budget_s)
     out_dir = Path(output_dir) if output_dir else root / "book" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
-    executed = []
+    executed: list[Path] = []
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would end up in the book's outputs
-    for stem in stems:
-        source = root / "notebooks" / f"{stem}.ipynb"
-        declared = pm.inspect_notebook(str(source))
-        wanted = {**config["parameters"], **(config["notebooks"].get(stem) or {})}
-        params = {k: v for k, v in wanted.items() if k in declared}
-        target = out_dir / f"{stem}.ipynb"
-        fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=out_dir)
-        os.close(fd)
-        try:
-            pm.execute_notebook(str(source), tmp, parameters=params, cwd=str(root / "notebooks"),
-                                progress_bar=False, report_mode=False)
-            nb = nbformat.read(tmp, as_version=4)
-            nbformat.write(strip_run_metadata(nb), tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        executed.append(target)
+    previous = os.environ.get(DEADLINE_ENV)
+    if deadline is not None:
+        os.environ[DEADLINE_ENV] = repr(deadline)  # inherited by the notebooks' kernels
+    try:
+        for stem in stems:
+            if deadline is not None and time.time() >= deadline:
+                raise RunIncomplete(f"time budget of {time_budget_s:g} s reached before {stem}; run the same "
+                                    "command again to resume", executed)
+            source = root / "notebooks" / f"{stem}.ipynb"
+            declared = pm.inspect_notebook(str(source))
+            wanted = {**config["parameters"], **(config["notebooks"].get(stem) or {})}
+            params = {k: v for k, v in wanted.items() if k in declared}
+            target = out_dir / f"{stem}.ipynb"
+            fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=out_dir)
+            os.close(fd)
+            try:
+                pm.execute_notebook(str(source), tmp, parameters=params, cwd=str(root / "notebooks"),
+                                    progress_bar=False, report_mode=False)
+                nb = nbformat.read(tmp, as_version=4)
+                nbformat.write(strip_run_metadata(nb), tmp)
+                os.replace(tmp, target)
+            except pm.PapermillExecutionError as err:
+                if err.ename == "SweepIncomplete":
+                    raise RunIncomplete(f"{stem}: {err.evalue}", executed) from None
+                raise
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            executed.append(target)
+    finally:
+        if previous is None:
+            os.environ.pop(DEADLINE_ENV, None)
+        else:
+            os.environ[DEADLINE_ENV] = previous
     return executed

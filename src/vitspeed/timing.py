@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import re
 import threading
 import time
@@ -32,7 +33,8 @@ from torch import nn
 
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype
 
-__all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory"]
+__all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
+           "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable"]
 
 _MAX_INNER = 1_000_000
 
@@ -325,24 +327,27 @@ def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, 
 
 # --------------------------------------------------------------------------- models
 
-def _cuda_graph_callable(model: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any], Any]:
-    """Capture one forward of ``model`` on the static input ``x`` as a CUDA graph.
+def cuda_graph_callable(fn: Callable[[], Any], device: str | torch.device) -> tuple[Callable[[], Any], Any]:
+    """Capture one call of the zero-argument ``fn`` (static inputs) as a CUDA graph on ``device``.
 
-    Returns (replay, static_output): calling ``replay`` re-runs the captured kernels on whatever
-    ``x`` holds and refreshes ``static_output`` in place.  Warm-up runs on a side stream first, as
-    the PyTorch docs require (lazy initialisation and cuDNN/cuBLAS autotuning must not be captured).
+    Returns (replay, static_output): calling ``replay`` re-runs the captured kernels on whatever the
+    inputs hold and refreshes ``static_output`` in place.  Warm-up runs on a side stream first, as
+    the PyTorch docs require (lazy initialisation and cuBLAS/cuDNN autotuning must not be captured).
+    A callable that synchronizes with the host or allocates on the CPU cannot be captured: the
+    RuntimeError propagates.
     """
-    with torch.inference_mode():
-        stream = torch.cuda.Stream(device=x.device)
-        stream.wait_stream(torch.cuda.current_stream(x.device))
+    dev = _as_device(device)
+    with torch.inference_mode(), _device_context(dev):
+        stream = torch.cuda.Stream(device=dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream):
             for _ in range(3):
-                model(x)
-        torch.cuda.current_stream(x.device).wait_stream(stream)
-        torch.cuda.synchronize(x.device)
+                fn()
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        torch.cuda.synchronize(dev)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = model(x)
+            static_out = fn()
     return graph.replay, static_out
 
 
@@ -399,7 +404,7 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
             del out
             fn: Callable[[], Any] = forward
             if cuda_graph:
-                fn, static_out = _cuda_graph_callable(model, x)
+                fn, static_out = cuda_graph_callable(forward, dev)
                 fn()
                 torch.cuda.synchronize(dev)
                 _check(static_out, f"{type(model).__name__} (CUDA graph replay)", None)
@@ -444,15 +449,40 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+DEADLINE_ENV = "VITSPEED_DEADLINE"
+
+
+class SweepIncomplete(RuntimeError):
+    """A sweep stopped at its deadline with configurations left; rerun with the same run id to resume."""
+
+
+def deadline_from_env() -> float | None:
+    """The deadline in ``$VITSPEED_DEADLINE`` (seconds since the epoch, as ``time.time()``), or None.
+
+    ``vitspeed run --time-budget`` sets it for the notebooks it executes, so that a long sweep can be
+    split over several calls of bounded length.
+    """
+    text = os.environ.get(DEADLINE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"${DEADLINE_ENV} must be seconds since the epoch (a number); got {text!r}") from None
+
+
 def sweep(configs: Iterable[dict[str, Any]], run_one: Callable[[dict[str, Any]], dict[str, Any]],
           done: set | None = None, progress: bool = True, key_fields: Sequence[str] | None = None,
-          desc: str = "sweep") -> Iterator[dict[str, Any]]:
+          desc: str = "sweep", deadline: float | None = None) -> Iterator[dict[str, Any]]:
     """Run ``run_one`` on each config and yield ``{**config, **result}`` rows (status 'ok' unless set).
 
     Out-of-memory (see :func:`is_oom_error`) yields ``{**config, status='oom', error=<message>}`` and
     the sweep goes on; any other exception propagates.  Configs whose key
     (:func:`vitspeed.results.config_key` over ``key_fields``, default all the config's fields,
-    sorted) is in ``done`` are skipped, so a resumed run does only what is missing.
+    sorted) is in ``done`` are skipped, so a resumed run does only what is missing.  With a
+    ``deadline`` (``time.time()`` seconds), no configuration is *started* after it: the sweep raises
+    :class:`SweepIncomplete` once the rows finished so far have been yielded (a configuration already
+    running is finished, so leave a margin of the longest one).
     """
     from vitspeed.results import config_key
 
@@ -460,11 +490,16 @@ def sweep(configs: Iterable[dict[str, Any]], run_one: Callable[[dict[str, Any]],
     done = done or set()
     bar = _progress_bar(total=len(configs), desc=desc, enabled=progress)
     try:
-        for config in configs:
+        for i, config in enumerate(configs):
             fields = list(key_fields) if key_fields is not None else sorted(config)
             if config_key(config, fields) in done:
                 bar.update(1)
                 continue
+            if deadline is not None and time.time() >= deadline:
+                left = sum(config_key(c, list(key_fields) if key_fields is not None else sorted(c)) not in done
+                           for c in configs[i:])
+                raise SweepIncomplete(f"{desc}: time budget reached with {left} of {len(configs)} configurations "
+                                      "left; run again with the same run id to resume")
             oom_message = None
             try:
                 result = run_one(dict(config))

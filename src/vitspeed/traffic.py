@@ -11,14 +11,14 @@ Units: bytes. ``intensity`` = MACs / bytes, to set against a device's FLOP/s-to-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["Traffic", "count_traffic"]
+__all__ = ["Traffic", "count_traffic", "trace_traffic", "aten_kernels", "sdpa_backend", "SDPA_BACKENDS"]
 
 
 @dataclass
@@ -63,6 +63,17 @@ class _TrafficMode(TorchDispatchMode):
         return out
 
 
+def trace_traffic(fn: Callable[[], Any]) -> Traffic:
+    """Bytes moved by one call of the zero-argument ``fn`` under inference mode (see module docstring).
+
+    ``fn`` runs once for real, on whatever device its tensors live, so the element sizes are those
+    of the dtype being timed.
+    """
+    with torch.inference_mode(), _TrafficMode() as mode:
+        fn()
+    return mode.result
+
+
 def count_traffic(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> Traffic:
     """Bytes moved by ``module(*inputs)`` in eval mode under inference mode (see module docstring).
 
@@ -73,8 +84,50 @@ def count_traffic(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, 
     was_training = module.training
     module.eval()
     try:
-        with torch.inference_mode(), _TrafficMode() as mode:
-            module(*args)
+        return trace_traffic(lambda: module(*args))
     finally:
         module.train(was_training)
-    return mode.result
+
+
+class _KernelMode(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def aten_kernels(fn: Callable[[], Any]) -> list[str]:
+    """Names of the aten operators one call of ``fn`` dispatches to, in order, with composite
+    operators decomposed (run under ``no_grad``, not inference mode, so that e.g.
+    ``scaled_dot_product_attention`` shows the backend kernel it chose)."""
+    with torch.no_grad(), _KernelMode() as mode:
+        fn()
+    return mode.names
+
+
+# aten kernel of each SDPA backend (CPU's fused kernel is a flash-style one)
+SDPA_BACKENDS = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
+    "aten::_scaled_dot_product_efficient_attention": "mem_efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
+    "aten::_scaled_dot_product_attention_math": "math",
+    # the math backend decomposes into plain ops; its softmax is the one op only it uses
+    "aten::_safe_softmax": "math",
+}
+
+
+def sdpa_backend(fn: Callable[[], Any]) -> str:
+    """Which backend ``scaled_dot_product_attention`` used in one call of ``fn``.
+
+    One of flash, flash_cpu, mem_efficient, cudnn, overrideable, math (several joined by '+' when
+    calls differ), or '' when ``fn`` calls no SDPA at all (an explicit softmax, a linear variant).
+    The math backend decomposes into plain ops; it is recognised by ``aten::_safe_softmax``, the
+    softmax only SDPA's math path dispatches (``Tensor.softmax`` dispatches ``aten::_softmax``).
+    """
+    found = [SDPA_BACKENDS[n] for n in aten_kernels(fn) if n in SDPA_BACKENDS]
+    return "+".join(dict.fromkeys(found))

@@ -18,7 +18,9 @@ from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter
-from vitspeed.timing import check_output, forward_peak_memory, is_oom_error, measure, sweep
+from vitspeed.timing import (check_output, cuda_graph_callable, deadline_from_env, forward_peak_memory, is_oom_error,
+                             measure, sweep)
+from vitspeed.traffic import sdpa_backend, trace_traffic
 
 __all__ = ["Candidate", "compare_models", "compare_models_finite", "compare_cores", "compare_cores_finite",
            "implied_attention", "approximation", "run_sweep", "candidate"]
@@ -30,6 +32,11 @@ def candidate(label: str, **spec: Any) -> Candidate:
     """A candidate for :func:`compare_models` (model=..., attention=..., options=...) or
     :func:`compare_cores` (attention=..., options=...)."""
     return {"label": label, **spec}
+
+
+def _tf32(dev: torch.device, dt: torch.dtype) -> bool | None:
+    """Whether float32 matmuls may use TF32 tensor cores (CUDA float32 only; else None)."""
+    return bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None
 
 
 def _oom_row(base: dict[str, Any], err: BaseException) -> dict[str, Any]:
@@ -52,25 +59,43 @@ def _model_counts(model: torch.nn.Module, cand: Candidate, img_size: int) -> dic
     return dict(_COUNT_CACHE[key])
 
 
-def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, dev: torch.device) -> None:
+def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, dev: torch.device,
+             traffic: bool = False) -> None:
     """Build the timed callable (``make_fn()`` moves weights and inputs to the device), measure its
-    peak memory and check its output; a candidate that runs out of memory becomes an OOM row."""
+    peak memory, check its output and record the SDPA backend it uses (and, with ``traffic``, the
+    bytes one call moves, in the timed dtype); a candidate that runs out of memory becomes an OOM row."""
     try:
         fn = make_fn()
         out, peak, _ = forward_peak_memory(fn, dev)
         del out
         check_output(fn, name=label)
+        extra = {"sdpa_backend": sdpa_backend(fn)}
+        if traffic:
+            extra["bytes_moved"] = trace_traffic(fn).total
     except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
         if not is_oom_error(err):
             raise
         rows[label] = _oom_row(base, err)
         return
     fns[label] = fn
-    rows[label] = {**base, "peak_mem_mb": peak}
+    rows[label] = {**base, "peak_mem_mb": peak, **extra}
 
 
-def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: int, items_per_call: int) -> None:
-    """Time the prepared callables in one interleaved measurement and fill in their rows."""
+def _use_graphs(cuda_graph: bool | None, dev: torch.device, batch_size: int) -> bool:
+    """CUDA-graph replay timing: by default (None) on CUDA at batch 1, where launches dominate."""
+    if cuda_graph is None:
+        return dev.type == "cuda" and batch_size == 1
+    if cuda_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got {str(dev)!r}; valid choices: "
+                         "cuda_graph=None (automatic) or False on cpu")
+    return bool(cuda_graph)
+
+
+def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: int, items_per_call: int,
+              graphs: bool = False) -> None:
+    """Time the prepared callables in one interleaved measurement and fill in their rows; with
+    ``graphs``, time their CUDA-graph replays too (a second interleaved measurement, columns
+    graph_median_ms / graph_iqr_ms; a callable that cannot be captured gets graph_error)."""
     if not fns:
         return
     timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
@@ -78,28 +103,47 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
         r = t.row()
         rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
                            p90_ms=r["p90_ms"], n=r["n"], throughput=items_per_call / t.median_s, status="ok")
+    if not graphs:
+        return
+    replays = {}
+    for label, fn in fns.items():
+        try:
+            replays[label], _ = cuda_graph_callable(fn, dev)
+        except RuntimeError as err:  # e.g. an op that syncs with the host cannot be captured
+            if is_oom_error(err):
+                raise
+            rows[label]["graph_error"] = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    if replays:
+        for label, t in measure(replays, device=str(dev), warmup=warmup, repeats=repeats).items():
+            rows[label].update(graph_median_ms=t.median_s * 1e3, graph_iqr_ms=t.iqr_s * 1e3)
+    del replays
+    torch.cuda.synchronize(dev)
+    torch.cuda.empty_cache()
 
 
 def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_size: int = 1,
                    device: str = "cpu", dtype: str = "float32", warmup: int = 3,
-                   repeats: int = 10) -> list[dict[str, Any]]:
+                   repeats: int = 10, cuda_graph: bool | None = None) -> list[dict[str, Any]]:
     """Time whole models interleaved at one (resolution, batch, dtype); one row per candidate.
 
     A candidate's optional ``prepare`` (callable model -> model) runs right after the model is
     built, before counting and timing (e.g. :func:`vitspeed.models.hvit.merge_ffns`).
 
-    Row: label, model, attention, img_size, batch_size, device, dtype, threads, median_ms, iqr_ms,
-    p10_ms, p90_ms (ms per batch), throughput (images/s), peak_mem_mb (rise during one forward),
-    gmacs and g_elementwise (per image, batch 1), params_m (millions), status.
+    Row: label, model, attention, img_size, batch_size, device, dtype, threads, tf32, median_ms,
+    iqr_ms, p10_ms, p90_ms (ms per batch), throughput (images/s), peak_mem_mb (rise during one
+    forward), gmacs and g_elementwise (per image, batch 1), params_m (millions), sdpa_backend (see
+    :func:`vitspeed.traffic.sdpa_backend`), status; with CUDA-graph replay (``cuda_graph``: default
+    on CUDA at batch 1) graph_median_ms and graph_iqr_ms, or graph_error.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
+    graphs = _use_graphs(cuda_graph, dev, batch_size)
     fns, rows = {}, {}
     for cand in candidates:
         label = cand["label"]
         base = {"label": label, "model": cand["model"], "attention": cand.get("attention") or "stock",
                 "img_size": img_size, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "tf32": _tf32(dev, dt)}
         model = create_model(cand["model"], img_size=img_size, attention=cand.get("attention"),
                              attention_options=cand.get("options"), ffn=cand.get("ffn"),
                              ffn_options=cand.get("ffn_options"))
@@ -113,7 +157,7 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
             return lambda: m(x)
 
         _prepare(fns, rows, label, base, make_fn, dev)
-    _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size)
+    _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 
 
@@ -155,21 +199,24 @@ _CORE_COUNT_CACHE: dict[tuple, dict[str, int]] = {}
 
 def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 64, heads: int = 6,
                   batch_size: int = 1, device: str = "cpu", dtype: str = "float32", warmup: int = 3,
-                  repeats: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+                  repeats: int = 10, seed: int = 0, cuda_graph: bool | None = None) -> list[dict[str, Any]]:
     """Time attention cores alone on random (B, heads, N, head_dim) q, k, v, interleaved.
 
-    Row: label, attention, tokens, head_dim, heads, batch_size, device, dtype, median_ms, iqr_ms,
-    throughput (calls/s), peak_mem_mb, macs and elementwise (whole batch), status.
+    Row: label, attention, tokens, head_dim, heads, batch_size, device, dtype, threads, tf32,
+    median_ms, iqr_ms, throughput (calls/s), peak_mem_mb, macs and elementwise (whole batch),
+    bytes_moved (one call, in the timed dtype; :func:`vitspeed.traffic.trace_traffic`),
+    sdpa_backend, status; graph_median_ms / graph_iqr_ms (or graph_error) as in :func:`compare_models`.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
+    graphs = _use_graphs(cuda_graph, dev, batch_size)
     g = torch.Generator().manual_seed(seed)
     fns, rows = {}, {}
     for cand in candidates:
         label = cand["label"]
         base = {"label": label, "attention": cand["attention"], "tokens": tokens, "head_dim": head_dim,
                 "heads": heads, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "tf32": _tf32(dev, dt)}
         core = build_core(cand["attention"], head_dim=head_dim, num_heads=heads, **(cand.get("options") or {}))
         hq = getattr(core, "num_computed", heads)
         shapes = [(batch_size, hq, tokens, head_dim)] * 2 + [(batch_size, heads, tokens, head_dim)]
@@ -185,8 +232,8 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
             q, k, v = (t.to(dev, dt) for t in cpu_inputs)
             return lambda: c(q, k, v)
 
-        _prepare(fns, rows, label, base, make_fn, dev)
-    _time_all(fns, rows, dev, warmup, repeats, items_per_call=1)
+        _prepare(fns, rows, label, base, make_fn, dev, traffic=True)
+    _time_all(fns, rows, dev, warmup, repeats, items_per_call=1, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 
 
@@ -253,6 +300,8 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
 
     Resumes an interrupted run with the same ``run_id`` (configs already written are skipped);
     a config that runs out of memory as a whole is recorded with status 'oom'. Returns this run's rows.
+    Past the deadline in ``$VITSPEED_DEADLINE`` (set by ``vitspeed run --time-budget``) no new config
+    starts: :class:`vitspeed.timing.SweepIncomplete` is raised with the finished rows written.
     """
     dev = resolve_device(device)
     dtypes = list(dtypes)
@@ -266,6 +315,6 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
     writer = ResultsWriter(chapter, env, run_id=run_id)
     done = writer.done_keys(key_fields)
     for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done, key_fields=key_fields,
-                        desc=chapter):
+                        desc=chapter, deadline=deadline_from_env()):
         writer.extend(result["rows"] if "rows" in result else [result])
     return pd.read_csv(writer.path) if writer.path.exists() else pd.DataFrame()

@@ -31,6 +31,7 @@ import sympy as sp
 
 from vitspeed import formulas as F
 from vitspeed.attention import get_attention, list_attentions
+from vitspeed.roofline import measure_ceilings
 from vitspeed.studies.compare import candidate, compare_cores_finite, compare_models_finite, run_sweep
 
 __all__ = ["REFERENCE", "BACKBONE", "resolve_variants", "model_tokens", "core_group", "model_group",
@@ -133,12 +134,16 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
                 core_batch_size: int = 1, device: str = "cpu", dtypes: Iterable[str] = ("float32",),
                 head_dim: int = 64, heads: int = 6, warmup: int = 3, repeats: int = 10,
                 caps: dict[str, int] | None = None, run_id: str | None = None,
-                model: str = BACKBONE) -> pd.DataFrame:
+                model: str = BACKBONE, ceilings: bool = True,
+                ceiling_sizes: tuple[int, int] | None = None) -> pd.DataFrame:
     """Sweep both levels into data/scaling as ONE run (one file per hardware): this run's rows.
 
     Core level: ``core_tokens`` x dtypes at ``core_batch_size``. Model level: ``img_sizes`` at
     ``model_batch_size`` plus ``batch_sizes`` at ``batch_img_size`` (shared points measured once),
-    ``model`` a DeiT/ViT timm name (DeiT-S by default).
+    ``model`` a DeiT/ViT timm name (DeiT-S by default). With ``ceilings``, each dtype starts with
+    the device's measured roofline ceilings (:func:`vitspeed.roofline.measure_ceilings`,
+    ``level='ceiling'`` rows; ``ceiling_sizes`` = (matmul side, copy bytes), default per device
+    type), against which the core rows are placed.
     Resumable with the same ``run_id``; a whole configuration that runs out of memory is recorded
     as ``status='oom'``.
     """
@@ -153,6 +158,8 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
     run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     configs: list[dict[str, Any]] = []
     for dt in dtypes:
+        if ceilings:
+            configs.append({"level": "ceiling", "tokens": None, "img_size": None, "batch_size": None, "dtype": dt})
         configs += [{"level": "core", "tokens": n, "img_size": None, "batch_size": core_batch_size, "dtype": dt}
                     for n in core_tokens]
         points = [(s, model_batch_size) for s in img_sizes]
@@ -161,6 +168,10 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
                     for s, b in points]
 
     def group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        if cfg["level"] == "ceiling":
+            n, nbytes = ceiling_sizes or (None, None)
+            return measure_ceilings(device, cfg["dtype"], matmul_size=n, copy_bytes=nbytes, warmup=warmup,
+                                    repeats=repeats)
         if cfg["level"] == "core":
             return core_group(core_vs, cfg["tokens"], cfg["batch_size"], device=device, dtype=cfg["dtype"],
                               head_dim=head_dim, heads=heads, warmup=warmup, repeats=repeats, caps=caps)

@@ -1,0 +1,141 @@
+"""The roofline of a device, measured, and where each attention core sits under it.
+
+Two ceilings are measured on the device itself, never copied from a datasheet:
+
+- compute: one large square matrix product (n x n by n x n: 2 n^3 FLOPs) in the dtype under study
+  (on CUDA in float32 it obeys the TF32 setting, recorded in the row);
+- bandwidth: one large device-to-device copy (``dst.copy_(src)``), counting the bytes read plus the
+  bytes written (2 x the tensor's size).
+
+A core measured at median latency t, doing F = 2 x MACs + elementwise FLOPs and moving B bytes
+(:mod:`vitspeed.traffic`'s eager-operator model, in the timed dtype) has
+
+- achieved FLOP/s = F / t and achieved bytes/s = B / t;
+- arithmetic intensity I = F / B (FLOPs per byte);
+- attainable FLOP/s = min(peak FLOP/s, I x peak bytes/s), efficiency = achieved / attainable;
+- verdict *memory-bound* when I is below the ridge point peak FLOP/s / peak bytes/s, else
+  *compute-bound*.
+
+Caveats the book states with the figure: the matmul peak is the tensor-core roof, which elementwise
+work (exp, division) cannot reach; B counts every operator's inputs and outputs, so data that stays
+in cache (the H200 has 60 MB of L2) makes B an upper bound on DRAM traffic and the verdict
+conservative (a core called memory-bound here may be less so).
+Units: FLOP/s and bytes/s (rows), ms (latencies).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from vitspeed.envinfo import resolve_device, resolve_dtype
+from vitspeed.timing import measure
+
+__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_curve", "MATMUL", "COPY"]
+
+MATMUL = "matmul"
+COPY = "copy"
+
+
+def default_sizes(device: str) -> tuple[int, int]:
+    """(matmul side n, copy size in bytes) large enough to reach the ceilings of ``device``'s type:
+    CUDA 8192 and 2 GiB (far above any L2), CPU 2048 and 256 MiB (above the last-level cache of
+    the CPUs the study runs on, and quick on two cores)."""
+    return (8192, 2 << 30) if resolve_device(device).type == "cuda" else (2048, 256 << 20)
+
+
+def measure_ceilings(device: str = "cpu", dtype: str = "float32", matmul_size: int | None = None,
+                     copy_bytes: int | None = None, warmup: int = 3, repeats: int = 10) -> list[dict[str, Any]]:
+    """Measure the compute and bandwidth ceilings of ``device`` in ``dtype``; two result rows.
+
+    Rows: level='ceiling', attention ('matmul' | 'copy'), label, device, dtype, threads, tf32,
+    size (matmul side n, or bytes copied one way), median_ms / iqr_ms / n, flops (matmul: 2 n^3)
+    or bytes_moved (copy: 2 x size), flops_per_s or bytes_per_s (at the median), status='ok'.
+    The two are timed interleaved, with warm-up (see :func:`vitspeed.timing.measure`).
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev.type)
+    n_default, bytes_default = default_sizes(str(dev))
+    n = int(matmul_size or n_default)
+    nbytes = int(copy_bytes or bytes_default)
+    if n < 1 or nbytes < 1:
+        raise ValueError(f"matmul_size and copy_bytes must be positive; got {n} and {nbytes}")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dev, dt)  # random data: zeros would flatter the tensor cores
+    b = torch.randn(n, n, generator=g).to(dev, dt)
+    c = torch.empty(n, n, device=dev, dtype=dt)
+    elems = max(1, nbytes // torch.empty((), dtype=dt).element_size())
+    src = torch.ones(elems, device=dev, dtype=dt)
+    dst = torch.empty_like(src)
+    timings = measure({MATMUL: lambda: torch.mm(a, b, out=c), COPY: lambda: dst.copy_(src)},
+                      device=str(dev), warmup=warmup, repeats=repeats)
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None
+    base = {"level": "ceiling", "family": "ceiling", "device": dev.type, "dtype": dtype,
+            "threads": torch.get_num_threads(), "tf32": tf32, "status": "ok"}
+    rows = []
+    for name, t in timings.items():
+        r = t.row()
+        row = {**base, "label": name, "attention": name, "median_ms": r["median_ms"], "iqr_ms": r["iqr_ms"],
+               "n": r["n"]}
+        if name == MATMUL:
+            row.update(size=n, flops=2.0 * n ** 3, flops_per_s=2.0 * n ** 3 / t.median_s)
+        else:
+            moved = 2.0 * elems * src.element_size()
+            row.update(size=elems * src.element_size(), bytes_moved=moved, bytes_per_s=moved / t.median_s)
+        rows.append(row)
+    del a, b, c, src, dst
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def roofline(results: pd.DataFrame, level: str = "core",
+             by: Sequence[str] = ("hardware", "dtype")) -> pd.DataFrame:
+    """Place every measured ``level`` row under the ceilings measured in the same ``by`` group.
+
+    Needs rows with status ok of ``level`` (columns macs, elementwise, bytes_moved, median_ms) and
+    ceiling rows (:func:`measure_ceilings`). Adds: flops (2 x MACs + elementwise), intensity
+    (FLOPs per byte), achieved_flops_per_s, achieved_bytes_per_s, peak_flops_per_s,
+    peak_bytes_per_s, ridge (FLOPs per byte), attainable_flops_per_s, efficiency (achieved /
+    attainable), pct_peak_flops and pct_peak_bytes (percent of each ceiling), bound ('memory' or
+    'compute'). Groups without both ceilings, and rows without bytes_moved, are left out.
+    """
+    status = results.status.fillna("ok") if "status" in results else pd.Series("ok", index=results.index)
+    ok = results[status == "ok"]
+    by = [b for b in by if b in ok.columns]
+    ceil = ok[ok.level == "ceiling"]
+    need = {"macs", "elementwise", "bytes_moved", "median_ms"}
+    if ceil.empty or not need <= set(ok.columns):
+        return pd.DataFrame()
+    peaks = (ceil[ceil.attention == MATMUL].groupby(by, dropna=False).flops_per_s.max().rename("peak_flops_per_s")
+             .to_frame().join(ceil[ceil.attention == COPY].groupby(by, dropna=False).bytes_per_s.max()
+                              .rename("peak_bytes_per_s"), how="inner").reset_index())
+    df = ok[(ok.level == level) & ok.bytes_moved.notna() & (ok.bytes_moved > 0)].copy()
+    df = df.merge(peaks, on=by, how="inner")
+    if df.empty:
+        return df
+    seconds = df.median_ms / 1e3
+    df["flops"] = 2.0 * df.macs + df.elementwise
+    df["intensity"] = df.flops / df.bytes_moved
+    df["achieved_flops_per_s"] = df.flops / seconds
+    df["achieved_bytes_per_s"] = df.bytes_moved / seconds
+    df["ridge"] = df.peak_flops_per_s / df.peak_bytes_per_s
+    df["attainable_flops_per_s"] = [min(p, i * bw) for p, i, bw in
+                                    zip(df.peak_flops_per_s, df.intensity, df.peak_bytes_per_s)]
+    df["efficiency"] = df.achieved_flops_per_s / df.attainable_flops_per_s
+    df["pct_peak_flops"] = 100.0 * df.achieved_flops_per_s / df.peak_flops_per_s
+    df["pct_peak_bytes"] = 100.0 * df.achieved_bytes_per_s / df.peak_bytes_per_s
+    df["bound"] = ["memory" if i < r else "compute" for i, r in zip(df.intensity, df.ridge)]
+    return df
+
+
+def roof_curve(peak_flops_per_s: float, peak_bytes_per_s: float, lo: float, hi: float,
+               points: int = 200) -> tuple[list[float], list[float]]:
+    """(intensities, attainable FLOP/s) of the roof min(peak, I x bandwidth) on a log grid from
+    ``lo`` to ``hi`` FLOPs per byte, for drawing."""
+    if not (0 < lo < hi) or points < 2:
+        raise ValueError(f"need 0 < lo < hi and points >= 2; got lo={lo}, hi={hi}, points={points}")
+    xs = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (points - 1)) for i in range(points)]
+    return xs, [min(peak_flops_per_s, x * peak_bytes_per_s) for x in xs]

@@ -1,0 +1,72 @@
+"""Roofline: measured ceilings and the placement of measured cores under them."""
+import math
+
+import pandas as pd
+import pytest
+
+from vitspeed.roofline import default_sizes, measure_ceilings, roof_curve, roofline
+
+
+def test_measure_ceilings_counts_the_work_it_times(one_thread):
+    rows = {r["attention"]: r for r in measure_ceilings("cpu", "float32", matmul_size=128, copy_bytes=1 << 20,
+                                                         warmup=1, repeats=3)}
+    mm, cp = rows["matmul"], rows["copy"]
+    assert mm["flops"] == 2 * 128 ** 3 and mm["size"] == 128
+    assert mm["flops_per_s"] == pytest.approx(mm["flops"] / (mm["median_ms"] / 1e3))
+    assert cp["bytes_moved"] == 2 * (1 << 20)  # read once and written once
+    assert cp["bytes_per_s"] == pytest.approx(cp["bytes_moved"] / (cp["median_ms"] / 1e3))
+    for r in rows.values():
+        assert r["level"] == "ceiling" and r["status"] == "ok" and r["n"] >= 3 and r["tf32"] is None
+    # plausibility on any CPU of this decade: between 1 GFLOP/s and 100 TFLOP/s, 0.1 GB/s and 10 TB/s
+    assert 1e9 < mm["flops_per_s"] < 1e14 and 1e8 < cp["bytes_per_s"] < 1e13
+
+
+def test_measure_ceilings_bad_input():
+    with pytest.raises(ValueError, match="valid"):
+        measure_ceilings("cpu", "float8")
+    with pytest.raises(ValueError, match="must be positive"):
+        measure_ceilings("cpu", matmul_size=-4)
+    assert default_sizes("cpu") == (2048, 256 << 20)
+
+
+def _frame():
+    ceil = [{"level": "ceiling", "attention": "matmul", "hardware": "hw", "dtype": "float32", "flops_per_s": 100.0},
+            {"level": "ceiling", "attention": "copy", "hardware": "hw", "dtype": "float32", "bytes_per_s": 10.0},
+            # a group with only one ceiling cannot be placed
+            {"level": "ceiling", "attention": "matmul", "hardware": "other", "dtype": "float32", "flops_per_s": 1.0}]
+    cores = [  # I = 100 / 100 = 1 FLOP/B < ridge 10: memory-bound, roof 10 FLOP/s, achieved 100 / 20 s = 5
+        {"level": "core", "attention": "a", "hardware": "hw", "dtype": "float32", "macs": 50, "elementwise": 0,
+         "bytes_moved": 100, "median_ms": 20_000.0},
+        # I = (2 * 1000 + 0) / 50 = 40 > 10: compute-bound, roof 100, achieved 2000 / 40 s = 50
+        {"level": "core", "attention": "b", "hardware": "hw", "dtype": "float32", "macs": 1000, "elementwise": 0,
+         "bytes_moved": 50, "median_ms": 40_000.0},
+        {"level": "core", "attention": "c", "hardware": "other", "dtype": "float32", "macs": 1, "elementwise": 1,
+         "bytes_moved": 1, "median_ms": 1.0},
+        {"level": "core", "attention": "d", "hardware": "hw", "dtype": "float32", "macs": 1, "elementwise": 1,
+         "bytes_moved": 1, "median_ms": 1.0, "status": "oom"}]
+    return pd.DataFrame(ceil + cores)
+
+
+def test_roofline_places_cores_under_their_own_groups_ceilings():
+    roof = roofline(_frame()).set_index("attention")
+    assert sorted(roof.index) == ["a", "b"]  # no ceilings for 'other'; 'd' did not run
+    a, b = roof.loc["a"], roof.loc["b"]
+    assert a.ridge == 10 and a.intensity == 1 and a.bound == "memory"
+    assert a.attainable_flops_per_s == 10 and a.achieved_flops_per_s == 5 and a.efficiency == 0.5
+    assert a.achieved_bytes_per_s == 5 and a.pct_peak_bytes == 50 and a.pct_peak_flops == 5
+    assert b.intensity == 40 and b.bound == "compute" and b.attainable_flops_per_s == 100
+    assert b.efficiency == 0.5 and b.pct_peak_flops == 50
+
+
+def test_roofline_without_ceilings_is_empty():
+    df = _frame()
+    assert roofline(df[df.level != "ceiling"]).empty
+
+
+def test_roof_curve():
+    xs, ys = roof_curve(100.0, 10.0, 0.1, 1000.0, points=5)
+    assert xs[0] == pytest.approx(0.1) and xs[-1] == pytest.approx(1000.0)
+    assert ys == [pytest.approx(min(100.0, x * 10.0)) for x in xs]
+    assert math.isclose(ys[-1], 100.0)
+    with pytest.raises(ValueError, match="need 0 < lo < hi"):
+        roof_curve(1.0, 1.0, 5.0, 1.0)
