@@ -5,8 +5,9 @@
 #
 # 1. Installs what the machine lacks from the wheels in .whl/ (made by tools/gpu_wheels.sh) into
 #    /tmp/vitspeed-site, with no index: nothing is downloaded.
-# 2. Copies the results of earlier parts (data/<chapter>/*__<run id>.*, run id from the preset)
-#    into OUTDIR/data, so a part run on a fresh machine resumes where the last one stopped.
+# 2. Copies the results of earlier parts (data/<chapter>/*__<run id>.*, run id from the preset;
+#    VITSPEED_RESUME_FROM names another results folder) into OUTDIR/data, so a part run on a fresh
+#    machine resumes where the last one stopped.
 # 3. Executes the named notebooks (default: all, in order) with papermill and the preset; results
 #    and environment records go to OUTDIR/data/<chapter>/, executed notebooks to OUTDIR/executed/.
 #    No measurement starts after VITSPEED_TIME_BUDGET seconds (default 420), so one call stays well
@@ -43,8 +44,9 @@ set VITSPEED_ALLOW_CPU=1 to rehearse on the CPU'); print('GPU:', torch.cuda.get_
 fi
 
 run_id=$("$python" -c "from vitspeed.runner import load_preset; print(load_preset('$preset')['parameters'].get('run_id', ''))")
+resume_from=${VITSPEED_RESUME_FROM:-$repo/data}
 if [ -n "$run_id" ]; then
-  for f in "$repo"/data/*/*__"$run_id".csv "$repo"/data/*/*__"$run_id".env.json; do
+  for f in "$resume_from"/*/*__"$run_id".csv "$resume_from"/*/*__"$run_id".env.json; do
     [ -e "$f" ] || continue
     chapter=$(basename "$(dirname "$f")")
     mkdir -p "$out/data/$chapter"

@@ -52,30 +52,35 @@ def _model_counts(model: torch.nn.Module, cand: Candidate, img_size: int) -> dic
     """gmacs, g_elementwise (per image) and params_m of a candidate's model, cached per configuration."""
     key = (cand["model"], img_size, cand.get("attention"), repr(cand.get("options")), cand.get("ffn"),
            repr(cand.get("ffn_options")), cand.get("prepare"))
-    if key not in _COUNT_CACHE:
-        fc = count_flops(model, torch.zeros(1, 3, img_size, img_size))
+    if key not in _COUNT_CACHE:  # traced where the model already is (the timing device): fast, and no
+        p = next(iter(model.parameters()), None)  # huge activation has to fit in host memory too
+        fc = count_flops(model, torch.zeros(1, 3, img_size, img_size, device=p.device if p is not None else "cpu",
+                                            dtype=p.dtype if p is not None else torch.float32))
         _COUNT_CACHE[key] = {"gmacs": fc.macs / 1e9, "g_elementwise": fc.elementwise / 1e9,
                              "params_m": count_params(model) / 1e6}
     return dict(_COUNT_CACHE[key])
 
 
 def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, dev: torch.device,
-             traffic: bool = False) -> None:
-    """Build the timed callable (``make_fn()`` moves weights and inputs to the device), measure its
-    peak memory, check its output and record the SDPA backend it uses (and, with ``traffic``, the
-    bytes one call moves, in the timed dtype); a candidate that runs out of memory becomes an OOM row."""
+             counts=None, traffic: bool = False) -> None:
+    """Build the timed callable (``make_fn()`` moves weights and inputs to the device), count its
+    FLOPs there (``counts()`` -> columns), measure its peak memory, check its output and record the
+    SDPA backend it uses (and, with ``traffic``, the bytes one call moves, in the timed dtype); a
+    candidate that runs out of memory becomes an OOM row."""
+    extra: dict[str, Any] = {}
     try:
         fn = make_fn()
+        extra.update(counts() if counts is not None else {})  # kept in the row if the forward runs out of memory
         out, peak, _ = forward_peak_memory(fn, dev)
         del out
         check_output(fn, name=label)
-        extra = {"sdpa_backend": sdpa_backend(fn)}
+        extra["sdpa_backend"] = sdpa_backend(fn)
         if traffic:
             extra["bytes_moved"] = trace_traffic(fn).total
     except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
         if not is_oom_error(err):
             raise
-        rows[label] = _oom_row(base, err)
+        rows[label] = _oom_row({**base, **extra}, err)
         return
     fns[label] = fn
     rows[label] = {**base, "peak_mem_mb": peak, **extra}
@@ -149,14 +154,14 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
                              ffn_options=cand.get("ffn_options"))
         if cand.get("prepare") is not None:  # e.g. fold re-parameterizable branches for inference
             model = cand["prepare"](model)
-        base.update(_model_counts(model, cand, img_size))
 
         def make_fn(model=model):
             m = model.to(dev, dt)
             x = torch.randn(batch_size, 3, img_size, img_size, device=dev, dtype=dt)
             return lambda: m(x)
 
-        _prepare(fns, rows, label, base, make_fn, dev)
+        _prepare(fns, rows, label, base, make_fn, dev,
+                 counts=lambda model=model, cand=cand: _model_counts(model, cand, img_size))
     _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 
@@ -222,17 +227,21 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
         shapes = [(batch_size, hq, tokens, head_dim)] * 2 + [(batch_size, heads, tokens, head_dim)]
         cpu_inputs = [torch.randn(s, generator=g) for s in shapes]
         key = (cand["attention"], repr(cand.get("options")), tokens, head_dim, heads, batch_size)
-        if key not in _CORE_COUNT_CACHE:  # counts do not depend on the values or the dtype
-            fc = count_flops(core.eval(), tuple(cpu_inputs))
-            _CORE_COUNT_CACHE[key] = {"macs": fc.macs, "elementwise": fc.elementwise}
-        base.update(_CORE_COUNT_CACHE[key])
 
         def make_fn(core=core, cpu_inputs=cpu_inputs):
             c = core.to(dev, dt)
             q, k, v = (t.to(dev, dt) for t in cpu_inputs)
             return lambda: c(q, k, v)
 
-        _prepare(fns, rows, label, base, make_fn, dev, traffic=True)
+        def counts(core=core, cpu_inputs=cpu_inputs, key=key) -> dict[str, int]:
+            # traced on the timing device (where make_fn put the core); counts do not depend on the
+            # values or the dtype, so they are cached across dtypes
+            if key not in _CORE_COUNT_CACHE:
+                fc = count_flops(core.eval(), tuple(t.to(dev, dt) for t in cpu_inputs))
+                _CORE_COUNT_CACHE[key] = {"macs": fc.macs, "elementwise": fc.elementwise}
+            return _CORE_COUNT_CACHE[key]
+
+        _prepare(fns, rows, label, base, make_fn, dev, counts=counts, traffic=True)
     _time_all(fns, rows, dev, warmup, repeats, items_per_call=1, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 

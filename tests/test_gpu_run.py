@@ -1,0 +1,47 @@
+"""tools/gpu_run.sh, rehearsed on the CPU: time budget, resume from earlier parts, packed results."""
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tools" / "gpu_run.sh"
+
+
+def _run(out: Path, *notebooks: str, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHON": sys.executable, "VITSPEED_PRESET": "smoke", "VITSPEED_ALLOW_CPU": "1", **env}
+    return subprocess.run(["bash", str(SCRIPT), str(out), *notebooks], env=full, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_without_cuda_it_refuses_unless_rehearsing(tmp_path):
+    res = _run(tmp_path / "out", "01_complexity", VITSPEED_ALLOW_CPU="0", CUDA_VISIBLE_DEVICES="")
+    assert res.returncode != 0 and "no CUDA device visible" in res.stderr
+
+
+def test_budget_reached_exits_3_with_earlier_parts_packed(tmp_path):
+    earlier = tmp_path / "earlier" / "time_share"
+    earlier.mkdir(parents=True)
+    (earlier / "somehw__smoke.csv").write_text("run_id,model\nsmoke,deit\n")
+    (earlier / "otherhw__other-run.csv").write_text("run_id\nother-run\n")  # another run id: not carried
+    out = tmp_path / "out"
+    res = _run(out, "02_time_share", VITSPEED_TIME_BUDGET="0", VITSPEED_RESUME_FROM=str(tmp_path / "earlier"))
+    assert res.returncode == 3, res.stderr
+    assert "time budget reached" in res.stdout
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = tar.getnames()
+    assert "data/time_share/somehw__smoke.csv" in names
+    assert not any("other-run" in n for n in names)
+    assert not (out / "executed" / "02_time_share.ipynb").exists()
+
+
+def test_complete_run_writes_results_and_executed_notebook(tmp_path):
+    out = tmp_path / "out"
+    res = _run(out, "01_complexity")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "executed" / "01_complexity.ipynb").is_file()
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.startswith("data/complexity/") and n.endswith(".csv") for n in names)
+    assert any(n.startswith("data/complexity/") and n.endswith(".env.json") for n in names)
