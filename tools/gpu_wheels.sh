@@ -2,9 +2,13 @@
 # Fetch, on a machine with the package index, the wheels a bare GPU box (CPython 3.12, x86-64,
 # its own torch/timm/numpy/pandas/seaborn, no network) lacks to run the gpu preset.
 # Writes .whl/ (git-ignored); tools/gpu_run.sh installs from it. Usage: tools/gpu_wheels.sh [DIR]
+# VITSPEED_WHEEL_PYTHON (default 3.12, the GPU image's) picks the CPython the wheels are for; another
+# version is only for rehearsing the offline install on a machine with that Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-.whl}
+py=${VITSPEED_WHEEL_PYTHON:-3.12}
+uv=$(command -v uv || echo .venv/bin/uv)  # make env installs uv into .venv
 mkdir -p "$dest"
 # What the study needs beyond the GPU image: the FLOPs counter and the notebook runner.
 # timm is pinned to the version the lock file tests, whatever the image ships.
@@ -36,13 +40,13 @@ have=" absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-
  urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp "
 tmp=$(mktemp)
 printf '%s\n' "${want[@]}" > "$tmp.in"
-uv pip compile "$tmp.in" --python-version 3.12 --python-platform x86_64-manylinux_2_28 --no-header \
+"$uv" pip compile "$tmp.in" --python-version "$py" --python-platform x86_64-manylinux_2_28 --no-header \
     --no-annotate -q -o "$tmp"
 while read -r pin; do
   [ -z "$pin" ] && continue
   name=$(echo "${pin%%==*}" | tr 'A-Z_' 'a-z-')
   case "$have" in *" $name "*) continue ;; esac
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       --platform any -d "$dest" "$pin" \
   || python3 -m pip download -q --no-deps --no-binary=:all: -d "$dest" "$pin"  # sdist-only (fvcore, iopath)
