@@ -38,6 +38,7 @@ have=" absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-
  threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric
  torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect
  urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp "
+have=" $(echo $have) "  # one space between names, also where the list above breaks its lines
 tmp=$(mktemp)
 printf '%s\n' "${want[@]}" > "$tmp.in"
 "$uv" pip compile "$tmp.in" --python-version "$py" --python-platform x86_64-manylinux_2_28 --no-header \

@@ -1,0 +1,21 @@
+"""Static checks of the notebook sources (their execution is nbval's job)."""
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_without_the_book_toolchain(path):
+    # a GPU box runs the chapters without myst-nb: glue must come from vitspeed.book's fallback
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert "import myst_nb" not in source and "from myst_nb" not in source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_a_device_parameter(path):
+    # every preset sets `device`; a notebook without it would silently ignore the GPU
+    assert "device" in pm.inspect_notebook(str(path))
