@@ -10,7 +10,8 @@ SCRIPT = ROOT / "tools" / "gpu_run.sh"
 
 
 def _run(out: Path, *notebooks: str, **env: str) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PYTHON": sys.executable, "VITSPEED_PRESET": "smoke", "VITSPEED_ALLOW_CPU": "1", **env}
+    full = {**os.environ, "PYTHON": sys.executable, "VITSPEED_PRESET": "smoke", "VITSPEED_ALLOW_CPU": "1",
+            "VITSPEED_STATE_DIR": str(out.parent / "state"), **env}
     return subprocess.run(["bash", str(SCRIPT), str(out), *notebooks], env=full, capture_output=True, text=True,
                           timeout=600)
 
@@ -34,6 +35,11 @@ def test_budget_reached_exits_3_with_earlier_parts_packed(tmp_path):
     assert "data/time_share/somehw__smoke.csv" in names
     assert not any("other-run" in n for n in names)
     assert not (out / "executed" / "02_time_share.ipynb").exists()
+    # kept on the machine for the next call, which resumes from it even without VITSPEED_RESUME_FROM
+    assert (tmp_path / "state" / "time_share" / "somehw__smoke.csv").is_file()
+    res = _run(tmp_path / "out2", "02_time_share", VITSPEED_TIME_BUDGET="0")
+    with tarfile.open(tmp_path / "out2" / "results.tar.gz") as tar:
+        assert "data/time_share/somehw__smoke.csv" in tar.getnames()
 
 
 def test_complete_run_writes_results_and_executed_notebook(tmp_path):

@@ -6,8 +6,8 @@
 # 1. Installs what the machine lacks from the wheels in .whl/ (made by tools/gpu_wheels.sh) into
 #    /tmp/vitspeed-site, with no index: nothing is downloaded.
 # 2. Copies the results of earlier parts (data/<chapter>/*__<run id>.*, run id from the preset;
-#    VITSPEED_RESUME_FROM names another results folder) into OUTDIR/data, so a part run on a fresh
-#    machine resumes where the last one stopped.
+#    VITSPEED_RESUME_FROM names another results folder), and those an earlier call on this same machine
+#    kept in /tmp/vitspeed-state, into OUTDIR/data, so a part resumes where the last one stopped.
 # 3. Executes the named notebooks (default: all, in order) with papermill and the preset; results
 #    and environment records go to OUTDIR/data/<chapter>/, executed notebooks to OUTDIR/executed/.
 #    No measurement starts after VITSPEED_TIME_BUDGET seconds (default 420), so one call stays well
@@ -17,7 +17,7 @@
 #
 # Exit status: 0 when every notebook finished, 3 when the budget ran out first (run the same command
 # again, with the results brought back into data/, to resume), anything else is a failure.
-# Environment: VITSPEED_PRESET (default gpu), VITSPEED_TIME_BUDGET (seconds), VITSPEED_ALLOW_CPU=1 to
+# Environment: VITSPEED_PRESET (default gpu), VITSPEED_TIME_BUDGET (seconds), VITSPEED_STATE_DIR, VITSPEED_ALLOW_CPU=1 to
 # rehearse on a machine without CUDA (with a preset whose device is cpu, e.g. smoke).
 set -euo pipefail
 out=${1:?usage: tools/gpu_run.sh OUTDIR [NOTEBOOK ...]}
@@ -45,8 +45,11 @@ fi
 
 run_id=$("$python" -c "from vitspeed.runner import load_preset; print(load_preset('$preset')['parameters'].get('run_id', ''))")
 resume_from=${VITSPEED_RESUME_FROM:-$repo/data}
+state=${VITSPEED_STATE_DIR:-/tmp/vitspeed-state}  # outlives $OUT on a machine kept warm between calls
 if [ -n "$run_id" ]; then
-  for f in "$resume_from"/*/*__"$run_id".csv "$resume_from"/*/*__"$run_id".env.json; do
+  # the machine-local copy first: it is at least as far along as the one brought in the tree
+  for f in "$state"/*/*__"$run_id".csv "$state"/*/*__"$run_id".env.json \
+           "$resume_from"/*/*__"$run_id".csv "$resume_from"/*/*__"$run_id".env.json; do
     [ -e "$f" ] || continue
     chapter=$(basename "$(dirname "$f")")
     mkdir -p "$out/data/$chapter"
@@ -57,6 +60,7 @@ fi
 rc=0
 "$python" -m vitspeed.cli run --preset "$preset" --output-dir "$out/executed" --time-budget "$budget" "$@" || rc=$?
 tar czf "$out/results.tar.gz" -C "$out" data
+mkdir -p "$state" && cp -r "$out/data/." "$state/"
 [ -d "$out/executed" ] && tar czf "$out/executed.tar.gz" -C "$out" executed
 case $rc in
   0) echo "gpu_run.sh: complete; results in $out/data (packed in $out/results.tar.gz)" ;;
