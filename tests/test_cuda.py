@@ -11,7 +11,7 @@ from vitspeed.studies.compare import candidate, compare_cores, compare_models
 from vitspeed.timing import benchmark_model, cuda_graph_callable, measure
 from vitspeed.traffic import sdpa_backend
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_cuda_event_timing_sees_work_grow():
