@@ -61,3 +61,24 @@ def test_compare_models_records_out_of_memory_per_candidate(oom_on_call):
     assert rows[0]["status"] == "oom" and "out of memory" in rows[0]["error"]
     assert rows[1]["status"] == "ok" and rows[1]["median_ms"] > 0
     assert rows[1]["params_m"] == pytest.approx(5.5, abs=0.3)
+
+
+def test_graph_timing_logic_records_replays_and_capture_failures(monkeypatch):
+    # the CUDA-graph branch of the comparison, driven on the CPU: capture is faked, timing is real
+    import vitspeed.studies.compare as compare
+
+    def fake_capture(fn, dev):
+        if fn is fns["bad"]:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+        return fn, None
+
+    monkeypatch.setattr(compare, "cuda_graph_callable", fake_capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    x = torch.randn(64, 64)
+    fns = {"good": lambda: x @ x, "bad": lambda: x + 1}
+    rows = {"good": {}, "bad": {}}
+    compare._time_all(fns, rows, torch.device("cpu"), warmup=1, repeats=3, items_per_call=1, graphs=True)
+    assert rows["good"]["graph_median_ms"] > 0 and rows["good"]["median_ms"] > 0
+    assert rows["bad"]["graph_error"] == "operation not permitted when stream is capturing"
+    assert "graph_median_ms" not in rows["bad"] and rows["bad"]["status"] == "ok"  # eager timing kept
