@@ -55,3 +55,17 @@ def test_fallback_glue_of_a_number_shown_or_recorded(monkeypatch):
     book.glue("m", 7, display=False)
     assert shown[0][0] == {"text/plain": "42"} and shown[0][1]["metadata"]["scrapbook"]["mime_prefix"] == ""
     assert shown[1][0] == {"application/papermill.record/text/plain": "7"}
+
+
+def test_measured_ticks_label_the_measured_sizes_on_every_axis():
+    import seaborn as sns
+    import pandas as pd
+
+    data = pd.DataFrame({"tokens": [196, 784, 3136] * 2, "ms": [1, 2, 4, 2, 3, 5], "panel": ["a"] * 3 + ["b"] * 3})
+    g = sns.relplot(data=data, x="tokens", y="ms", col="panel", kind="line")
+    g.set(xscale="log")
+    book.measured_ticks(g, data.tokens.astype(float))
+    for ax in g.axes.flat:
+        assert list(ax.get_xticks()) == [196, 784, 3136]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["196", "784", "3136"]
+    plt.close(g.figure)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-__all__ = ["glue", "figure_png", "FIGURE_DPI"]
+__all__ = ["glue", "figure_png", "measured_ticks", "FIGURE_DPI"]
 
 FIGURE_DPI = 110
 RECORD_PREFIX = "application/papermill.record/"  # myst-nb's prefix for glued values not shown
@@ -30,6 +30,21 @@ def figure_png(fig: Any, dpi: int = FIGURE_DPI) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
+
+
+def measured_ticks(grid: Any, values: Any, rotation: int = 45) -> None:
+    """Put the x ticks of every axis of a seaborn grid at the measured ``values`` themselves (ints).
+
+    On a log axis over a short range matplotlib's default labels (2x10^2, 3x10^2, ...) collide;
+    the measured sizes are what a reader wants to read off anyway.
+    """
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = sorted({int(v) for v in values})
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(t) for t in ticks], rotation=rotation)
 
 
 def _displayable(variable: Any) -> Any:
