@@ -37,9 +37,10 @@ def test_budget_reached_exits_3_with_earlier_parts_packed(tmp_path):
     assert not (out / "executed" / "02_time_share.ipynb").exists()
     # kept on the machine for the next call, which resumes from it even without VITSPEED_RESUME_FROM
     assert (tmp_path / "state" / "time_share" / "somehw__smoke.csv").is_file()
-    res = _run(tmp_path / "out2", "02_time_share", VITSPEED_TIME_BUDGET="0")
+    res = _run(tmp_path / "out2", "02_time_share", VITSPEED_TIME_BUDGET="0", VITSPEED_PACK_ONLY="1")
     with tarfile.open(tmp_path / "out2" / "results.tar.gz") as tar:
         assert "data/time_share/somehw__smoke.csv" in tar.getnames()
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["executed.tar.gz", "results.tar.gz"]
 
 
 def test_complete_run_writes_results_and_executed_notebook(tmp_path):

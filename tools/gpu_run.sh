@@ -17,8 +17,9 @@
 #
 # Exit status: 0 when every notebook finished, 3 when the budget ran out first (run the same command
 # again, with the results brought back into data/, to resume), anything else is a failure.
-# Environment: VITSPEED_PRESET (default gpu), VITSPEED_TIME_BUDGET (seconds), VITSPEED_STATE_DIR, VITSPEED_ALLOW_CPU=1 to
-# rehearse on a machine without CUDA (with a preset whose device is cpu, e.g. smoke).
+# Environment: VITSPEED_PRESET (default gpu), VITSPEED_TIME_BUDGET (seconds), VITSPEED_STATE_DIR,
+# VITSPEED_PACK_ONLY=1 (leave only the two archives in OUTDIR), VITSPEED_ALLOW_CPU=1 to rehearse on a
+# machine without CUDA (with a preset whose device is cpu, e.g. smoke).
 set -euo pipefail
 out=${1:?usage: tools/gpu_run.sh OUTDIR [NOTEBOOK ...]}
 shift
@@ -60,8 +61,11 @@ fi
 rc=0
 "$python" -m vitspeed.cli run --preset "$preset" --output-dir "$out/executed" --time-budget "$budget" "$@" || rc=$?
 tar czf "$out/results.tar.gz" -C "$out" data
+mkdir -p "$out/executed" && tar czf "$out/executed.tar.gz" -C "$out" executed
 mkdir -p "$state" && cp -r "$out/data/." "$state/"
-[ -d "$out/executed" ] && tar czf "$out/executed.tar.gz" -C "$out" executed
+if [ "${VITSPEED_PACK_ONLY:-0}" = 1 ]; then
+  rm -rf "$out/data" "$out/executed"  # only the archives stay: a transfer that caps the file count
+fi
 case $rc in
   0) echo "gpu_run.sh: complete; results in $out/data (packed in $out/results.tar.gz)" ;;
   3) echo "gpu_run.sh: time budget reached; unpack $out/results.tar.gz into the repository and run again to resume" ;;
