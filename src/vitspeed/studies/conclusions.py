@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "swin_sets", "SEED_SETS"]
+__all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "swin_sets", "SEED_SETS",
+           "reference_forms"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -70,6 +71,31 @@ def speedups(scaling: pd.DataFrame, reference: str | tuple[str, ...] = SOFTMAX_F
     out["batch_size"] = out.batch_size.astype(int)
     return out[keys + ["attention", "family", "tokens", "median_ms", "iqr_ms", "reference_form", "reference_ms",
                        "speedup"]]
+
+
+def reference_forms(speed: pd.DataFrame, hardware: str) -> str:
+    """Which softmax form was the reference (the faster one) at each measured point of ``hardware``,
+    in words, per dtype: e.g. "fused SDPA at every measured size in float32; in bfloat16 the explicit
+    form at 224 and 384 px, fused SDPA at 512 px". ``speed`` is :func:`speedups`' output."""
+    forms = speed[speed.hardware == hardware].groupby(["dtype", "img_size"]).reference_form.first()
+    if forms.empty:
+        raise ValueError(f"no speedups for hardware {hardware!r}; valid choices: "
+                         f"{', '.join(sorted(speed.hardware.unique()))}")
+
+    def name(form: str) -> str:
+        return "fused SDPA" if form == "softmax" else "the explicit form"
+
+    parts = []
+    for dtype in sorted(forms.index.get_level_values(0).unique()):
+        f = forms.loc[dtype]
+        if f.nunique() == 1:
+            parts.append(f"{name(f.iloc[0])} at every measured size in {dtype}")
+            continue
+        by_form: dict[str, list[str]] = {}
+        for size, form in f.items():
+            by_form.setdefault(form, []).append(str(int(size)))
+        parts.append(f"in {dtype} " + ", ".join(f"{name(v)} at {' and '.join(s)} px" for v, s in by_form.items()))
+    return "; ".join(parts)
 
 
 def fastest(speed: pd.DataFrame, min_top1_drop: float | None = None) -> pd.DataFrame:

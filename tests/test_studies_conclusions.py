@@ -1,0 +1,41 @@
+"""Conclusions: speedups over the faster softmax form, the fastest variant, the reference in words."""
+import pandas as pd
+import pytest
+
+from vitspeed.studies import conclusions as C
+
+
+def _scaling_rows():
+    rows = []
+    # (dtype, img_size) -> median ms of fused softmax, explicit softmax, linear_relu
+    times = {("float32", 224): (10.0, 9.0, 8.0), ("float32", 512): (40.0, 60.0, 20.0),
+             ("bfloat16", 224): (12.0, 6.0, 7.0), ("bfloat16", 512): (50.0, 30.0, 25.0)}
+    for (dtype, size), (fused, explicit, relu) in times.items():
+        for attention, ms in [("softmax", fused), ("softmax_explicit", explicit), ("linear_relu", relu)]:
+            rows.append({"level": "model", "hardware": "hw", "dtype": dtype, "img_size": size, "batch_size": 1,
+                         "attention": attention, "family": "linear" if attention == "linear_relu" else "quadratic",
+                         "tokens": (size // 16) ** 2 + 1, "median_ms": ms, "iqr_ms": 0.1, "status": "ok"})
+    rows.append({**rows[0], "level": "core"})  # other levels are ignored
+    return pd.DataFrame(rows)
+
+
+def test_speedup_is_over_the_faster_softmax_form_at_each_point():
+    speed = C.speedups(_scaling_rows()).set_index(["dtype", "img_size", "attention"])
+    relu = speed.xs("linear_relu", level="attention")
+    assert relu.loc[("float32", 224), "reference_form"] == "softmax_explicit"  # 9 ms < 10 ms
+    assert relu.loc[("float32", 224), "speedup"] == pytest.approx(9.0 / 8.0)
+    assert relu.loc[("float32", 512), "reference_form"] == "softmax"
+    assert relu.loc[("float32", 512), "speedup"] == pytest.approx(2.0)
+
+
+def test_fastest_per_point():
+    best = C.fastest(C.speedups(_scaling_rows())).set_index(["dtype", "img_size"]).attention
+    assert best[("float32", 512)] == "linear_relu" and best[("bfloat16", 224)] == "softmax_explicit"
+
+
+def test_reference_forms_in_words():
+    text = C.reference_forms(C.speedups(_scaling_rows()), "hw")
+    assert text == ("the explicit form at every measured size in bfloat16; "
+                    "in float32 the explicit form at 224 px, fused SDPA at 512 px")
+    with pytest.raises(ValueError, match="valid choices: hw"):
+        C.reference_forms(C.speedups(_scaling_rows()), "gpu")
