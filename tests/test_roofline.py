@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from vitspeed.roofline import default_sizes, measure_ceilings, roof_curve, roofline
+from vitspeed.roofline import default_sizes, measure_ceilings, roof_curve, roof_summary, roofline
 
 
 def test_measure_ceilings_counts_the_work_it_times(one_thread):
@@ -70,3 +70,17 @@ def test_roof_curve():
     assert math.isclose(ys[-1], 100.0)
     with pytest.raises(ValueError, match="need 0 < lo < hi"):
         roof_curve(1.0, 1.0, 5.0, 1.0)
+
+
+def test_roof_summary_at_the_largest_token_count():
+    df = _frame()
+    df["tokens"] = 100
+    df["family"] = ["ceiling"] * 3 + ["linear", "quadratic", "linear", "linear"]
+    small = df.iloc[[3]].assign(tokens=10, median_ms=1.0)  # a smaller N is ignored
+    roof = roofline(pd.concat([df, small], ignore_index=True))
+    s = roof_summary(roof[roof.hardware == "hw"], reference="b")
+    assert s["tokens"] == 100 and s["ridge"] == 10 and s["n_cores"] == 2 and s["n_memory_bound"] == 1
+    assert s["reference_efficiency"] == 0.5 and s["reference_intensity"] == 40
+    assert s["best"] == s["worst"] == "a" and s["linear_intensity"] == (1.0, 1.0)
+    with pytest.raises(ValueError, match="no roofline rows"):
+        roof_summary(roof.iloc[0:0])

@@ -33,7 +33,7 @@ import torch
 from vitspeed.envinfo import resolve_device, resolve_dtype
 from vitspeed.timing import measure
 
-__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_curve", "MATMUL", "COPY"]
+__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY"]
 
 MATMUL = "matmul"
 COPY = "copy"
@@ -129,6 +129,37 @@ def roofline(results: pd.DataFrame, level: str = "core",
     df["pct_peak_bytes"] = 100.0 * df.achieved_bytes_per_s / df.peak_bytes_per_s
     df["bound"] = ["memory" if i < r else "compute" for i, r in zip(df.intensity, df.ridge)]
     return df
+
+
+def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, Any]:
+    """What the roofline says at the largest token count of one group of :func:`roofline` rows.
+
+    Returns tokens, ridge (FLOPs per byte), n_cores, n_memory_bound, reference_efficiency and
+    reference_intensity (NaN if the reference was not measured), best / worst (the other cores
+    closest to and furthest from their roof, with best_efficiency / worst_efficiency as fractions)
+    and linear_intensity (min, max) over the linear family. Raises ValueError on an empty frame or
+    one mixing hardware or dtypes.
+    """
+    if roof.empty:
+        raise ValueError("no roofline rows to summarize (no ceilings or no cores with bytes moved)")
+    for col in ("hardware", "dtype"):
+        if col in roof and roof[col].nunique() > 1:
+            raise ValueError(f"roof_summary takes one {col}; got {sorted(roof[col].unique())}: filter first")
+    top = roof[roof.tokens == roof.tokens.max()].set_index("attention")
+    others = top.drop(index=reference, errors="ignore")
+    linear = top[top.family == "linear"].intensity if "family" in top else pd.Series(dtype=float)
+    ref = top.loc[reference] if reference in top.index else None
+    return {
+        "tokens": int(top.tokens.iloc[0]), "ridge": float(top.ridge.iloc[0]), "n_cores": int(len(top)),
+        "n_memory_bound": int((top.bound == "memory").sum()),
+        "reference_efficiency": float(ref.efficiency) if ref is not None else math.nan,
+        "reference_intensity": float(ref.intensity) if ref is not None else math.nan,
+        "best": str(others.efficiency.idxmax()) if len(others) else "",
+        "best_efficiency": float(others.efficiency.max()) if len(others) else math.nan,
+        "worst": str(others.efficiency.idxmin()) if len(others) else "",
+        "worst_efficiency": float(others.efficiency.min()) if len(others) else math.nan,
+        "linear_intensity": (float(linear.min()), float(linear.max())) if len(linear) else (math.nan, math.nan),
+    }
 
 
 def roof_curve(peak_flops_per_s: float, peak_bytes_per_s: float, lo: float, hi: float,
