@@ -114,3 +114,13 @@ def test_record_rejects_bad_input():
         environment_record("cpu", "float16")
     with pytest.raises(ValueError):
         environment_record("tpu")
+
+
+def test_tf32_state_applies_to_cuda_float32_only():
+    import torch
+
+    from vitspeed.envinfo import tf32_state
+
+    assert tf32_state("cpu", "float32") is None
+    assert tf32_state("cuda", "bf16") is None  # reads flags only: no GPU needed
+    assert tf32_state(torch.device("cuda"), torch.float32) is bool(torch.backends.cuda.matmul.allow_tf32)

@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "DTYPE_NAMES",
+    "tf32_state",
     "available_devices",
     "cpu_model",
     "dtype_name",
@@ -108,6 +109,14 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     if key not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {dtype!r}; valid names: {_valid_names()}")
     return _CANONICAL[DTYPE_NAMES[key]]
+
+
+def tf32_state(device: str | torch.device, dtype: str | torch.dtype) -> bool | None:
+    """Whether float32 matrix products may use TF32 tensor cores for a measurement on ``device`` in
+    ``dtype``: PyTorch's ``allow_tf32`` flag on CUDA in float32, else None (not applicable)."""
+    dev = device if isinstance(device, torch.device) else torch.device(device)
+    dt = dtype if isinstance(dtype, torch.dtype) else DTYPE_NAMES[dtype_name(dtype)]
+    return bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None
 
 
 def _valid_names() -> str:

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from vitspeed.envinfo import resolve_device, resolve_dtype
+from vitspeed.envinfo import resolve_device, resolve_dtype, tf32_state
 from vitspeed.timing import measure
 
 __all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY"]
@@ -71,7 +71,7 @@ def measure_ceilings(device: str = "cpu", dtype: str = "float32", matmul_size: i
     dst = torch.empty_like(src)
     timings = measure({MATMUL: lambda: torch.mm(a, b, out=c), COPY: lambda: dst.copy_(src)},
                       device=str(dev), warmup=warmup, repeats=repeats)
-    tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None
+    tf32 = tf32_state(dev, dt)
     base = {"level": "ceiling", "family": "ceiling", "device": dev.type, "dtype": dtype,
             "threads": torch.get_num_threads(), "tf32": tf32, "status": "ok"}
     rows = []

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype
+from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, tf32_state
 
 __all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
            "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable"]
@@ -417,7 +417,7 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
     row: dict[str, Any] = {
         "device": str(dev), "dtype": dtype_name(dt), "batch_size": batch_size, "threads": used_threads,
         "channels_last": channels_last, "cuda_graph": cuda_graph,
-        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None,
+        "tf32": tf32_state(dev, dt),
         "input_shape": "x".join(str(s) for s in input_shape),
     }
     row.update(timing.row())

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from vitspeed.attention import build_core
-from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype
+from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, tf32_state
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter
@@ -32,11 +32,6 @@ def candidate(label: str, **spec: Any) -> Candidate:
     """A candidate for :func:`compare_models` (model=..., attention=..., options=...) or
     :func:`compare_cores` (attention=..., options=...)."""
     return {"label": label, **spec}
-
-
-def _tf32(dev: torch.device, dt: torch.dtype) -> bool | None:
-    """Whether float32 matmuls may use TF32 tensor cores (CUDA float32 only; else None)."""
-    return bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None
 
 
 def _oom_row(base: dict[str, Any], err: BaseException) -> dict[str, Any]:
@@ -150,7 +145,7 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
         label = cand["label"]
         base = {"label": label, "model": cand["model"], "attention": cand.get("attention") or "stock",
                 "img_size": img_size, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
-                "threads": torch.get_num_threads(), "tf32": _tf32(dev, dt)}
+                "threads": torch.get_num_threads(), "tf32": tf32_state(dev, dt)}
         model = create_model(cand["model"], img_size=img_size, attention=cand.get("attention"),
                              attention_options=cand.get("options"), ffn=cand.get("ffn"),
                              ffn_options=cand.get("ffn_options"))
@@ -223,7 +218,7 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
         label = cand["label"]
         base = {"label": label, "attention": cand["attention"], "tokens": tokens, "head_dim": head_dim,
                 "heads": heads, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
-                "threads": torch.get_num_threads(), "tf32": _tf32(dev, dt)}
+                "threads": torch.get_num_threads(), "tf32": tf32_state(dev, dt)}
         core = build_core(cand["attention"], head_dim=head_dim, num_heads=heads, **(cand.get("options") or {}))
         hq = getattr(core, "num_computed", heads)
         shapes = [(batch_size, hq, tokens, head_dim)] * 2 + [(batch_size, heads, tokens, head_dim)]
