@@ -35,7 +35,7 @@ def test_models_run_and_graph_replay_in_every_precision(dtype):
     model = create_model("deit_tiny_patch16_224", attention="linear_relu")
     row = benchmark_model(model, (3, 224, 224), device="cuda", dtype=dtype, warmup=2, repeats=5, cuda_graph=True)
     assert row["status"] == "ok" and row["median_ms"] > 0 and row["cuda_graph"] is True
-    assert row["tf32"] == (False if dtype == "float32" else None)  # PyTorch's default: strict fp32 matmuls
+    assert row["tf32"] == (False if dtype == "float32" else None)  # strict fp32: no TF32 in matmuls or convolutions
 
 
 def test_batch1_comparisons_carry_graph_timings_and_the_sdpa_kernel():

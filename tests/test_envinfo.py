@@ -123,4 +123,27 @@ def test_tf32_state_applies_to_cuda_float32_only():
 
     assert tf32_state("cpu", "float32") is None
     assert tf32_state("cuda", "bf16") is None  # reads flags only: no GPU needed
-    assert tf32_state(torch.device("cuda"), torch.float32) is bool(torch.backends.cuda.matmul.allow_tf32)
+    flags = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    assert tf32_state(torch.device("cuda"), torch.float32) is bool(flags)
+
+
+def test_strict_fp32_turns_tf32_off_for_matmuls_and_convolutions_then_restores():
+    import torch
+
+    from vitspeed.envinfo import strict_fp32, tf32_state
+
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # PyTorch's default
+        assert tf32_state("cuda", "float32") is True  # convolutions may use TF32: not strict fp32
+        with strict_fp32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+            assert tf32_state("cuda", "float32") is False
+            record = environment_record("cpu")
+            assert record["tf32_matmul"] is False and record["tf32_cudnn"] is False
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)
+        with pytest.raises(RuntimeError), strict_fp32():
+            raise RuntimeError("boom")
+        assert torch.backends.cudnn.allow_tf32 is True  # restored after an error too
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -82,3 +82,26 @@ def test_graph_timing_logic_records_replays_and_capture_failures(monkeypatch):
     assert rows["good"]["graph_median_ms"] > 0 and rows["good"]["median_ms"] > 0
     assert rows["bad"]["graph_error"] == "operation not permitted when stream is capturing"
     assert "graph_median_ms" not in rows["bad"] and rows["bad"]["status"] == "ok"  # eager timing kept
+
+
+def test_run_sweep_measures_fp32_as_ieee_fp32_and_records_it(results_dir):
+    import json
+
+    from vitspeed.studies.compare import run_sweep
+
+    seen = []
+
+    def group(cfg):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return [{"x": cfg["x"], "value": 1.0}]
+
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default: convolutions may use TF32
+    try:
+        df = run_sweep("unit", [{"x": 1}, {"x": 2}], group, key_fields=("x",), run_id="t")
+        assert torch.backends.cudnn.allow_tf32 is True  # restored afterwards
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+    assert seen == [(False, False), (False, False)] and list(df.x) == [1, 2]
+    env = json.loads(next((results_dir / "unit").glob("*__t.env.json")).read_text())
+    assert env["tf32_matmul"] is False and env["tf32_cudnn"] is False

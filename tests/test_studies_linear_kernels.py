@@ -49,7 +49,7 @@ def test_sweep_records_out_of_memory(results_dir, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
 
-    monkeypatch.setattr(L, "compare_cores", oom)
+    monkeypatch.setattr(L, "compare_cores_finite", oom)
     rows = L.run_linear_kernels([64], [], names=["softmax"], head_dim=8, heads=2, warmup=0, repeats=1, run_id="o")
     assert list(rows.status) == ["oom"] and rows.tokens.iloc[0] == 64 and "out of memory" in rows.error.iloc[0]
 
@@ -88,3 +88,47 @@ def test_approximation_table_explains_the_signed_normaliser():
     assert math.isnan(table.loc["linear_elu", "published_top1"])
     assert table.loc["focused", "options"].endswith("kernel_size=0")
     assert isinstance(table.reset_index(), pd.DataFrame) and len(table) == len(L.VARIANTS) - 1 + 4 + 1
+
+
+def _core_rows(times: dict[int, dict[str, float]], dtype: str = "float32", oom: dict[int, list[str]] | None = None):
+    import pandas as pd
+
+    rows = []
+    for n, by_label in times.items():
+        for label, ms in by_label.items():
+            rows.append({"kind": "core", "dtype": dtype, "tokens": n, "label": label, "median_ms": ms,
+                         "macs": (2 * n * n * 64 if "softmax" in label else 2 * n * 64 * 65), "status": "ok"})
+        for label in (oom or {}).get(n, []):
+            rows.append({"kind": "core", "dtype": dtype, "tokens": n, "label": label, "median_ms": float("nan"),
+                         "macs": float("nan"), "status": "oom"})
+    return pd.DataFrame(rows)
+
+
+def test_core_findings_state_what_the_rows_say():
+    times = {196: {"softmax": 1.0, "softmax_explicit": 0.8, "linear_relu": 1.5, "focused": 3.0},
+             3136: {"softmax": 10.0, "softmax_explicit": 20.0, "linear_relu": 4.0, "focused": 12.5}}
+    f = L.core_findings(_core_rows(times), "float32")
+    assert (f["n_lo"], f["n_hi"], f["n_kernels"]) == (196, 3136, 2)
+    assert (f["n_faster_lo"], f["n_faster_hi"]) == (0, 1)
+    assert f["fastest_hi"] == "linear_relu" and f["fastest_hi_ratio"] == 2.5 and f["fastest_hi_word"] == "faster"
+    assert f["relu_crossing"] == "from N = 3136"
+    assert f["relu_macs_hi"] == round(3136 / 65, 1) and f["relu_gain_word"] == "smaller"
+    assert f["explicit_hi_ratio"] == 2.0 and "flatters" in f["explicit_sentence"]
+    assert f["focused_hi_ratio"] == 1.25 and f["focused_hi_word"] == "slower"
+    assert f["missing_sentence"] == "Every kernel ran at N = 3136."
+
+
+def test_core_findings_survive_out_of_memory_rows_at_the_largest_size():
+    times = {196: {"softmax": 1.0, "softmax_explicit": 0.8, "linear_relu": 1.5, "focused": 3.0},
+             50176: {"softmax": 900.0, "linear_relu": 30.0}}
+    rows = _core_rows(times, oom={50176: ["softmax_explicit", "focused"]})
+    f = L.core_findings(rows, "float32")
+    assert f["n_hi"] == 50176 and f["n_faster_hi"] == 1 and f["fastest_hi"] == "linear_relu"
+    assert math.isnan(f["explicit_hi_ratio"]) and "could not run at N = 50176" in f["explicit_sentence"]
+    assert math.isnan(f["focused_hi_ratio"]) and f["focused_hi_word"] == "-"
+    assert f["missing_sentence"] == "Not measured at N = 50176 for lack of memory: focused."
+    # another precision's rows are not mixed in; an absent one is named
+    both = pd.concat([rows, _core_rows({196: {"softmax": 9.0, "linear_relu": 0.1}}, dtype="bfloat16")])
+    assert L.core_findings(both, "float32")["n_faster_lo"] == 0
+    with pytest.raises(ValueError, match="no fused softmax core measured in float16"):
+        L.core_findings(both, "float16")

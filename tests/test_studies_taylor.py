@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import sympy as sp
 
@@ -65,3 +66,43 @@ def test_approximation_against_exact_kernel_and_softmax():
     assert vf.loc["random", "negative_share"] > 0 and vf.loc["compact", "negative_share"] == 0
     assert 0 < vs.loc["full", "rel_error"] < 1
     assert vf.loc["random", "published_top1"] == 61.8
+
+
+def _taylor_rows(times: dict[int, dict[str, float]], head_dim: int = 16, dtype: str = "float32",
+                 oom: dict[int, list[str]] | None = None):
+    macs = {"softmax": 100.0, "softmax (explicit)": 100.0, "full": 90.0, "pool p=2": 30.0, "chunk c=2": 40.0,
+            "compact": 10.0}
+    rows = [{"kind": "core", "dtype": dtype, "head_dim": head_dim, "tokens": n, "label": label, "median_ms": t,
+             "macs": macs[label] * n, "status": "ok"} for n, by in times.items() for label, t in by.items()]
+    rows += [{"kind": "core", "dtype": dtype, "head_dim": head_dim, "tokens": n, "label": label, "status": "oom"}
+             for n, labels in (oom or {}).items() for label in labels]
+    return pd.DataFrame(rows)
+
+
+def test_core_findings_compare_the_kernels_at_the_extremes():
+    times = {196: {"softmax": 2.0, "softmax (explicit)": 1.0, "full": 8.0, "pool p=2": 3.0, "chunk c=2": 4.0,
+                   "compact": 4.0},
+             4096: {"softmax": 40.0, "softmax (explicit)": 80.0, "full": 30.0, "pool p=2": 12.0, "chunk c=2": 15.0,
+                    "compact": 10.0}}
+    f = T.core_findings(_taylor_rows(times), "float32", 16)
+    assert (f["d0"], f["n_lo"], f["n_hi"]) == (16, 196, 4096)
+    assert (f["best_soft_lo"], f["best_soft_hi"]) == ("explicit", "fused")
+    assert f["core_full_vs_compact"] == 3.0 and f["core_full_vs_compact_word"] == "slower"
+    assert f["core_full_vs_compact_macs"] == 9.0
+    assert f["full_time_per_mac"] == 3.0 and f["full_time_per_mac_word"] == "less"  # 3x the time for 9x the MACs
+    assert f["compact_vs_softmax_hi"] == 4.0 and f["compact_vs_softmax_hi_word"] == "faster"
+    assert f["compact_vs_softmax_lo"] == 4.0 and f["compact_vs_softmax_lo_word"] == "slower"
+    assert f["fused_vs_explicit_hi"] == 2.0 and f["fused_vs_explicit_hi_word"] == "faster"
+    assert f["full_vs_softmax_hi"] == 1.33 and f["full_vs_softmax_hi_word"] == "faster"
+    assert f["fastest_cut"] == "compact" and f["time_macs_spearman"] == 1.0
+
+
+def test_core_findings_skip_variants_that_ran_out_of_memory():
+    times = {196: {"softmax": 2.0, "softmax (explicit)": 1.0, "full": 8.0, "compact": 4.0},
+             50176: {"softmax": 900.0, "compact": 100.0}}
+    f = T.core_findings(_taylor_rows(times, oom={50176: ["softmax (explicit)", "full"]}), "float32", 16)
+    assert f["n_hi"] == 50176 and f["best_soft_hi"] == "fused" and f["compact_vs_softmax_hi"] == 9.0
+    assert math.isnan(f["core_full_vs_compact"]) and f["core_full_vs_compact_word"] == "-"
+    assert math.isnan(f["fused_vs_explicit_hi"]) and math.isnan(f["time_macs_spearman"])
+    with pytest.raises(ValueError, match="no fused softmax core measured in float32 at head dim 64"):
+        T.core_findings(_taylor_rows(times), "float32", 64)

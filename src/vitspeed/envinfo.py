@@ -7,17 +7,19 @@ and reject what this machine cannot run with one sentence naming the valid choic
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import os
 import platform
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 __all__ = [
     "DTYPE_NAMES",
+    "strict_fp32",
     "tf32_state",
     "available_devices",
     "cpu_model",
@@ -112,11 +114,29 @@ def dtype_name(dtype: str | torch.dtype) -> str:
 
 
 def tf32_state(device: str | torch.device, dtype: str | torch.dtype) -> bool | None:
-    """Whether float32 matrix products may use TF32 tensor cores for a measurement on ``device`` in
-    ``dtype``: PyTorch's ``allow_tf32`` flag on CUDA in float32, else None (not applicable)."""
+    """Whether float32 work on ``device`` in ``dtype`` may run on TF32 tensor cores: on CUDA in
+    float32, True if PyTorch allows TF32 for cuBLAS matrix products *or* for cuDNN convolutions (the
+    latter is PyTorch's default), False when both are off (IEEE float32); else None (not applicable)."""
     dev = device if isinstance(device, torch.device) else torch.device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else DTYPE_NAMES[dtype_name(dtype)]
-    return bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" and dt == torch.float32 else None
+    if dev.type != "cuda" or dt != torch.float32:
+        return None
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """For the duration, float32 means IEEE float32 on CUDA: TF32 off for cuBLAS matrix products
+    and for cuDNN convolutions (PyTorch leaves the convolution flag on by default, so patch
+    embeddings and convolutional stems would otherwise run in TF32 in "fp32" rows). The previous
+    flags are restored on exit. The flags are process-wide and do nothing on the CPU."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _valid_names() -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, tf32_state
+from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_fp32, tf32_state
 
 __all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
            "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable"]
@@ -126,8 +126,8 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     sample per callable, A B / B A ... when ``interleave`` (else all samples of A, then of B).
     Rounds continue past ``repeats`` until every callable has been sampled for ``min_time_s``
     seconds in total, up to ``max_repeats`` samples (default 10 x repeats).  On CUDA each sample is
-    timed with a pair of CUDA events on the current stream and the device is synchronized at the end
-    of each round; on CPU ``time.perf_counter_ns`` is used.  Callables should not allocate their
+    timed with a pair of CUDA events on the current stream, starting on a synchronized (idle) device
+    so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.  Callables should not allocate their
     inputs: everything they do is timed.
     """
     if not fns:
@@ -156,16 +156,18 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
 
         def one_round(order: Sequence[str]) -> None:
             if dev.type == "cuda":
-                events = []
                 for name in order:
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    # Start every sample on an idle device: otherwise the host queues a callable's
+                    # kernels while the previous one still runs, and only the first callable of a
+                    # round pays its launch overhead (launch-bound ones would look faster the later
+                    # they come in the round).
+                    torch.cuda.synchronize(dev)
                     start.record()
                     for _ in range(inner[name]):
                         fns[name]()
                     end.record()
-                    events.append((name, start, end))
-                torch.cuda.synchronize(dev)
-                for name, start, end in events:
+                    end.synchronize()
                     samples[name].append(start.elapsed_time(end) * 1e-3 / inner[name])
             else:
                 for name in order:
@@ -293,16 +295,19 @@ class _RssSampler:
 
 
 def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, float | None, str]:
-    """Run ``fn`` once; return (output, peak memory increase in MB, method).
+    """Run ``fn`` once (twice on CUDA); return (output, peak memory increase in MB, method).
 
-    CUDA: ``max_memory_allocated`` during the call minus ``memory_allocated`` before it (tensors
-    allocated by the caching allocator; activations and workspaces, not the weights already there).
+    CUDA: ``max_memory_allocated`` during a second call minus ``memory_allocated`` before it (tensors
+    allocated by the caching allocator; activations and per-call workspaces, not the weights already
+    there, nor the library workspaces the first call allocates once per process).
     CPU: rise of the process's peak resident set size (VmHWM, reset just before) over the RSS before
     the call; where VmHWM cannot be reset, RSS sampled every 1 ms by a thread (can miss short peaks).
     CPU figures come from the first forward of the model and depend on what the allocator already
     holds from earlier work in the process: an indication, best compared within a fresh process.
     """
     if dev.type == "cuda":
+        with torch.inference_mode():
+            fn()  # one-time lazy allocations (cuBLAS/cuDNN workspaces) are not the forward's memory
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)
@@ -346,8 +351,14 @@ def cuda_graph_callable(fn: Callable[[], Any], device: str | torch.device) -> tu
         torch.cuda.current_stream(dev).wait_stream(stream)
         torch.cuda.synchronize(dev)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn()
+        caller_stream = torch.cuda.current_stream(dev)
+        try:
+            with torch.cuda.graph(graph):
+                static_out = fn()
+        except BaseException:
+            # a capture that fails in capture_end leaves the capture stream current: take it back
+            torch.cuda.set_stream(caller_stream)
+            raise
     return graph.replay, static_out
 
 
@@ -359,7 +370,8 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
 
     ``input_shape`` excludes the batch dimension (e.g. ``(3, 224, 224)``).  The model is moved in
     place to the device and cast with ``model.to(dtype)`` (weights and activations really are in that
-    dtype; no autocast, so no per-op casts are timed), switched to eval, and its output is checked
+    dtype; no autocast, so no per-op casts are timed; float32 is IEEE float32, TF32 off, see
+    :func:`vitspeed.envinfo.strict_fp32`), switched to eval, and its output is checked
     for NaN/inf before timing.  CPU threads: ``torch.set_num_threads(threads)`` for the duration of
     the call (restored afterwards); default, and recorded, is torch's current setting.  Note that
     ``torch.utils.benchmark.Timer`` would silently use ONE thread.  ``cuda_graph`` replays a captured
@@ -387,7 +399,7 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with _device_context(dev):
+        with _device_context(dev), strict_fp32():
             memory_format = torch.channels_last if channels_last else torch.contiguous_format
             model = model.eval().to(device=dev, dtype=dt)
             if channels_last:
@@ -411,13 +423,14 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
             timing = measure({"model": fn}, dev, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
                              progress=progress)["model"]
             used_threads = torch.get_num_threads()
+            tf32 = tf32_state(dev, dt)  # inside strict_fp32: the state the timing ran under
     finally:
         torch.set_num_threads(old_threads)
 
     row: dict[str, Any] = {
         "device": str(dev), "dtype": dtype_name(dt), "batch_size": batch_size, "threads": used_threads,
         "channels_last": channels_last, "cuda_graph": cuda_graph,
-        "tf32": tf32_state(dev, dt),
+        "tf32": tf32,
         "input_shape": "x".join(str(s) for s in input_shape),
     }
     row.update(timing.row())

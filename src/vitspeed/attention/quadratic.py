@@ -127,11 +127,15 @@ class JaccardAttention(_LearnedTemperature):
         self.eps = eps
 
     def forward(self, q, k, v, bias=None, grid=None):
+        # Each N x N intermediate is released as soon as the next exists: at most three maps are
+        # alive at once (four without the dels), which decides the largest N that fits in memory.
         dots = q @ k.transpose(-2, -1)
         qq = (q * q).sum(-1, keepdim=True)
         kk = (k * k).sum(-1).unsqueeze(-2)
-        sim = dots / (qq + kk - dots).clamp_min(self.eps)
-        attn = sim * self.temperature().to(q.dtype)
+        den = (qq + kk - dots).clamp_min(self.eps)
+        attn = dots / den
+        del dots, den
+        attn = attn * self.temperature().to(q.dtype)
         if bias is not None:
             attn = attn + bias
         return attn.softmax(dim=-1) @ v

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from vitspeed.attention import build_core
-from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, tf32_state
+from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter
@@ -304,7 +304,9 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
               device: str = "cpu", dtypes: Iterable[str] = ("float32",), run_id: str | None = None) -> pd.DataFrame:
     """Run ``run_group(config) -> rows`` for every config, writing rows to data/<chapter>.
 
-    Resumes an interrupted run with the same ``run_id`` (configs already written are skipped);
+    Measured under :func:`vitspeed.envinfo.strict_fp32` (float32 is IEEE float32 on CUDA; the
+    environment record and every row's ``tf32`` say so). Resumes an interrupted run with the same
+    ``run_id`` (configs already written are skipped);
     a config that runs out of memory as a whole is recorded with status 'oom'. Returns this run's rows.
     Past the deadline in ``$VITSPEED_DEADLINE`` (set by ``vitspeed run --time-budget``) no new config
     starts: :class:`vitspeed.timing.SweepIncomplete` is raised with the finished rows written.
@@ -315,12 +317,13 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
         raise ValueError("run_sweep needs at least one dtype; valid names: float32, bfloat16, float16")
     for dt in dtypes:
         resolve_dtype(dt, dev.type)
-    # environment_record takes one dtype; the run's list is recorded as text.
-    env = environment_record(str(dev), dtypes[0])
-    env["dtype"] = ",".join(dtypes)
-    writer = ResultsWriter(chapter, env, run_id=run_id)
-    done = writer.done_keys(key_fields)
-    for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done, key_fields=key_fields,
-                        desc=chapter, deadline=deadline_from_env()):
-        writer.extend(result["rows"] if "rows" in result else [result])
+    with strict_fp32():  # fp32 rows are IEEE fp32 on CUDA (TF32 off for matmuls and convolutions)
+        # environment_record takes one dtype; the run's list is recorded as text.
+        env = environment_record(str(dev), dtypes[0])
+        env["dtype"] = ",".join(dtypes)
+        writer = ResultsWriter(chapter, env, run_id=run_id)
+        done = writer.done_keys(key_fields)
+        for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done,
+                            key_fields=key_fields, desc=chapter, deadline=deadline_from_env()):
+            writer.extend(result["rows"] if "rows" in result else [result])
     return pd.read_csv(writer.path) if writer.path.exists() else pd.DataFrame()

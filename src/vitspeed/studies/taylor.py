@@ -13,6 +13,7 @@ Counting conventions are those of :mod:`vitspeed.flops` (MACs of products; eleme
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import pandas as pd
@@ -23,12 +24,12 @@ from vitspeed import formulas as F
 from vitspeed.attention import get_attention, validate_options
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
-from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores, compare_models,
-                                      run_sweep)
+from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
+                                      compare_models_finite, run_sweep)
 from vitspeed.studies.linear_kernels import kernel_diagnostics
 
 __all__ = ["CHAPTER", "MODEL", "VARIANTS", "PUBLISHED_ABLATION", "PUBLISHED_LABEL", "taylor_candidates",
-           "formula_table", "qtvit_costs", "run_taylor", "approximation_table"]
+           "formula_table", "qtvit_costs", "run_taylor", "approximation_table", "CHEAP_CUTS", "core_findings"]
 
 CHAPTER = "taylor"
 MODEL = "qtvit_1"
@@ -164,13 +165,13 @@ def run_taylor(tokens: Sequence[int], img_sizes: Sequence[int], head_dims: Seque
 
     def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if cfg["kind"] == "core":
-            rows = compare_cores(taylor_candidates(labels), tokens=cfg["tokens"], head_dim=cfg["head_dim"],
-                                 heads=heads, batch_size=core_batch, device=device, dtype=cfg["dtype"],
-                                 warmup=warmup, repeats=repeats)
+            rows = compare_cores_finite(taylor_candidates(labels), tokens=cfg["tokens"], head_dim=cfg["head_dim"],
+                                        heads=heads, batch_size=core_batch, device=device, dtype=cfg["dtype"],
+                                        warmup=warmup, repeats=repeats)
         else:
-            rows = compare_models(_model_candidates(model_labels, references), img_size=cfg["img_size"],
-                                  batch_size=batch_size, device=device, dtype=cfg["dtype"], warmup=warmup,
-                                  repeats=repeats)
+            rows = compare_models_finite(_model_candidates(model_labels, references), img_size=cfg["img_size"],
+                                         batch_size=batch_size, device=device, dtype=cfg["dtype"], warmup=warmup,
+                                         repeats=repeats)
         return [{**row, **cfg} for row in rows]
 
     return run_sweep(CHAPTER, configs, run_group, key_fields=("kind", "img_size", "tokens", "head_dim", "dtype"),
@@ -201,3 +202,71 @@ def approximation_table(labels: Sequence[str] | None = None, tokens: int = 196, 
                             "negative_share": diag["negative_share"], "nonpositive_den": diag["nonpositive_den"],
                             "published_top1": PUBLISHED_ABLATION.get(cand["label"], float("nan"))})
     return pd.DataFrame(out)
+
+
+CHEAP_CUTS = ("pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
+
+
+def _word(ratio: float, above: str = "faster", below: str = "slower") -> str:
+    return "-" if not math.isfinite(ratio) else (above if ratio > 1 else below)
+
+
+def _times(ratio: float) -> float:
+    """A ratio said the way round that is at least 1, to 2 decimals (nan stays nan)."""
+    return math.nan if not math.isfinite(ratio) else float(round(ratio if ratio >= 1 else 1 / ratio, 2))
+
+
+def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, Any]:
+    """The numbers the chapter states about the Taylor cores of one run in ``dtype`` at ``head_dim``.
+
+    ``rows``: the run's rows (``kind == 'core'``; rows not 'ok', e.g. out of memory, ignored). The
+    smallest and largest token counts are those where fused softmax was measured; a comparison with a
+    variant missing there is nan (``*_word`` '-'). "The faster softmax" is the faster of the fused
+    and explicit forms at that N. Ratios are said the way round that is at least 1, with a word.
+    Keys: d0, n_lo, n_hi, core_full_vs_compact(_word), core_full_vs_compact_macs,
+    full_time_per_mac(_word), best_soft_hi, best_soft_lo, compact_vs_softmax_hi(_word),
+    compact_vs_softmax_lo(_word), fused_vs_explicit_hi(_word), full_vs_softmax_hi(_word),
+    fastest_cut, time_macs_spearman (time vs MACs over the Taylor variants at the largest N).
+    """
+    df = rows[(rows.kind == "core") & (rows.dtype == dtype)]
+    if "status" in df:
+        df = df[df.status.fillna("ok") == "ok"]
+    df = df[df.head_dim.astype(int) == int(head_dim)]
+    df = df.assign(tokens=df.tokens.astype(int))
+    ref_tokens = sorted(df[df.label == "softmax"].tokens.unique())
+    if not ref_tokens:
+        raise ValueError(f"no fused softmax core measured in {dtype} at head dim {head_dim}; "
+                         f"dtypes present: {sorted(rows.dtype.unique())}")
+    n_lo, n_hi = int(ref_tokens[0]), int(ref_tokens[-1])
+    ms = df.pivot_table(index="tokens", columns="label", values="median_ms", aggfunc="median")
+    macs = df.pivot_table(index="tokens", columns="label", values="macs", aggfunc="median")
+    hi, lo = ms.loc[n_hi].dropna(), ms.loc[n_lo].dropna()
+
+    def ratio(series: pd.Series, a: str, b: str) -> float:
+        return float(series[a] / series[b]) if a in series.index and b in series.index else math.nan
+
+    softmaxes = ["softmax"] + (["softmax (explicit)"] if "softmax (explicit)" in hi.index else [])
+    best_hi = str(hi[softmaxes].idxmin())
+    best_lo = str(lo[[s for s in ("softmax", "softmax (explicit)") if s in lo.index]].idxmin())
+    out: dict[str, Any] = {"d0": int(head_dim), "n_lo": n_lo, "n_hi": n_hi,
+                           "best_soft_hi": "fused" if best_hi == "softmax" else "explicit",
+                           "best_soft_lo": "fused" if best_lo == "softmax" else "explicit"}
+    r = ratio(hi, "full", "compact")
+    macs_ratio = ratio(macs.loc[n_hi].dropna(), "full", "compact")
+    out.update(core_full_vs_compact=_times(r), core_full_vs_compact_word=_word(r, "slower", "faster"),
+               core_full_vs_compact_macs=float(round(macs_ratio, 1)) if math.isfinite(macs_ratio) else math.nan)
+    per_mac = r / macs_ratio
+    out.update(full_time_per_mac=_times(per_mac), full_time_per_mac_word=_word(per_mac, "more", "less"))
+    for key, (series, a, b) in {"compact_vs_softmax_hi": (hi, best_hi, "compact"),
+                                "compact_vs_softmax_lo": (lo, best_lo, "compact"),
+                                "fused_vs_explicit_hi": (hi, "softmax (explicit)", "softmax"),
+                                "full_vs_softmax_hi": (hi, best_hi, "full")}.items():
+        r = ratio(series, a, b)
+        out[key], out[f"{key}_word"] = _times(r), _word(r)
+    cheap = [x for x in CHEAP_CUTS if x in hi.index]
+    out["fastest_cut"] = str(hi[cheap].idxmin()) if cheap else "none measured"
+    taylor = [x for x in ("full", *CHEAP_CUTS) if x in hi.index]
+    both = pd.DataFrame({"ms": hi[taylor], "macs": macs.loc[n_hi, taylor]})
+    rho = both.corr(method="spearman").iloc[0, 1] if len(taylor) > 2 else math.nan
+    out["time_macs_spearman"] = float(round(rho, 2)) if math.isfinite(rho) else math.nan
+    return out
