@@ -8,7 +8,7 @@ PRESET ?= cpu
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test env unit nbval notebooks clean lock
+.PHONY: book test env unit nbval notebooks clean lock test-oldest lock-oldest
 
 env: $(VENV)/.stamp
 
@@ -41,6 +41,24 @@ notebooks: env
 
 lock:
 	bash tools/lock.sh
+
+## make test-oldest: the unit tests against the oldest versions pyproject.toml allows (requirements-oldest.txt),
+## in their own environment .venv-oldest. Not part of `make test`.
+OLDEST := .venv-oldest
+
+test-oldest: $(OLDEST)/.stamp
+	$(OLDEST)/bin/python -m pytest tests -q -p no:cacheprovider
+
+$(OLDEST)/.stamp: requirements-oldest.txt pyproject.toml
+	rm -rf $(OLDEST)
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q "uv==$(UV_VERSION)"
+	$(OLDEST)/bin/uv pip install -q --python $(OLDEST)/bin/python -r requirements-oldest.txt
+	$(OLDEST)/bin/uv pip install -q --python $(OLDEST)/bin/python --no-deps -e .
+	touch $@
+
+lock-oldest:
+	bash tools/lock_oldest.sh
 
 clean:
 	rm -rf _build book/chapters

@@ -1,5 +1,6 @@
 """Tests for vitspeed.results: atomic tidy CSV + env sidecar, resume, no overwriting, merged reading."""
 import json
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -108,6 +109,16 @@ def test_read_merges_hardware_and_latest_only(tmp_path):
     latest = read_results("ch2", roots=[tmp_path], latest_only=True)
     assert sorted(zip(latest["hardware"], latest["run_id"], latest["median_ms"])) == [
         ("cpu-amd-epyc-7b13-2t", "20250201-000000", 4.0), ("cpu-intel-xeon-8t", "20240101-000000", 9.0)]
+
+
+def test_read_gives_back_the_floats_written(tmp_path):
+    # pandas < 3.1's default float parser is one ulp off for about a fifth of such values
+    rng = random.Random(0)
+    values = [rng.uniform(1, 2000) for _ in range(50)]
+    w = ResultsWriter("ch4", _env(), run_id="r1", root=tmp_path)
+    w.extend([{"median_ms": v, "ms_per_image": v / 2} for v in values])
+    frame = read_results("ch4", roots=[tmp_path])
+    assert frame.median_ms.tolist() == values and (frame.ms_per_image == frame.median_ms / 2).all()
 
 
 def test_read_empty_chapter(tmp_path):

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["ResultsWriter", "config_key", "default_root", "load_env", "list_runs", "read_results",
+__all__ = ["ResultsWriter", "config_key", "default_root", "load_env", "list_runs", "read_csv", "read_results",
            "write_root", "ENV_VAR"]
 
 ENV_VAR = "VITSPEED_RESULTS_DIR"
@@ -100,6 +100,17 @@ def config_key(row: Mapping[str, Any], fields: Sequence[str]) -> tuple[str, ...]
     The same for a config dict and for the row read back from a CSV, which is what makes resume work.
     """
     return tuple(_cell(row.get(f)) for f in fields)
+
+
+# pandas < 3.1's default float parser can be one ulp off the value written (str(float) round-trips);
+# 3.1 parses exactly with every setting and deprecates the option.
+_EXACT_FLOATS = ({} if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (3, 1)
+                 else {"float_precision": "round_trip"})
+
+
+def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """``pd.read_csv`` that reads each float back exactly as the writer stored it, on every pandas."""
+    return pd.read_csv(path, **_EXACT_FLOATS)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -265,7 +276,7 @@ def read_results(chapter: str, roots: Sequence[str | os.PathLike] | None = None,
     frames = []
     for run in runs:
         try:
-            frame = pd.read_csv(run["path"])
+            frame = read_csv(run["path"])
         except pd.errors.EmptyDataError:
             continue
         frame["hardware"] = run["hardware"]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -116,9 +117,26 @@ SDPA_BACKENDS = {
     "aten::_scaled_dot_product_cudnn_attention": "cudnn",
     "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
     "aten::_scaled_dot_product_attention_math": "math",
-    # the math backend decomposes into plain ops; its softmax is the one op only it uses
-    "aten::_safe_softmax": "math",
 }
+
+
+class _SdpaMode(TorchFunctionMode):
+    """Records, for each ``scaled_dot_product_attention`` call, the backend kernel it dispatched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backends: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") != "scaled_dot_product_attention":
+            return func(*args, **kwargs)
+        with _KernelMode() as kernels:
+            out = func(*args, **kwargs)
+        found = [SDPA_BACKENDS[n] for n in kernels.names if n in SDPA_BACKENDS]
+        # no fused kernel: the math backend, which decomposes into plain ops (matmul, softmax, ...)
+        self.backends.append(found[0] if found else "math")
+        return out
 
 
 def sdpa_backend(fn: Callable[[], Any]) -> str:
@@ -126,8 +144,11 @@ def sdpa_backend(fn: Callable[[], Any]) -> str:
 
     One of flash, flash_cpu, mem_efficient, cudnn, overrideable, math (several joined by '+' when
     calls differ), or '' when ``fn`` calls no SDPA at all (an explicit softmax, a linear variant).
-    The math backend decomposes into plain ops; it is recognised by ``aten::_safe_softmax``, the
-    softmax only SDPA's math path dispatches (``Tensor.softmax`` dispatches ``aten::_softmax``).
+    Each SDPA call is caught at the Python API and the aten kernels it dispatches are inspected
+    (under ``no_grad``, so that the backend kernel is visible); a call that dispatches none of the
+    fused kernels took the math backend. Its ops alone cannot tell it from an explicit softmax:
+    newer torch gives it ``aten::_safe_softmax``, torch 2.4 the same ``aten::_softmax`` as ``Tensor.softmax``.
     """
-    found = [SDPA_BACKENDS[n] for n in aten_kernels(fn) if n in SDPA_BACKENDS]
-    return "+".join(dict.fromkeys(found))
+    with torch.no_grad(), _SdpaMode() as mode:
+        fn()
+    return "+".join(dict.fromkeys(mode.backends))

@@ -17,7 +17,7 @@ from vitspeed.attention import build_core
 from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
-from vitspeed.results import ResultsWriter
+from vitspeed.results import ResultsWriter, read_csv
 from vitspeed.timing import (check_output, cuda_graph_callable, deadline_from_env, forward_peak_memory, is_oom_error,
                              measure, sweep)
 from vitspeed.traffic import sdpa_backend, trace_traffic
@@ -326,4 +326,4 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
         for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done,
                             key_fields=key_fields, desc=chapter, deadline=deadline_from_env()):
             writer.extend(result["rows"] if "rows" in result else [result])
-    return pd.read_csv(writer.path) if writer.path.exists() else pd.DataFrame()
+    return read_csv(writer.path) if writer.path.exists() else pd.DataFrame()

@@ -8,8 +8,13 @@ from typing import Iterable
 
 import pandas as pd
 import torch
-from timm.layers import Attention, Mlp
+from timm.layers import Mlp
 from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
+
+try:
+    from timm.layers import Attention
+except ImportError:  # timm < 1.0.16 defines ViT's Attention in the model module only
+    from timm.models.vision_transformer import Attention
 
 from vitspeed import formulas as F
 from vitspeed.attention import build_core, get_attention, list_attentions

@@ -60,8 +60,12 @@ def timm_fused_attn() -> dict[str, Any]:
     non-experimental ``timm.layers.Attention`` of ViT/DeiT, for contrast.
     """
     import timm
-    from timm.layers import Attention
     from timm.models.swin_transformer import WindowAttention
+
+    try:
+        from timm.layers import Attention
+    except ImportError:  # timm < 1.0.16 defines ViT's Attention in the model module only
+        from timm.models.vision_transformer import Attention
 
     return {"timm": timm.__version__, "TIMM_FUSED_ATTN": os.environ.get("TIMM_FUSED_ATTN", "unset"),
             "window_fused": bool(WindowAttention(dim=96, num_heads=3).fused_attn),
