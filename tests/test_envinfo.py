@@ -14,7 +14,7 @@ REQUIRED = {
     "platform", "python", "cpu_model", "cpu_count_logical", "torch_version", "timm_version",
     "fvcore_version", "numpy_version", "vitspeed_version", "cuda_available", "cuda_version",
     "cudnn_version", "gpu_name", "gpu_memory_gb", "gpu_capability", "tf32_matmul", "tf32_cudnn",
-    "float32_matmul_precision", "sdpa_flash", "sdpa_mem_efficient", "sdpa_math", "sdpa_cudnn",
+    "float32_matmul_precision", "sdpa_flash", "sdpa_mem_efficient", "sdpa_math", "sdpa_cudnn", "cpu_allocator",
 }
 
 

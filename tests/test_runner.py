@@ -39,13 +39,13 @@ def test_strip_run_metadata_drops_timings_and_hides_injected_cell_of_hidden_para
     assert '"duration"' not in nbformat.writes(out)
 
 
-def _toy_repo(root, cells):
+def _toy_repo(root, cells, preset="parameters: {}\n"):
     """A repository root with one preset and one notebook made of ``cells`` (code sources)."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
     (root / "presets").mkdir()
-    (root / "presets" / "toy.yaml").write_text("parameters: {}\n")
+    (root / "presets" / "toy.yaml").write_text(preset)
     (root / "notebooks").mkdir()
     nb = new_notebook(cells=[new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -80,3 +80,30 @@ def test_zero_time_budget_runs_nothing_and_cli_exits_3(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="time budget must be a number of seconds >= 0"):
         run_notebooks(["01_complexity"], output_dir=tmp_path, time_budget_s=-1)
+
+
+def test_preset_environment_reaches_the_kernels_only(tmp_path, monkeypatch):
+    import os
+
+    import nbformat
+
+    monkeypatch.delenv("VITSPEED_TOY", raising=False)
+    root = tmp_path / "repo"
+    root.mkdir()
+    _toy_repo(root, ["import os\nprint('toy=' + os.environ['VITSPEED_TOY'])"],
+              preset="parameters: {}\nenvironment: {VITSPEED_TOY: 0}\n")
+    (path,) = run_notebooks(["toy"], preset="toy", output_dir=tmp_path / "out", root=root)
+    assert "toy=0" in nbformat.read(path, as_version=4).cells[0].outputs[0]["text"]
+    assert "VITSPEED_TOY" not in os.environ  # the caller's environment is restored
+
+
+def test_preset_environment_must_be_a_mapping_of_names_to_values(tmp_path):
+    from vitspeed.runner import load_preset
+
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "bad.yaml").write_text("environment: [MALLOC_MMAP_MAX_]\n")
+    with pytest.raises(ValueError, match="'environment' must map variable names"):
+        load_preset("bad", tmp_path)
+    from vitspeed.allocator import KEPT_HEAP
+
+    assert load_preset("cpu")["environment"] == KEPT_HEAP  # the published CPU runs keep freed memory

@@ -93,8 +93,16 @@ def test_run_scaling_writes_one_run_with_caps_and_resume(tmp_path, monkeypatch):
     assert capped.cap_tokens.iloc[0] == 20
     # the cap counts tokens x batch: 5 tokens x batch 2 = 10 <= 20 runs, so no model row is capped
     kw2 = {**kw, "core_variants": ["softmax"], "model_variants": ["taylor2_full"], "img_sizes": [32],
-           "batch_sizes": [2, 8], "caps": {"taylor2_full": 12}, "run_id": "t2", "ceilings": False}
+           "batch_sizes": [2, 8], "caps": {"taylor2_full": 12}, "run_id": "t2", "ceilings": False,
+           "allocator_tokens": 16}
     df2 = S.run_scaling(**kw2)
+    alloc = df2[df2.level == "allocator"]
+    assert sorted(zip(alloc.allocator, alloc.attention)) == [
+        ("glibc default", "softmax"), ("glibc default", "softmax_explicit"),
+        ("kept heap", "softmax"), ("kept heap", "softmax_explicit")]
+    assert (alloc.tokens == 16).all() and alloc.median_ms.gt(0).all()
+    assert set(S.allocator_effect(df2.assign(hardware="h")).attention) == {"softmax", "softmax_explicit"}
+    assert set(S.latency_ratios(df2.assign(hardware="h"), level="core").level) == {"core"}
     m2 = df2[(df2.level == "model") & (df2.attention == "taylor2_full")].set_index("batch_size")
     assert m2.loc[2, "status"] == "ok" and m2.loc[8, "status"] == "capped"
     model = df[df.level == "model"]
@@ -132,3 +140,36 @@ def test_nonfinite_core_is_recorded_and_others_timed(monkeypatch):
     rows = S.core_group(["softmax", "linear_relu", "linear_elu"], tokens=16, warmup=0, repeats=1)
     assert [r["status"] for r in rows] == ["ok", "nonfinite", "ok"]
     assert rows[1]["level"] == "core" and rows[1]["family"] == "linear"
+
+
+def test_allocator_effect_puts_both_settings_side_by_side():
+    import pandas as pd
+
+    rows = pd.DataFrame([
+        {"level": "allocator", "hardware": "h", "dtype": "float32", "tokens": 64, "attention": a, "allocator": al,
+         "median_ms": ms, "iqr_ms": 0.1, "status": "ok"}
+        for a, al, ms in [("softmax", "glibc default", 3.0), ("softmax", "kept heap", 2.0),
+                          ("softmax_explicit", "glibc default", 9.0), ("softmax_explicit", "kept heap", 3.0)]]
+        + [{"level": "core", "hardware": "h", "dtype": "float32", "tokens": 64, "attention": "softmax",
+            "median_ms": 1.0, "status": "ok"}])
+    eff = S.allocator_effect(rows).set_index("attention")
+    assert eff.loc["softmax", "slowdown"] == 1.5 and eff.loc["softmax_explicit", "slowdown"] == 3.0
+    assert eff.loc["softmax_explicit", "default_ms"] == 9.0 and eff.loc["softmax_explicit", "kept_ms"] == 3.0
+    assert S.allocator_effect(rows[rows.level == "core"]).empty
+
+
+def test_allocator_finding_states_the_slowdowns_or_their_absence():
+    rows = pd.DataFrame([
+        {"level": "allocator", "dtype": "bfloat16", "tokens": n, "attention": a, "allocator": al, "median_ms": ms,
+         "iqr_ms": 0.1, "status": "ok"}
+        for n in (256, 4096)
+        for a, al, ms in [("softmax", "glibc default", 3.0), ("softmax", "kept heap", 2.0),
+                          ("softmax_explicit", "glibc default", 9.0 * n / 256), ("softmax_explicit", "kept heap", 3.0)]])
+    text = S.allocator_finding(rows, "bfloat16", current="kept heap")
+    assert text.startswith("At 4096 tokens in bfloat16, with glibc's default allocator the explicit softmax takes "
+                           "144 ms per call against 3 ms with the kept heap (48.00 times); fused SDPA 3 ms per call "
+                           "against 2 ms with the kept heap (1.50 times).")
+    assert text.endswith("used the kept heap setting (the cpu preset's).")
+    assert S.allocator_finding(rows, "bfloat16", current="glibc default").endswith("glibc default setting.")
+    assert "not run here" in S.allocator_finding(rows, "float32")
+    assert "not run here" in S.allocator_finding(rows.assign(level="core"), "bfloat16")

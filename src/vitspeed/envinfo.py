@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import torch
 
+from vitspeed.allocator import allocator_state
+
 __all__ = [
     "DTYPE_NAMES",
     "strict_fp32",
@@ -40,7 +42,10 @@ _CANONICAL = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float1
 
 # Environment variables that change what a measurement means (thread pools, timm's fused attention).
 _RECORDED_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TIMM_FUSED_ATTN",
-                      "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "PYTORCH_CUDA_ALLOC_CONF")
+                      "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "PYTORCH_CUDA_ALLOC_CONF",
+                      # the CPU allocator (see vitspeed.allocator): glibc's knobs, or a preloaded malloc
+                      "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
+                      "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
 def available_devices() -> list[str]:
@@ -235,6 +240,7 @@ def environment_record(device: str = "cpu", dtype: str = "float32", threads: int
         "sdpa_math": _sdpa_flag("math_sdp_enabled"),
         "sdpa_cudnn": _sdpa_flag("cudnn_sdp_enabled"),
         "env_vars": {k: os.environ[k] for k in _RECORDED_ENV_VARS if k in os.environ},
+        "cpu_allocator": allocator_state(),
     }
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)

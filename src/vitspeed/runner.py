@@ -4,6 +4,7 @@ Presets live in ``presets/<name>.yaml``::
 
     description: one line
     parameters: {device: cpu}          # given to every notebook that declares them
+    environment: {NAME: value}         # optional: set for the notebooks' kernels (not for the caller)
     notebooks:
       01_complexity: {sizes: [...]}    # per-notebook parameters, override the shared ones
 
@@ -62,6 +63,12 @@ def load_preset(name: str, root: Path | None = None) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     data.setdefault("parameters", {})
     data.setdefault("notebooks", {})
+    env = data.setdefault("environment", {}) or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
+                                            for k, v in env.items()):
+        raise ValueError(f"preset {name!r}: 'environment' must map variable names to strings or numbers; "
+                         f"got {env!r}")
+    data["environment"] = {k: str(v) for k, v in env.items()}
     return data
 
 
@@ -123,9 +130,12 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
     out_dir.mkdir(parents=True, exist_ok=True)
     executed: list[Path] = []
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would end up in the book's outputs
-    previous = os.environ.get(DEADLINE_ENV)
+    # the kernels inherit this process's environment: the deadline and the preset's variables
+    kernel_env = dict(config["environment"])
     if deadline is not None:
-        os.environ[DEADLINE_ENV] = repr(deadline)  # inherited by the notebooks' kernels
+        kernel_env[DEADLINE_ENV] = repr(deadline)
+    previous = {name: os.environ.get(name) for name in kernel_env}
+    os.environ.update(kernel_env)
     try:
         for stem in stems:
             if deadline is not None and time.time() >= deadline:
@@ -153,8 +163,9 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
                     os.unlink(tmp)
             executed.append(target)
     finally:
-        if previous is None:
-            os.environ.pop(DEADLINE_ENV, None)
-        else:
-            os.environ[DEADLINE_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return executed

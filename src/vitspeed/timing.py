@@ -258,6 +258,19 @@ def _vm_hwm_bytes() -> int | None:
         return None
 
 
+def _malloc_trim() -> bool:
+    """Give the C heap's free memory back to the OS (glibc ``malloc_trim(0)``), so that a resident-set
+    rise measures what a call needs even when the allocator is told to keep freed memory."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def _reset_vm_hwm() -> bool:
     """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0: write 5 to clear_refs)."""
     try:
@@ -302,8 +315,9 @@ def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, 
     there, nor the library workspaces the first call allocates once per process).
     CPU: rise of the process's peak resident set size (VmHWM, reset just before) over the RSS before
     the call; where VmHWM cannot be reset, RSS sampled every 1 ms by a thread (can miss short peaks).
-    CPU figures come from the first forward of the model and depend on what the allocator already
-    holds from earlier work in the process: an indication, best compared within a fresh process.
+    CPU figures come from the first forward of the model, after the C heap's free memory was given
+    back to the OS (``malloc_trim``), so memory the allocator kept from earlier work does not hide
+    the rise; still an indication (the resident set counts pages, not tensors).
     """
     if dev.type == "cuda":
         with torch.inference_mode():
@@ -318,6 +332,7 @@ def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, 
     import psutil
     proc = psutil.Process()
     gc.collect()
+    _malloc_trim()
     if _reset_vm_hwm():
         before = proc.memory_info().rss
         with torch.inference_mode():

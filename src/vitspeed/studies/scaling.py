@@ -30,16 +30,21 @@ import pandas as pd
 import sympy as sp
 
 from vitspeed import formulas as F
+from vitspeed.allocator import allocator_comparison, allocator_state
 from vitspeed.attention import get_attention, list_attentions
+from vitspeed.envinfo import resolve_device
 from vitspeed.roofline import measure_ceilings
 from vitspeed.studies.compare import candidate, compare_cores_finite, compare_models_finite, run_sweep
 
 __all__ = ["REFERENCE", "BACKBONE", "resolve_variants", "model_tokens", "core_group", "model_group",
-           "run_scaling", "crossover_point", "crossovers", "predicted_crossovers", "latency_ratios"]
+           "run_scaling", "crossover_point", "crossovers", "predicted_crossovers", "latency_ratios",
+           "ALLOCATOR_VARIANTS", "allocator_effect", "allocator_finding"]
 
 CHAPTER = "scaling"
 REFERENCE = "softmax"  # fused SDPA, the fastest honest softmax baseline
 BACKBONE = "deit_small_patch16_224"
+# the allocator check: a core with no large intermediate against one that writes the N x N map
+ALLOCATOR_VARIANTS = ("softmax", "softmax_explicit")
 PATCH = 16
 KEY_FIELDS = ("level", "tokens", "img_size", "batch_size", "dtype")
 NOT_IN_RANGE = "not within measured range"
@@ -135,7 +140,8 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
                 head_dim: int = 64, heads: int = 6, warmup: int = 3, repeats: int = 10,
                 caps: dict[str, int] | None = None, run_id: str | None = None,
                 model: str = BACKBONE, ceilings: bool = True,
-                ceiling_sizes: tuple[int, int] | None = None) -> pd.DataFrame:
+                ceiling_sizes: tuple[int, int] | None = None, allocator_tokens: int | None = None,
+                allocator_variants: Sequence[str] = ALLOCATOR_VARIANTS) -> pd.DataFrame:
     """Sweep both levels into data/scaling as ONE run (one file per hardware): this run's rows.
 
     Core level: ``core_tokens`` x dtypes at ``core_batch_size``. Model level: ``img_sizes`` at
@@ -143,7 +149,10 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
     ``model`` a DeiT/ViT timm name (DeiT-S by default). With ``ceilings``, each dtype starts with
     the device's measured roofline ceilings (:func:`vitspeed.roofline.measure_ceilings`,
     ``level='ceiling'`` rows; ``ceiling_sizes`` = (matmul side, copy bytes), default per device
-    type), against which the core rows are placed.
+    type), against which the core rows are placed. On the CPU, ``allocator_tokens`` adds per dtype
+    the ``allocator_variants`` cores at that token count timed under glibc's default allocator and
+    under the kept heap (:func:`vitspeed.allocator.allocator_comparison`, ``level='allocator'``
+    rows with an ``allocator`` column); ignored on CUDA, whose caching allocator keeps freed blocks.
     Resumable with the same ``run_id``; a whole configuration that runs out of memory is recorded
     as ``status='oom'``.
     """
@@ -151,6 +160,7 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
 
     core_vs = resolve_variants(core_variants)
     model_vs = resolve_variants(model_variants)
+    alloc_vs = resolve_variants(allocator_variants)
     core_tokens, img_sizes, batch_sizes, dtypes = list(core_tokens), list(img_sizes), list(batch_sizes), list(dtypes)
     _check_square(core_tokens, core_vs)
     for s in [*img_sizes, batch_img_size]:
@@ -166,12 +176,20 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
         points += [(batch_img_size, b) for b in batch_sizes if (batch_img_size, b) not in points]
         configs += [{"level": "model", "tokens": model_tokens(s), "img_size": s, "batch_size": b, "dtype": dt}
                     for s, b in points]
+        if allocator_tokens and resolve_device(device).type == "cpu":
+            configs.append({"level": "allocator", "tokens": int(allocator_tokens), "img_size": None,
+                            "batch_size": 1, "dtype": dt})
 
     def group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if cfg["level"] == "ceiling":
             n, nbytes = ceiling_sizes or (None, None)
             return measure_ceilings(device, cfg["dtype"], matmul_size=n, copy_bytes=nbytes, warmup=warmup,
                                     repeats=repeats)
+        if cfg["level"] == "allocator":
+            rows = allocator_comparison(alloc_vs, cfg["tokens"], cfg["dtype"], head_dim=head_dim, heads=heads,
+                                        warmup=warmup, repeats=repeats)
+            return [{**r, "level": "allocator", "family": get_attention(r["attention"]).family, "img_size": None}
+                    for r in rows]
         if cfg["level"] == "core":
             return core_group(core_vs, cfg["tokens"], cfg["batch_size"], device=device, dtype=cfg["dtype"],
                               head_dim=head_dim, heads=heads, warmup=warmup, repeats=repeats, caps=caps)
@@ -295,3 +313,47 @@ def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str = 
     df = df.merge(ref, on=keys, how="inner")
     df["ratio"] = df.median_ms / df.reference_ms
     return df
+
+
+def allocator_effect(results: pd.DataFrame, by: Sequence[str] = ("hardware", "dtype", "tokens")) -> pd.DataFrame:
+    """The allocator rows (``level='allocator'``, status ok) side by side: per ``by`` group and
+    attention, ``default_ms`` (glibc's default allocator) and ``kept_ms`` (the kept heap), medians
+    per call in ms, their IQRs, and ``slowdown`` = default_ms / kept_ms (> 1: glibc's defaults cost
+    time). Empty when no allocator rows exist."""
+    cols = [*by, "attention", "default_ms", "default_iqr_ms", "kept_ms", "kept_iqr_ms", "slowdown"]
+    if "level" not in results or "allocator" not in results:
+        return pd.DataFrame(columns=cols)
+    df = results[(results.level == "allocator") & (results.status.fillna("ok") == "ok")]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    keys = [b for b in by if b in df.columns] + ["attention"]
+    wide = df.pivot_table(index=keys, columns="allocator", values=["median_ms", "iqr_ms"], aggfunc="median")
+    out = pd.DataFrame({"default_ms": wide[("median_ms", "glibc default")],
+                        "default_iqr_ms": wide[("iqr_ms", "glibc default")],
+                        "kept_ms": wide[("median_ms", "kept heap")], "kept_iqr_ms": wide[("iqr_ms", "kept heap")]})
+    out["slowdown"] = out.default_ms / out.kept_ms
+    return out.reset_index()
+
+
+def allocator_finding(results: pd.DataFrame, dtype: str, current: str | None = None) -> str:
+    """Sentences on the allocator rows of ``results`` in ``dtype`` (see :func:`allocator_effect`):
+    the time of explicit and fused softmax under glibc's default allocator against the kept heap, at
+    the largest token count measured, and which setting the run's other rows used (``current``,
+    default :func:`vitspeed.allocator.allocator_state` of this process); says so when there are no
+    allocator rows (CUDA runs)."""
+    eff = allocator_effect(results, by=("dtype", "tokens"))
+    eff = eff[eff.dtype == dtype] if len(eff) else eff
+    if eff.empty:
+        return ("The allocator comparison was not run here (it is a CPU measurement; CUDA's caching "
+                "allocator keeps freed blocks).")
+    n = int(eff.tokens.max())
+    e = eff[eff.tokens == n].set_index("attention")
+    said = [f"{name} {e.loc[att, 'default_ms']:.3g} ms per call against {e.loc[att, 'kept_ms']:.3g} ms with the "
+            f"kept heap ({e.loc[att, 'slowdown']:.2f} times)"
+            for att, name in (("softmax_explicit", "the explicit softmax takes"), ("softmax", "fused SDPA"))
+            if att in e.index]
+    current = current or allocator_state()
+    return (f"At {n} tokens in {dtype}, with glibc's default allocator " + "; ".join(said)
+            + ". With the defaults every large tensor is mapped, page-faulted and unmapped on each call, and "
+              f"the explicit form's N x N map pays it most. The other rows of this run used the {current} "
+              "setting" + (" (the cpu preset's)." if current == "kept heap" else "."))
