@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from vitspeed.allocator import allocator_state
+from vitspeed.allocator import ALLOCATOR_VARS, allocator_state
 
 __all__ = [
     "DTYPE_NAMES",
@@ -43,9 +43,7 @@ _CANONICAL = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float1
 # Environment variables that change what a measurement means (thread pools, timm's fused attention).
 _RECORDED_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TIMM_FUSED_ATTN",
                       "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "PYTORCH_CUDA_ALLOC_CONF",
-                      # the CPU allocator (see vitspeed.allocator): glibc's knobs, or a preloaded malloc
-                      "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
-                      "GLIBC_TUNABLES", "LD_PRELOAD")
+                      *ALLOCATOR_VARS)  # the CPU allocator: glibc's knobs, or a preloaded malloc
 
 
 def available_devices() -> list[str]:

@@ -23,6 +23,8 @@ import torch
 from vitspeed.attention import build_core, get_attention, validate_options
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, implied_attention, run_sweep)
+from vitspeed.studies.wording import times as _times
+from vitspeed.studies.wording import word as _word
 
 __all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL",
            "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels", "kernel_diagnostics",
@@ -214,17 +216,6 @@ def approximation_table(names: Sequence[str] | None = None, tokens: int = 196, h
     return pd.DataFrame(out)
 
 
-def _faster_word(ratio: float) -> str:
-    return "faster" if ratio > 1 else "slower"
-
-
-def _times(ratio: float) -> float:
-    """A ratio said the way round that is at least 1, to 2 decimals (nan stays nan)."""
-    if not math.isfinite(ratio):
-        return math.nan
-    return float(round(ratio if ratio >= 1 else 1 / ratio, 2))
-
-
 def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     """The numbers the chapter states about the cores of one run in ``dtype``, ready to glue.
 
@@ -261,11 +252,11 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     if kernels_hi:
         fastest = str(hi[kernels_hi].idxmin())
         r = hi["softmax"] / hi[fastest]
-        out.update(fastest_hi=fastest, fastest_hi_ratio=_times(r), fastest_hi_word=_faster_word(r))
+        out.update(fastest_hi=fastest, fastest_hi_ratio=_times(r), fastest_hi_word=_word(r))
     else:
         out.update(fastest_hi="none (no kernel measured)", fastest_hi_ratio=math.nan, fastest_hi_word="-")
     relu = hi["softmax"] / hi["linear_relu"] if "linear_relu" in hi.index else math.nan
-    out.update(relu_hi_ratio=_times(relu), relu_hi_word=_faster_word(relu) if math.isfinite(relu) else "-")
+    out.update(relu_hi_ratio=_times(relu), relu_hi_word=_word(relu))
     relu_macs = (macs.loc[n_hi, "softmax"] / macs.loc[n_hi, "linear_relu"]
                  if "linear_relu" in macs.columns and n_hi in macs.index else math.nan)
     out["relu_macs_hi"] = float(round(relu_macs, 1)) if math.isfinite(relu_macs) else math.nan
@@ -287,5 +278,5 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
         out["explicit_sentence"] = (f"The explicit softmax could not run at N = {n_hi} (its N x N map did not fit "
                                     "in memory), which the fused kernel never materializes.")
     focused = hi["softmax"] / hi["focused"] if "focused" in hi.index else math.nan
-    out.update(focused_hi_ratio=_times(focused), focused_hi_word=_faster_word(focused) if math.isfinite(focused) else "-")
+    out.update(focused_hi_ratio=_times(focused), focused_hi_word=_word(focused))
     return out

@@ -27,6 +27,8 @@ from vitspeed.models import create_model
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, run_sweep)
 from vitspeed.studies.linear_kernels import kernel_diagnostics
+from vitspeed.studies.wording import times as _times
+from vitspeed.studies.wording import word as _word
 
 __all__ = ["CHAPTER", "MODEL", "VARIANTS", "PUBLISHED_ABLATION", "PUBLISHED_LABEL", "taylor_candidates",
            "formula_table", "qtvit_costs", "run_taylor", "approximation_table", "CHEAP_CUTS", "core_findings"]
@@ -205,15 +207,6 @@ def approximation_table(labels: Sequence[str] | None = None, tokens: int = 196, 
 
 
 CHEAP_CUTS = ("pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
-
-
-def _word(ratio: float, above: str = "faster", below: str = "slower") -> str:
-    return "-" if not math.isfinite(ratio) else (above if ratio > 1 else below)
-
-
-def _times(ratio: float) -> float:
-    """A ratio said the way round that is at least 1, to 2 decimals (nan stays nan)."""
-    return math.nan if not math.isfinite(ratio) else float(round(ratio if ratio >= 1 else 1 / ratio, 2))
 
 
 def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, Any]:
