@@ -44,7 +44,8 @@ def allocator_state(environ: dict[str, str] | None = None) -> str:
 
 def allocator_comparison(variants: Sequence[str] = ("softmax", "softmax_explicit"), tokens: int = 1024,
                          dtype: str = "float32", head_dim: int = 64, heads: int = 6, warmup: int = 2,
-                         repeats: int = 10, threads: int | None = None, timeout_s: float = 900.0) -> list[dict[str, Any]]:
+                         repeats: int = 10, threads: int | None = None,
+                         timeout_s: float = 900.0) -> list[dict[str, Any]]:
     """Time the cores ``variants`` (registry names) at ``tokens`` on the CPU in two fresh processes,
     one per allocator setting (:data:`SETTINGS`), interleaved within each process as in
     :func:`vitspeed.studies.compare.compare_cores`.

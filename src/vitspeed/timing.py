@@ -127,8 +127,8 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     Rounds continue past ``repeats`` until every callable has been sampled for ``min_time_s``
     seconds in total, up to ``max_repeats`` samples (default 10 x repeats).  On CUDA each sample is
     timed with a pair of CUDA events on the current stream, starting on a synchronized (idle) device
-    so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.  Callables should not allocate their
-    inputs: everything they do is timed.
+    so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.
+    Callables should not allocate their inputs: everything they do is timed.
     """
     if not fns:
         raise ValueError("measure needs at least one callable; got an empty dict")
