@@ -21,7 +21,8 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-__all__ = ["KEPT_HEAP", "GLIBC_DEFAULT", "ALLOCATOR_VARS", "allocator_comparison", "allocator_state"]
+__all__ = ["KEPT_HEAP", "GLIBC_DEFAULT", "ALLOCATOR_VARS", "DEFAULT_LABEL", "KEPT_LABEL", "SETTINGS",
+           "allocator_comparison", "allocator_state"]
 
 #: glibc settings that keep freed memory in the process (no per-allocation mmap, no trimming).
 KEPT_HEAP: dict[str, str] = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
@@ -29,7 +30,9 @@ GLIBC_DEFAULT: dict[str, str] = {}
 #: Variables that change the CPU allocator (removed for the glibc-default process).
 ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
                   "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD")
-SETTINGS = {"glibc default": GLIBC_DEFAULT, "kept heap": KEPT_HEAP}
+DEFAULT_LABEL, KEPT_LABEL = "glibc default", "kept heap"
+#: label -> settings, in the order the comparison runs them (the ``allocator`` column's values)
+SETTINGS = {DEFAULT_LABEL: GLIBC_DEFAULT, KEPT_LABEL: KEPT_HEAP}
 
 
 def allocator_state(environ: dict[str, str] | None = None) -> str:
@@ -38,8 +41,8 @@ def allocator_state(environ: dict[str, str] | None = None) -> str:
     'custom'."""
     env = os.environ if environ is None else environ
     if all(env.get(k) == v for k, v in KEPT_HEAP.items()):
-        return "kept heap"
-    return "glibc default" if not any(k in env for k in ALLOCATOR_VARS) else "custom"
+        return KEPT_LABEL
+    return DEFAULT_LABEL if not any(k in env for k in ALLOCATOR_VARS) else "custom"
 
 
 def allocator_comparison(variants: Sequence[str] = ("softmax", "softmax_explicit"), tokens: int = 1024,

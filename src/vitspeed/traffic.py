@@ -131,12 +131,12 @@ class _SdpaMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") != "scaled_dot_product_attention":
             return func(*args, **kwargs)
-        with _KernelMode() as kernels:
-            out = func(*args, **kwargs)
-        found = [SDPA_BACKENDS[n] for n in kernels.names if n in SDPA_BACKENDS]
+        outputs = []
+        kernels = aten_kernels(lambda: outputs.append(func(*args, **kwargs)))
+        found = [SDPA_BACKENDS[n] for n in kernels if n in SDPA_BACKENDS]
         # no fused kernel: the math backend, which decomposes into plain ops (matmul, softmax, ...)
         self.backends.append(found[0] if found else "math")
-        return out
+        return outputs[0]
 
 
 def sdpa_backend(fn: Callable[[], Any]) -> str:

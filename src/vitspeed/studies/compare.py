@@ -23,7 +23,7 @@ from vitspeed.timing import (check_output, cuda_graph_callable, deadline_from_en
 from vitspeed.traffic import sdpa_backend, trace_traffic
 
 __all__ = ["Candidate", "compare_models", "compare_models_finite", "compare_cores", "compare_cores_finite",
-           "implied_attention", "approximation", "run_sweep", "candidate"]
+           "implied_attention", "approximation", "run_sweep", "candidate", "core_grid", "ratio_of"]
 
 Candidate = dict[str, Any]  # {"label", "model" | "attention", "options", "ffn", "ffn_options", "prepare"}
 
@@ -252,6 +252,33 @@ def compare_cores_finite(candidates: Sequence[Candidate], **kwargs: Any) -> list
     return _finite(compare_cores, candidates,
                    lambda c: {"label": c["label"], "attention": c["attention"], "tokens": kwargs.get("tokens")},
                    **kwargs)
+
+
+def core_grid(rows: pd.DataFrame, dtype: str, **match: Any) -> tuple[int, int, pd.DataFrame, pd.DataFrame]:
+    """The core rows of one run in ``dtype`` (``kind == 'core'``, status ok, and every column named in
+    ``match`` equal to its value) as two token x label tables, median ms and MACs, with the smallest
+    and largest token count at which fused softmax (label ``softmax``) was measured: (n_lo, n_hi,
+    ms, macs). Rows that are not ok (out of memory, non-finite) are left out. Raises ValueError when
+    fused softmax was never measured there."""
+    df = rows[(rows.kind == "core") & (rows.dtype == dtype)]
+    if "status" in df:
+        df = df[df.status.fillna("ok") == "ok"]
+    for col, value in match.items():
+        df = df[df[col].astype(type(value)) == value]
+    df = df.assign(tokens=df.tokens.astype(int))
+    ref_tokens = sorted(df[df.label == "softmax"].tokens.unique())
+    if not ref_tokens:
+        where = "".join(f" at {col.replace('_', ' ')} {value}" for col, value in match.items())
+        raise ValueError(f"no fused softmax core measured in {dtype}{where}; "
+                         f"dtypes present: {sorted(rows.dtype.unique())}")
+    ms = df.pivot_table(index="tokens", columns="label", values="median_ms", aggfunc="median")
+    macs = df.pivot_table(index="tokens", columns="label", values="macs", aggfunc="median")
+    return int(ref_tokens[0]), int(ref_tokens[-1]), ms, macs
+
+
+def ratio_of(values: pd.Series, a: str, b: str) -> float:
+    """``values[a] / values[b]``, nan when either is missing (e.g. a variant out of memory there)."""
+    return float(values[a] / values[b]) if a in values.index and b in values.index else math.nan
 
 
 def implied_attention(attention: str, q: torch.Tensor, k: torch.Tensor, **options: Any) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 
 from vitspeed.attention import build_core, get_attention, validate_options
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
-                                      compare_models_finite, implied_attention, run_sweep)
+                                      compare_models_finite, core_grid, implied_attention, ratio_of, run_sweep)
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
@@ -222,53 +222,39 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     ``rows``: the run's rows (``kind == 'core'`` used; rows whose status is not 'ok', such as
     out-of-memory ones, are ignored). The smallest and largest token counts are those at which fused
     softmax (the reference) was measured; a kernel missing at the largest (out of memory) is left out
-    of the counts there and named in ``missing_hi``. Ratios are softmax time / kernel time (> 1: the
+    of the counts there and named in ``missing_sentence``. Ratios are softmax time / kernel time (> 1: the
     kernel is faster), said the way round that is at least 1 with a word (``*_word``: faster/slower).
     Keys: n_lo, n_hi, n_kernels, n_faster_lo, n_faster_hi, fastest_hi, fastest_hi_ratio,
     fastest_hi_word, relu_hi_ratio, relu_hi_word, relu_macs_hi, relu_gain_word, relu_crossing,
     explicit_hi_ratio, explicit_sentence, focused_hi_ratio, focused_hi_word, missing_sentence.
     """
-    df = rows[(rows.kind == "core") & (rows.dtype == dtype)]
-    if "status" in df:
-        df = df[df.status.fillna("ok") == "ok"]
-    df = df.assign(tokens=df.tokens.astype(int))
-    ref_tokens = sorted(df[df.label == "softmax"].tokens.unique())
-    if not ref_tokens:
-        raise ValueError(f"no fused softmax core measured in {dtype}; dtypes present: {sorted(rows.dtype.unique())}")
-    n_lo, n_hi = int(ref_tokens[0]), int(ref_tokens[-1])
-    ms = df.pivot_table(index="tokens", columns="label", values="median_ms", aggfunc="median")
-    macs = df.pivot_table(index="tokens", columns="label", values="macs", aggfunc="median")
+    n_lo, n_hi, ms, macs = core_grid(rows, dtype)
     hi, lo = ms.loc[n_hi].dropna(), ms.loc[n_lo].dropna()
-    measured = [k for k in KERNELS if k in set(df.label)]
+    measured = [k for k in KERNELS if k in ms.columns]
     kernels_hi = [k for k in measured if k in hi.index]
     kernels_lo = [k for k in measured if k in lo.index]
     out: dict[str, Any] = {"n_lo": n_lo, "n_hi": n_hi, "n_kernels": len(measured),
                            "n_faster_lo": int((lo[kernels_lo] < lo["softmax"]).sum()),
-                           "n_faster_hi": int((hi[kernels_hi] < hi["softmax"]).sum()),
-                           }
+                           "n_faster_hi": int((hi[kernels_hi] < hi["softmax"]).sum())}
     missing = [k for k in measured if k not in kernels_hi]
     out["missing_sentence"] = (f"Not measured at N = {n_hi} for lack of memory: {', '.join(missing)}." if missing
                                else f"Every kernel ran at N = {n_hi}.")
     if kernels_hi:
         fastest = str(hi[kernels_hi].idxmin())
-        r = hi["softmax"] / hi[fastest]
+        r = ratio_of(hi, "softmax", fastest)
         out.update(fastest_hi=fastest, fastest_hi_ratio=_times(r), fastest_hi_word=_word(r))
     else:
         out.update(fastest_hi="none (no kernel measured)", fastest_hi_ratio=math.nan, fastest_hi_word="-")
-    relu = hi["softmax"] / hi["linear_relu"] if "linear_relu" in hi.index else math.nan
+    relu = ratio_of(hi, "softmax", "linear_relu")
     out.update(relu_hi_ratio=_times(relu), relu_hi_word=_word(relu))
-    relu_macs = (macs.loc[n_hi, "softmax"] / macs.loc[n_hi, "linear_relu"]
-                 if "linear_relu" in macs.columns and n_hi in macs.index else math.nan)
+    relu_macs = ratio_of(macs.loc[n_hi].dropna(), "softmax", "linear_relu")
     out["relu_macs_hi"] = float(round(relu_macs, 1)) if math.isfinite(relu_macs) else math.nan
     out["relu_gain_word"] = ("smaller" if relu < relu_macs else "larger") if math.isfinite(relu * relu_macs) else "-"
-    if "linear_relu" in ms.columns:
-        both = ms[["softmax", "linear_relu"]].dropna()
-        crossing = [int(n) for n in both.index if both.loc[n, "linear_relu"] < both.loc[n, "softmax"]]
-    else:
-        crossing = []
+    both = ms[["softmax", "linear_relu"]].dropna() if "linear_relu" in ms.columns else ms.iloc[:0]
+    crossing = [int(n) for n in both.index if both.loc[n, "linear_relu"] < both.loc[n, "softmax"]]
     out["relu_crossing"] = f"from N = {crossing[0]}" if crossing else "at none of the measured token counts"
-    if "softmax_explicit" in hi.index:
-        explicit = hi["softmax_explicit"] / hi["softmax"]
+    explicit = ratio_of(hi, "softmax_explicit", "softmax")
+    if math.isfinite(explicit):
         out["explicit_hi_ratio"] = float(round(explicit, 2))
         out["explicit_sentence"] = (f"The explicit softmax takes {explicit:.2f} times the time of the fused one"
                                     + (": comparing a kernel with the textbook softmax flatters it." if explicit > 1
@@ -277,6 +263,6 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
         out["explicit_hi_ratio"] = math.nan
         out["explicit_sentence"] = (f"The explicit softmax could not run at N = {n_hi} (its N x N map did not fit "
                                     "in memory), which the fused kernel never materializes.")
-    focused = hi["softmax"] / hi["focused"] if "focused" in hi.index else math.nan
+    focused = ratio_of(hi, "softmax", "focused")
     out.update(focused_hi_ratio=_times(focused), focused_hi_word=_word(focused))
     return out

@@ -30,7 +30,7 @@ import pandas as pd
 import sympy as sp
 
 from vitspeed import formulas as F
-from vitspeed.allocator import allocator_comparison, allocator_state
+from vitspeed.allocator import DEFAULT_LABEL, KEPT_LABEL, allocator_comparison, allocator_state
 from vitspeed.attention import get_attention, list_attentions
 from vitspeed.envinfo import resolve_device
 from vitspeed.roofline import measure_ceilings
@@ -328,9 +328,9 @@ def allocator_effect(results: pd.DataFrame, by: Sequence[str] = ("hardware", "dt
         return pd.DataFrame(columns=cols)
     keys = [b for b in by if b in df.columns] + ["attention"]
     wide = df.pivot_table(index=keys, columns="allocator", values=["median_ms", "iqr_ms"], aggfunc="median")
-    out = pd.DataFrame({"default_ms": wide[("median_ms", "glibc default")],
-                        "default_iqr_ms": wide[("iqr_ms", "glibc default")],
-                        "kept_ms": wide[("median_ms", "kept heap")], "kept_iqr_ms": wide[("iqr_ms", "kept heap")]})
+    out = pd.DataFrame({"default_ms": wide[("median_ms", DEFAULT_LABEL)],
+                        "default_iqr_ms": wide[("iqr_ms", DEFAULT_LABEL)],
+                        "kept_ms": wide[("median_ms", KEPT_LABEL)], "kept_iqr_ms": wide[("iqr_ms", KEPT_LABEL)]})
     out["slowdown"] = out.default_ms / out.kept_ms
     return out.reset_index()
 
@@ -356,4 +356,4 @@ def allocator_finding(results: pd.DataFrame, dtype: str, current: str | None = N
     return (f"At {n} tokens in {dtype}, with glibc's default allocator " + "; ".join(said)
             + ". With the defaults every large tensor is mapped, page-faulted and unmapped on each call, and "
               f"the explicit form's N x N map pays it most. The other rows of this run used the {current} "
-              "setting" + (" (the cpu preset's)." if current == "kept heap" else "."))
+              "setting" + (" (the cpu preset's)." if current == KEPT_LABEL else "."))

@@ -25,7 +25,7 @@ from vitspeed.attention import get_attention, validate_options
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
-                                      compare_models_finite, run_sweep)
+                                      compare_models_finite, core_grid, ratio_of, run_sweep)
 from vitspeed.studies.linear_kernels import kernel_diagnostics
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
@@ -221,31 +221,16 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
     compact_vs_softmax_lo(_word), fused_vs_explicit_hi(_word), full_vs_softmax_hi(_word),
     fastest_cut, time_macs_spearman (time vs MACs over the Taylor variants at the largest N).
     """
-    df = rows[(rows.kind == "core") & (rows.dtype == dtype)]
-    if "status" in df:
-        df = df[df.status.fillna("ok") == "ok"]
-    df = df[df.head_dim.astype(int) == int(head_dim)]
-    df = df.assign(tokens=df.tokens.astype(int))
-    ref_tokens = sorted(df[df.label == "softmax"].tokens.unique())
-    if not ref_tokens:
-        raise ValueError(f"no fused softmax core measured in {dtype} at head dim {head_dim}; "
-                         f"dtypes present: {sorted(rows.dtype.unique())}")
-    n_lo, n_hi = int(ref_tokens[0]), int(ref_tokens[-1])
-    ms = df.pivot_table(index="tokens", columns="label", values="median_ms", aggfunc="median")
-    macs = df.pivot_table(index="tokens", columns="label", values="macs", aggfunc="median")
+    n_lo, n_hi, ms, macs = core_grid(rows, dtype, head_dim=int(head_dim))
     hi, lo = ms.loc[n_hi].dropna(), ms.loc[n_lo].dropna()
-
-    def ratio(series: pd.Series, a: str, b: str) -> float:
-        return float(series[a] / series[b]) if a in series.index and b in series.index else math.nan
-
     softmaxes = ["softmax"] + (["softmax (explicit)"] if "softmax (explicit)" in hi.index else [])
     best_hi = str(hi[softmaxes].idxmin())
     best_lo = str(lo[[s for s in ("softmax", "softmax (explicit)") if s in lo.index]].idxmin())
     out: dict[str, Any] = {"d0": int(head_dim), "n_lo": n_lo, "n_hi": n_hi,
                            "best_soft_hi": "fused" if best_hi == "softmax" else "explicit",
                            "best_soft_lo": "fused" if best_lo == "softmax" else "explicit"}
-    r = ratio(hi, "full", "compact")
-    macs_ratio = ratio(macs.loc[n_hi].dropna(), "full", "compact")
+    r = ratio_of(hi, "full", "compact")
+    macs_ratio = ratio_of(macs.loc[n_hi].dropna(), "full", "compact")
     out.update(core_full_vs_compact=_times(r), core_full_vs_compact_word=_word(r, "slower", "faster"),
                core_full_vs_compact_macs=float(round(macs_ratio, 1)) if math.isfinite(macs_ratio) else math.nan)
     per_mac = r / macs_ratio
@@ -254,7 +239,7 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
                                 "compact_vs_softmax_lo": (lo, best_lo, "compact"),
                                 "fused_vs_explicit_hi": (hi, "softmax (explicit)", "softmax"),
                                 "full_vs_softmax_hi": (hi, best_hi, "full")}.items():
-        r = ratio(series, a, b)
+        r = ratio_of(series, a, b)
         out[key], out[f"{key}_word"] = _times(r), _word(r)
     cheap = [x for x in CHEAP_CUTS if x in hi.index]
     out["fastest_cut"] = str(hi[cheap].idxmin()) if cheap else "none measured"
