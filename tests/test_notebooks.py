@@ -19,3 +19,15 @@ def test_notebook_runs_without_the_book_toolchain(path):
 def test_notebook_has_a_device_parameter(path):
     # every preset sets `device`; a notebook without it would silently ignore the GPU
     assert "device" in pm.inspect_notebook(str(path))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_markdown_headings_stand_on_their_own_line(path):
+    # a heading whose line break was lost swallows the paragraph after it into the title
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "markdown":
+            continue
+        for line in cell.source.splitlines():
+            if line.startswith("#"):
+                title = line.lstrip("#").strip()
+                assert len(title) <= 80 and not title.endswith((",", " the", " and")), line
