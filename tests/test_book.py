@@ -69,3 +69,33 @@ def test_measured_ticks_label_the_measured_sizes_on_every_axis():
         assert list(ax.get_xticks()) == [196, 784, 3136]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["196", "784", "3136"]
     plt.close(g.figure)
+
+
+def test_tidy_shows_counts_as_integers_in_columns_and_index_levels():
+    import numpy as np
+    import pandas as pd
+
+    from vitspeed.book import tidy
+
+    df = pd.DataFrame({"hardware": ["a", "a", "b"], "tokens": [64.0, 256.0, np.nan],
+                       "median_ms": [1.0, 2.0, 3.0], "latency": [0.5, 1.5, 2.5]})
+    out = tidy(df)
+    assert str(out.tokens.dtype) == "Int64" and out.tokens.tolist()[:2] == [64, 256]
+    assert out.median_ms.dtype == float  # not a count: left alone even though its values are whole
+    wide = df.dropna().pivot_table(index="hardware", columns="tokens", values="latency")
+    assert list(tidy(wide).columns) == [64, 256] and "64.0" not in tidy(wide).to_html()
+    indexed = tidy(df.dropna(), index=["hardware", "tokens"])
+    assert indexed.index.names == ["hardware", "tokens"] and "256.0" not in indexed.to_html()
+
+
+def test_tidy_names_missing_cells_and_keeps_fractional_counts():
+    import numpy as np
+    import pandas as pd
+
+    from vitspeed.book import tidy
+
+    df = pd.DataFrame({"tokens": [1.5, 2.0], "seed_s": [0.0092, np.nan], "speedup": [1.2, 0.85]})
+    out = tidy(df, missing="-")
+    assert out.tokens.tolist() == ["1.5", "2.0"]  # not whole numbers: not cast to integers
+    assert out.seed_s.tolist() == ["0.0092", "-"] and "NaN" not in out.to_html()
+    assert out.speedup.tolist() == ["1.20", "0.85"]  # one number of decimals per column

@@ -39,3 +39,14 @@ def test_reference_forms_in_words():
                     "in float32 the explicit form at 224 px, fused SDPA at 512 px")
     with pytest.raises(ValueError, match="valid choices: hw"):
         C.reference_forms(C.speedups(_scaling_rows()), "gpu")
+
+
+def test_speedup_says_whether_it_exceeds_the_spread_of_the_two_medians():
+    rows = _scaling_rows()
+    rows.loc[(rows.dtype == "float32") & (rows.img_size == 224), "iqr_ms"] = 2.0  # 20-25 % spreads
+    speed = C.speedups(rows).set_index(["dtype", "img_size", "attention"])
+    noisy = speed.loc[("float32", 224, "linear_relu")]  # 9 / 8 = 1.125, inside 0.5 * (2/8 + 2/9)
+    assert noisy.noise == pytest.approx(0.5 * (2 / 8 + 2 / 9)) and not noisy.clear
+    assert bool(speed.loc[("float32", 512, "linear_relu")].clear)  # 2x with 0.1 ms spreads
+    assert not bool(speed.loc[("float32", 512, "softmax")].clear)  # the reference against itself
+    assert speed.tokens.dtype.kind == "i"

@@ -12,9 +12,9 @@ run) it would only store the text ``<Figure size ...>``.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["glue", "figure_png", "measured_ticks", "FIGURE_DPI"]
+__all__ = ["glue", "figure_png", "measured_ticks", "tidy", "FIGURE_DPI", "INTEGER_FIELDS"]
 
 FIGURE_DPI = 110
 RECORD_PREFIX = "application/papermill.record/"  # myst-nb's prefix for glued values not shown
@@ -45,6 +45,76 @@ def measured_ticks(grid: Any, values: Any, rotation: int = 45) -> None:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(t) for t in ticks], rotation=rotation)
+
+
+#: Fields that count things: shown as integers even when a missing value made pandas read them as floats.
+INTEGER_FIELDS = frozenset({"tokens", "img_size", "batch_size", "threads", "heads", "head_dim", "cap_tokens",
+                            "matmul_size", "models", "N", "d", "C"})
+
+
+def _integral(values: Any) -> bool:
+    import pandas as pd
+
+    s = pd.Series(values)
+    if not pd.api.types.is_float_dtype(s):
+        return False
+    s = s.dropna()
+    return bool(len(s)) and bool((s == s.round()).all())
+
+
+def _int_index(index: Any) -> Any:
+    import pandas as pd
+
+    if isinstance(index, pd.MultiIndex):
+        levels = [lvl.astype("Int64") if lvl.name in INTEGER_FIELDS and _integral(lvl) else lvl
+                  for lvl in index.levels]
+        return index.set_levels(levels)
+    if index.name in INTEGER_FIELDS and _integral(index):
+        return index.astype("Int64")
+    return index
+
+
+def tidy(df: Any, index: Sequence[str] | None = None, missing: str | None = None) -> Any:
+    """A copy of ``df`` for display: counts shown as integers, an optional index, missing cells named.
+
+    Columns and index or column levels named in :data:`INTEGER_FIELDS` whose values are whole numbers
+    stored as floats (a NaN elsewhere in the column makes pandas read 224 as 224.0) become nullable
+    integers. ``index`` moves those columns into the index (instead of a meaningless row number);
+    ``missing`` replaces NaN cells with that text (e.g. "-" where a value does not apply). Anything
+    but a DataFrame (a notebook's message in place of an empty table) is returned as it is.
+    """
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        return df
+    out = df.copy()
+    for col in out.columns:
+        if col in INTEGER_FIELDS and _integral(out[col]):
+            out[col] = out[col].astype("Int64")
+    if index is not None:
+        out = out.set_index(list(index))
+    out.index = _int_index(out.index)
+    out.columns = _int_index(out.columns)
+    if missing is not None:
+        for col in out.columns:
+            if pd.api.types.is_float_dtype(out[col]):
+                # as text, so the column can hold `missing`; with as many decimals as its values show
+                places = _decimals(out[col])
+                out[col] = out[col].map(lambda v, p=places: missing if pd.isna(v) else f"{v:.{p}f}")
+        out = out.astype(object).where(out.notna(), missing)
+    return out
+
+
+def _decimals(values: Any, most: int = 6) -> int:
+    """The decimals a column of (already rounded) floats shows: the longest fraction among its values."""
+    places = 0
+    for v in values.dropna():
+        text = repr(float(v))
+        if "e" in text or "." not in text:
+            continue
+        fraction = text.split(".")[1].rstrip("0")
+        places = max(places, len(fraction))
+    return min(places, most)
 
 
 def _displayable(variable: Any) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from vitspeed.studies.wording import beyond_spread, noise
+
 __all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "swin_sets", "SEED_SETS",
            "reference_forms"]
 
@@ -57,20 +59,25 @@ def speedups(scaling: pd.DataFrame, reference: str | tuple[str, ...] = SOFTMAX_F
     The reference is the faster of the named softmax forms at each point (fused SDPA is not always
     the faster one: on a CPU at small token counts the explicit form can win), recorded in
     ``reference_form``. One row per (hardware, dtype, img_size, batch_size, attention): median_ms,
-    ``reference_ms`` and ``speedup`` = reference median / variant median (> 1 is faster).
+    ``reference_ms`` and ``speedup`` = reference median / variant median (> 1 is faster); ``noise``, the
+    two medians' relative spread (:func:`vitspeed.studies.wording.noise`), and ``clear``, whether the
+    speedup differs from 1 by more than that.
     """
     forms = (reference,) if isinstance(reference, str) else tuple(reference)
     df = ok_rows(scaling[scaling.level == "model"]).copy()
     keys = ["hardware", "dtype", "img_size", "batch_size"]
     ref = df[df.attention.isin(forms)].sort_values("median_ms").groupby(keys, as_index=False).first()
-    ref = ref[keys + ["median_ms", "attention"]].rename(columns={"median_ms": "reference_ms",
-                                                                 "attention": "reference_form"})
+    ref = ref[keys + ["median_ms", "iqr_ms", "attention"]].rename(
+        columns={"median_ms": "reference_ms", "iqr_ms": "reference_iqr_ms", "attention": "reference_form"})
     out = df.merge(ref, on=keys, how="inner")
     out["speedup"] = out.reference_ms / out.median_ms
+    out["noise"] = noise(out.median_ms, out.iqr_ms, out.reference_ms, out.reference_iqr_ms)
+    out["clear"] = [beyond_spread(r, n) for r, n in zip(out.speedup, out.noise)]
     out["img_size"] = out.img_size.astype(int)
     out["batch_size"] = out.batch_size.astype(int)
+    out["tokens"] = out.tokens.astype(int)
     return out[keys + ["attention", "family", "tokens", "median_ms", "iqr_ms", "reference_form", "reference_ms",
-                       "speedup"]]
+                       "speedup", "noise", "clear"]]
 
 
 def reference_forms(speed: pd.DataFrame, hardware: str) -> str:

@@ -1,9 +1,10 @@
-"""How the chapters say a measured ratio in words: the way round that is at least 1, and a word."""
+"""How the chapters say a measured ratio in words: the way round that is at least 1, a word, whether the
+difference exceeds the spread of the two medians, and a number to a few significant digits."""
 from __future__ import annotations
 
 import math
 
-__all__ = ["times", "word"]
+__all__ = ["times", "word", "noise", "beyond_spread", "verdict", "said", "sig", "listed"]
 
 
 def times(ratio: float) -> float:
@@ -19,3 +20,68 @@ def word(ratio: float, above: str = "faster", below: str = "slower") -> str:
     if not math.isfinite(ratio):
         return "-"
     return above if ratio > 1 else below
+
+
+def noise(median_a: float, iqr_a: float, median_b: float, iqr_b: float) -> float:
+    """The smallest relative difference of two medians this study calls a difference: half the relative
+    IQR of each (IQR / median), added. nan when either spread is unknown."""
+    return 0.5 * (iqr_a / median_a + iqr_b / median_b)
+
+
+def beyond_spread(ratio: float, rel_noise: float) -> bool:
+    """True when the ratio of two medians differs from 1 by more than ``rel_noise`` (see :func:`noise`);
+    False for a nan ratio or an unknown spread, which cannot show a difference."""
+    return bool(math.isfinite(ratio) and math.isfinite(rel_noise) and abs(ratio - 1) > rel_noise)
+
+
+def verdict(ratio: float, rel_noise: float, above: str = "slower", below: str = "faster") -> str:
+    """``above``/``below`` for a ratio beyond the spread on that side of 1, "no different within the
+    spread" inside it, "not measured" for a nan ratio."""
+    if not math.isfinite(ratio):
+        return "not measured"
+    if not beyond_spread(ratio, rel_noise):
+        return "no different within the spread"
+    return above if ratio > 1 else below
+
+
+def said(ratio: float, rel_noise: float, above: str = "faster", below: str = "slower") -> str:
+    """A ratio of medians in words, with the caveat when it is inside the two medians' spread:
+    "1.25 times faster", or "1.02 times faster by the medians, within their spread"."""
+    text = f"{times(ratio)} times {word(ratio, above, below)}"
+    if not math.isfinite(ratio):
+        return "not measured"
+    return text if beyond_spread(ratio, rel_noise) else f"{text} by the medians, within their spread"
+
+
+def sig(value: float, digits: int = 3) -> str:
+    """``value`` rounded to ``digits`` significant digits, written without a spurious ".0" and with
+    thousands separators: 921.2 -> "921", 29590 -> "29,600", 0.003951 -> "0.00395"; nan -> "-"."""
+    if not math.isfinite(value):
+        return "-"
+    rounded = float(f"{value:.{digits}g}")
+    if abs(rounded) >= 10 ** (digits - 1):
+        return f"{rounded:,.0f}"
+    return f"{rounded:.{digits}g}"
+
+
+def listed(names: list[str], settings: list[str], values: list[str] | None = None,
+           together: str = "both") -> str:
+    """Who came first in each of several settings, said once when it is the same everywhere.
+
+    (["a", "a"], ["batch 1", "batch 8"]) -> "a at both"; (["a", "b"], ...) -> "a at batch 1 and b at
+    batch 8". With ``values`` (already worded): "a (1.96 times at batch 1, 1.35 at batch 8)" or
+    "a (1.96 times) at batch 1 and b (1.35) at batch 8". ``together`` names all the settings at once.
+    """
+    if not names or len(names) != len(settings) or (values is not None and len(values) != len(names)):
+        raise ValueError("listed() needs one name (and value) per setting, and at least one")
+
+    def _and(parts: list[str]) -> str:
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+    if len(set(names)) == 1:
+        if values is not None:
+            return f"{names[0]} (" + ", ".join(f"{v} at {s}" for v, s in zip(values, settings)) + ")"
+        return f"{names[0]} at {settings[0] if len(names) == 1 else together}"
+    if values is not None:
+        return _and([f"{n} ({v}) at {s}" for n, v, s in zip(names, values, settings)])
+    return _and([f"{n} at {s}" for n, s in zip(names, settings)])
