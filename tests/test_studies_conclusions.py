@@ -50,3 +50,39 @@ def test_speedup_says_whether_it_exceeds_the_spread_of_the_two_medians():
     assert bool(speed.loc[("float32", 512, "linear_relu")].clear)  # 2x with 0.1 ms spreads
     assert not bool(speed.loc[("float32", 512, "softmax")].clear)  # the reference against itself
     assert speed.tokens.dtype.kind == "i"
+
+
+def _chapter_frames():
+    base = {"hardware": "hw", "dtype": "float32", "img_size": 224, "batch_size": 1, "status": "ok"}
+    return {
+        "time_share": pd.DataFrame([
+            {**base, "model": "deit_small_patch16_224", "component": c, "median_ms": 1.0, "iqr_ms": 0.1,
+             "total_ms": 60.0, "total_iqr_ms": 1.2} for c in ("attention", "ffn", "rest")]),
+        "hybrids": pd.DataFrame([
+            {**base, "model": "deit_small_patch16_224", "label": "DeiT-S", "median_ms": 66.0, "iqr_ms": 2.0},
+            {**base, "model": "levit_128s", "label": "LeViT-128S", "median_ms": 9.0, "iqr_ms": 0.3},
+            {**base, "model": "deit_small_patch16_224", "label": "DeiT-S", "batch_size": 8, "median_ms": 400.0,
+             "iqr_ms": 5.0}]),
+        "scaling": pd.DataFrame([
+            {**base, "level": "model", "attention": a, "median_ms": ms, "iqr_ms": 1.0, "cpu_pressure_pct": 12.5,
+             "steal_pct": 0.5}
+            for a, ms in (("softmax", 63.0), ("linear_relu", 58.0))]
+            + [{**base, "level": "model", "attention": "softmax", "img_size": 384, "median_ms": 200.0, "iqr_ms": 3.0}]),
+    }
+
+
+def test_same_models_finds_one_stock_model_per_chapter():
+    rows = C.same_models(_chapter_frames()).set_index("chapter")
+    assert sorted(rows.index) == ["hybrids", "scaling", "time_share"]  # no LeViT, no batch 8, no 384 px
+    assert (rows.model == "DeiT-S").all()
+    assert rows.loc["time_share", "median_ms"] == 60.0 and rows.loc["time_share", "iqr_ms"] == 1.2  # whole model
+    assert rows.loc["scaling", "median_ms"] == 63.0  # softmax, not the swapped attention
+
+
+def test_agreement_reports_the_spread_between_chapters():
+    agree = C.agreement(C.same_models(_chapter_frames())).iloc[0]
+    assert agree.chapters == 3 and agree.lowest_ms == 60.0 and agree.highest_ms == 66.0
+    assert agree.spread_pct == pytest.approx(10.0)
+    assert agree.median_iqr_pct == pytest.approx(2.0)  # median of 2.0, 3.03 and 1.59 %
+    assert agree.max_cpu_pressure_pct == 12.5 and agree.max_steal_pct == 0.5  # chapters without the record: nan
+    assert C.agreement(C.same_models({})).empty

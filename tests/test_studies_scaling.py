@@ -101,6 +101,10 @@ def test_run_scaling_writes_one_run_with_caps_and_resume(tmp_path, monkeypatch):
         ("glibc default", "softmax"), ("glibc default", "softmax_explicit"),
         ("kept heap", "softmax"), ("kept heap", "softmax_explicit")]
     assert (alloc.tokens == 16).all() and alloc.median_ms.gt(0).all()
+    # after every other measurement, the kept heap before glibc's default (whose churn slows what follows)
+    assert list(df2.level.iloc[-4:]) == ["allocator"] * 4
+    assert list(alloc.allocator) == ["kept heap", "kept heap", "glibc default", "glibc default"]
+    assert len(S.run_scaling(**kw2)) == len(df2)  # a rerun of the same run id resumes: nothing measured twice
     assert set(S.allocator_effect(df2.assign(hardware="h")).attention) == {"softmax", "softmax_explicit"}
     assert set(S.latency_ratios(df2.assign(hardware="h"), level="core").level) == {"core"}
     m2 = df2[(df2.level == "model") & (df2.attention == "taylor2_full")].set_index("batch_size")

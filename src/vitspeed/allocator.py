@@ -47,15 +47,18 @@ def allocator_state(environ: dict[str, str] | None = None) -> str:
 
 def allocator_comparison(variants: Sequence[str] = ("softmax", "softmax_explicit"), tokens: int = 1024,
                          dtype: str = "float32", head_dim: int = 64, heads: int = 6, warmup: int = 2,
-                         repeats: int = 10, threads: int | None = None,
-                         timeout_s: float = 900.0) -> list[dict[str, Any]]:
+                         repeats: int = 10, threads: int | None = None, timeout_s: float = 900.0,
+                         settings: Sequence[str] = (KEPT_LABEL, DEFAULT_LABEL)) -> list[dict[str, Any]]:
     """Time the cores ``variants`` (registry names) at ``tokens`` on the CPU in two fresh processes,
     one per allocator setting (:data:`SETTINGS`), interleaved within each process as in
     :func:`vitspeed.studies.compare.compare_cores`.
 
     Rows: those of compare_cores (median_ms / iqr_ms per call, peak_mem_mb, ...) plus ``allocator``
     ('glibc default' or 'kept heap'). ``threads``: CPU threads in the probes (default: this
-    process's torch setting). A probe that fails raises RuntimeError with its error output.
+    process's torch setting). ``settings``: which of :data:`SETTINGS` to probe, in order. The kept
+    heap goes first by default: measurements made right after a glibc-default probe ran up to twice
+    as slow as on their own (the probe's map-and-unmap churn outlives it). A probe that fails raises
+    RuntimeError with its error output.
     """
     import torch
 
@@ -66,8 +69,13 @@ def allocator_comparison(variants: Sequence[str] = ("softmax", "softmax_explicit
     args = {"variants": list(variants), "tokens": int(tokens), "dtype": dtype, "head_dim": int(head_dim),
             "heads": int(heads), "warmup": int(warmup), "repeats": int(repeats),
             "threads": int(threads or torch.get_num_threads())}
+    unknown = [label for label in settings if label not in SETTINGS]
+    if unknown or not settings:
+        raise ValueError(f"unknown allocator setting(s) {unknown or list(settings)}; valid choices: "
+                         f"{', '.join(SETTINGS)}")
     rows: list[dict[str, Any]] = []
-    for label, setting in SETTINGS.items():
+    for label in settings:
+        setting = SETTINGS[label]
         env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARS}
         env.update(setting)
         env.pop("VITSPEED_DEADLINE", None)  # a probe is one measurement: it must not stop half-way

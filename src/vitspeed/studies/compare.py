@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from vitspeed.attention import build_core
+from vitspeed.disturbance import disturbance_between, read_counters
 from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
@@ -334,7 +335,9 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
     Measured under :func:`vitspeed.envinfo.strict_fp32` (float32 is IEEE float32 on CUDA; the
     environment record and every row's ``tf32`` say so). Resumes an interrupted run with the same
     ``run_id`` (configs already written are skipped);
-    a config that runs out of memory as a whole is recorded with status 'oom'. Returns this run's rows.
+    a config that runs out of memory as a whole is recorded with status 'oom'. Every row gets
+    ``steal_pct`` and ``cpu_pressure_pct`` over its config's measurement
+    (:func:`vitspeed.disturbance.disturbance_between`). Returns this run's rows.
     Past the deadline in ``$VITSPEED_DEADLINE`` (set by ``vitspeed run --time-budget``) no new config
     starts: :class:`vitspeed.timing.SweepIncomplete` is raised with the finished rows written.
     """
@@ -350,7 +353,11 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
         env["dtype"] = ",".join(dtypes)
         writer = ResultsWriter(chapter, env, run_id=run_id)
         done = writer.done_keys(key_fields)
+        before = read_counters()
         for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done,
                             key_fields=key_fields, desc=chapter, deadline=deadline_from_env()):
-            writer.extend(result["rows"] if "rows" in result else [result])
+            # how disturbed the machine was while this config was measured: every row of it says so
+            disturbed = disturbance_between(before, read_counters())
+            writer.extend([{**row, **disturbed} for row in (result["rows"] if "rows" in result else [result])])
+            before = read_counters()
     return read_csv(writer.path) if writer.path.exists() else pd.DataFrame()

@@ -9,12 +9,14 @@ setting it was measured in; they are not comparable across settings and we did n
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import pandas as pd
 
 from vitspeed.studies.wording import beyond_spread, noise
 
 __all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "swin_sets", "SEED_SETS",
-           "reference_forms"]
+           "reference_forms", "same_models", "agreement", "SAME_MODELS"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -126,3 +128,71 @@ def swin_sets(swin: pd.DataFrame) -> pd.DataFrame:
     df["rank"] = df.groupby(["hardware", "dtype", "batch_size"]).median_ms.rank().astype(int)
     cols = ["hardware", "dtype", "batch_size", "label", "median_ms", "iqr_ms", "ratio_vs_softmax", "rank"]
     return df[cols].sort_values(["hardware", "dtype", "batch_size", "rank"]).reset_index(drop=True)
+
+
+#: The stock models several chapters time at 224 px and batch 1, each in its own interleaved run:
+#: chapter -> how to find them (column filters) and how each is named there.
+_SAME_MODEL_ROWS: dict[str, dict[str, Any]] = {
+    "time_share": {"where": {"component": "attention"}, "name": "model", "median": "total_ms", "iqr": "total_iqr_ms"},
+    "swin_similarity": {"where": {"label": "stock"}, "name": "model"},
+    "linear_kernels": {"where": {"kind": "model", "label": "softmax"}, "name": "model"},
+    "redundancy": {"where": {"variant": "stock"}, "name": "model"},
+    "hybrids": {"where": {}, "name": "model"},
+    "taylor": {"where": {"kind": "model", "label": "EfficientViT-B1 (timm)"}, "name": "model"},
+    "scaling": {"where": {"level": "model", "attention": "softmax"}, "name": None},
+}
+_DISTURBANCE = ("steal_pct", "cpu_pressure_pct")
+#: Models named in more than one chapter, and their short names.
+SAME_MODELS = {"deit_tiny_patch16_224": "DeiT-T", "deit_small_patch16_224": "DeiT-S",
+               "swin_tiny_patch4_window7_224": "Swin-T", "efficientvit_b1": "EfficientViT-B1"}
+
+
+def same_models(frames: Mapping[str, pd.DataFrame], img_size: int = 224, batch_size: int = 1) -> pd.DataFrame:
+    """The same stock model measured by different chapters, one row per (model, hardware, dtype, chapter).
+
+    ``frames`` maps a chapter's results name (``time_share``, ``hybrids``, ...) to its rows (each
+    hardware's newest run); chapters not given are skipped. Only the models of :data:`SAME_MODELS`
+    with softmax attention as timm ships it (fused SDPA for DeiT), at ``img_size`` and ``batch_size``.
+    Columns: model (short name), hardware, dtype, chapter, median_ms, iqr_ms (whole forward pass),
+    steal_pct and cpu_pressure_pct while it was measured (nan for runs that predate the record).
+    The scaling chapter's backbone is DeiT-S.
+    """
+    out = []
+    for chapter, rule in _SAME_MODEL_ROWS.items():
+        df = frames.get(chapter)
+        if df is None or df.empty:
+            continue
+        df = ok_rows(df)
+        keep = pd.Series(True, index=df.index)
+        for col, value in {**rule["where"], "img_size": img_size, "batch_size": batch_size}.items():
+            keep &= df[col] == value if col in df else False
+        sel = df[keep]
+        if rule["name"] is None:
+            names = pd.Series("deit_small_patch16_224", index=sel.index)
+        else:
+            names = sel[rule["name"]]
+        sel = sel.assign(model=names)[names.isin(list(SAME_MODELS))]
+        for _, row in sel.iterrows():
+            out.append({"model": SAME_MODELS[row.model], "hardware": row.hardware, "dtype": row.dtype,
+                        "chapter": chapter, "median_ms": float(row[rule.get("median", "median_ms")]),
+                        "iqr_ms": float(row[rule.get("iqr", "iqr_ms")]),
+                        **{c: float(row[c]) if c in row.index else float("nan") for c in _DISTURBANCE}})
+    cols = ["model", "hardware", "dtype", "chapter", "median_ms", "iqr_ms", *_DISTURBANCE]
+    return pd.DataFrame(out, columns=cols).drop_duplicates(["model", "hardware", "dtype", "chapter"])
+
+
+def agreement(rows: pd.DataFrame) -> pd.DataFrame:
+    """How far apart the chapters' medians of one model are (:func:`same_models` rows): per (model,
+    hardware, dtype) the number of chapters, the lowest and highest median (ms), ``spread_pct`` =
+    100 x (highest / lowest - 1), ``median_iqr_pct``, the typical relative IQR within one run, and
+    the largest CPU pressure and steal (percent) recorded while any of them was measured."""
+    if rows.empty:
+        return pd.DataFrame(columns=["model", "hardware", "dtype", "chapters", "lowest_ms", "highest_ms",
+                                     "spread_pct", "median_iqr_pct", "max_cpu_pressure_pct", "max_steal_pct"])
+    g = rows.assign(rel_iqr=100 * rows.iqr_ms / rows.median_ms).groupby(["model", "hardware", "dtype"])
+    out = g.agg(chapters=("chapter", "nunique"), lowest_ms=("median_ms", "min"), highest_ms=("median_ms", "max"),
+                median_iqr_pct=("rel_iqr", "median"), max_cpu_pressure_pct=("cpu_pressure_pct", "max"),
+                max_steal_pct=("steal_pct", "max")).reset_index()
+    out["spread_pct"] = 100 * (out.highest_ms / out.lowest_ms - 1)
+    return out[["model", "hardware", "dtype", "chapters", "lowest_ms", "highest_ms", "spread_pct", "median_iqr_pct",
+                "max_cpu_pressure_pct", "max_steal_pct"]]

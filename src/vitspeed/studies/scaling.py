@@ -35,6 +35,7 @@ from vitspeed.attention import get_attention, list_attentions
 from vitspeed.envinfo import resolve_device
 from vitspeed.roofline import measure_ceilings
 from vitspeed.studies.compare import candidate, compare_cores_finite, compare_models_finite, run_sweep
+from vitspeed.studies.wording import sig
 
 __all__ = ["REFERENCE", "BACKBONE", "resolve_variants", "model_tokens", "core_group", "model_group",
            "run_scaling", "crossover_point", "crossovers", "predicted_crossovers", "latency_ratios",
@@ -46,7 +47,7 @@ BACKBONE = "deit_small_patch16_224"
 # the allocator check: a core with no large intermediate against one that writes the N x N map
 ALLOCATOR_VARIANTS = ("softmax", "softmax_explicit")
 PATCH = 16
-KEY_FIELDS = ("level", "tokens", "img_size", "batch_size", "dtype")
+KEY_FIELDS = ("level", "tokens", "img_size", "batch_size", "dtype", "allocator")
 NOT_IN_RANGE = "not within measured range"
 FASTER_THROUGHOUT = "faster throughout"
 CROSSES = "crosses"
@@ -176,9 +177,11 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
         points += [(batch_img_size, b) for b in batch_sizes if (batch_img_size, b) not in points]
         configs += [{"level": "model", "tokens": model_tokens(s), "img_size": s, "batch_size": b, "dtype": dt}
                     for s, b in points]
-        if allocator_tokens and resolve_device(device).type == "cpu":
-            configs.append({"level": "allocator", "tokens": int(allocator_tokens), "img_size": None,
-                            "batch_size": 1, "dtype": dt})
+    if allocator_tokens and resolve_device(device).type == "cpu":
+        # last, and the kept heap before glibc's default in every dtype: what ran right after a
+        # glibc-default probe ran up to twice as slow (see vitspeed.allocator)
+        configs += [{"level": "allocator", "allocator": label, "tokens": int(allocator_tokens), "img_size": None,
+                     "batch_size": 1, "dtype": dt} for label in (KEPT_LABEL, DEFAULT_LABEL) for dt in dtypes]
 
     def group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if cfg["level"] == "ceiling":
@@ -187,7 +190,7 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
                                     repeats=repeats)
         if cfg["level"] == "allocator":
             rows = allocator_comparison(alloc_vs, cfg["tokens"], cfg["dtype"], head_dim=head_dim, heads=heads,
-                                        warmup=warmup, repeats=repeats)
+                                        warmup=warmup, repeats=repeats, settings=(cfg["allocator"],))
             return [{**r, "level": "allocator", "family": get_attention(r["attention"]).family, "img_size": None}
                     for r in rows]
         if cfg["level"] == "core":
@@ -348,7 +351,7 @@ def allocator_finding(results: pd.DataFrame, dtype: str, current: str | None = N
                 "allocator keeps freed blocks).")
     n = int(eff.tokens.max())
     e = eff[eff.tokens == n].set_index("attention")
-    said = [f"{name} {e.loc[att, 'default_ms']:.3g} ms per call against {e.loc[att, 'kept_ms']:.3g} ms with the "
+    said = [f"{name} {sig(e.loc[att, 'default_ms'])} ms per call against {sig(e.loc[att, 'kept_ms'])} ms with the "
             f"kept heap ({e.loc[att, 'slowdown']:.2f} times)"
             for att, name in (("softmax_explicit", "the explicit softmax takes"), ("softmax", "fused SDPA"))
             if att in e.index]
