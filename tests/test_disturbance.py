@@ -41,3 +41,18 @@ def test_sweep_rows_record_the_disturbance(tmp_path, monkeypatch):
                      lambda cfg: [{"level": cfg["level"], "n": cfg["n"], "median_ms": 1.0}], key_fields=("n",),
                      run_id="20260101-000000")
     assert {"steal_pct", "cpu_pressure_pct"} <= set(rows.columns) and len(rows) == 2
+
+
+def test_a_sweep_warns_about_a_disturbed_config(tmp_path, monkeypatch):
+    import pytest
+
+    from vitspeed.studies import compare
+
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(compare, "disturbance_between",
+                        lambda before, after: {"steal_pct": 0.0, "cpu_pressure_pct": 42.0})
+    with pytest.warns(RuntimeWarning, match=r"'tokens': 64}.*busy \(cpu_pressure_pct 42.0\)"):
+        rows = compare.run_sweep("scaling", [{"level": "x", "n": 1}],
+                                 lambda cfg: [{"level": cfg["level"], "n": cfg["n"], "tokens": 64, "median_ms": 1.0}],
+                                 key_fields=("n",), run_id="20260101-000001")
+    assert rows.cpu_pressure_pct.iloc[0] == 42.0

@@ -8,6 +8,7 @@ parameters and peak memory beside median latency and IQR. Sweeps write tidy rows
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
@@ -328,6 +329,20 @@ def approximation(candidates: Sequence[Candidate], tokens: int = 196, head_dim: 
     return rows
 
 
+#: Percent of steal or CPU pressure above which a measured group is reported as disturbed.
+DISTURBED_PCT = 10.0
+
+
+def _warn_if_disturbed(chapter: str, rows: Sequence[dict[str, Any]], disturbed: dict[str, Any]) -> None:
+    worst = {k: v for k, v in disturbed.items() if v is not None and v > DISTURBED_PCT}
+    if worst and rows:
+        keys = {k: rows[0].get(k) for k in ("level", "kind", "model", "tokens", "img_size", "batch_size", "dtype")
+                if rows[0].get(k) is not None}
+        warnings.warn(f"{chapter}: {keys} was measured while the machine was busy "
+                      f"({', '.join(f'{k} {v}' for k, v in worst.items())}); other work competed with it, "
+                      "so re-run it on an idle machine before reading its timings", RuntimeWarning, stacklevel=3)
+
+
 def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fields: Sequence[str],
               device: str = "cpu", dtypes: Iterable[str] = ("float32",), run_id: str | None = None) -> pd.DataFrame:
     """Run ``run_group(config) -> rows`` for every config, writing rows to data/<chapter>.
@@ -337,7 +352,8 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
     ``run_id`` (configs already written are skipped);
     a config that runs out of memory as a whole is recorded with status 'oom'. Every row gets
     ``steal_pct`` and ``cpu_pressure_pct`` over its config's measurement
-    (:func:`vitspeed.disturbance.disturbance_between`). Returns this run's rows.
+    (:func:`vitspeed.disturbance.disturbance_between`); a config measured with more than
+    :data:`DISTURBED_PCT` percent of either gets a RuntimeWarning naming it. Returns this run's rows.
     Past the deadline in ``$VITSPEED_DEADLINE`` (set by ``vitspeed run --time-budget``) no new config
     starts: :class:`vitspeed.timing.SweepIncomplete` is raised with the finished rows written.
     """
@@ -358,6 +374,8 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
                             key_fields=key_fields, desc=chapter, deadline=deadline_from_env()):
             # how disturbed the machine was while this config was measured: every row of it says so
             disturbed = disturbance_between(before, read_counters())
-            writer.extend([{**row, **disturbed} for row in (result["rows"] if "rows" in result else [result])])
+            rows = result["rows"] if "rows" in result else [result]
+            writer.extend([{**row, **disturbed} for row in rows])
+            _warn_if_disturbed(chapter, rows, disturbed)
             before = read_counters()
     return read_csv(writer.path) if writer.path.exists() else pd.DataFrame()
