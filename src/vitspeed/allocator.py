@@ -31,7 +31,7 @@ GLIBC_DEFAULT: dict[str, str] = {}
 ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
                   "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD")
 DEFAULT_LABEL, KEPT_LABEL = "glibc default", "kept heap"
-#: label -> settings, in the order the comparison runs them (the ``allocator`` column's values)
+#: label -> settings (the ``allocator`` column's values); :func:`allocator_comparison` picks the order
 SETTINGS = {DEFAULT_LABEL: GLIBC_DEFAULT, KEPT_LABEL: KEPT_HEAP}
 
 
