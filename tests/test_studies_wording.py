@@ -58,3 +58,12 @@ def test_said_adds_the_caveat_only_inside_the_spread():
     assert said(0.8, 0.05) == "1.25 times slower"
     assert said(1.02, 0.05) == "1.02 times faster by the medians, within their spread"
     assert said(float("nan"), 0.05) == "not measured"
+
+
+def test_rows_noise_reads_two_rows():
+    import pandas as pd
+
+    from vitspeed.studies.wording import noise, rows_noise
+
+    a, b = pd.Series({"median_ms": 100.0, "iqr_ms": 4.0}), {"median_ms": 50.0, "iqr_ms": 1.0}
+    assert rows_noise(a, b) == noise(100.0, 4.0, 50.0, 1.0) == 0.5 * (0.04 + 0.02)

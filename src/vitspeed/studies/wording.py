@@ -3,8 +3,9 @@ difference exceeds the spread of the two medians, and a number to a few signific
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["times", "word", "noise", "beyond_spread", "verdict", "said", "sig", "listed"]
+__all__ = ["times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "said", "sig", "listed"]
 
 
 def times(ratio: float) -> float:
@@ -26,6 +27,11 @@ def noise(median_a: float, iqr_a: float, median_b: float, iqr_b: float) -> float
     """The smallest relative difference of two medians this study calls a difference: half the relative
     IQR of each (IQR / median), added. nan when either spread is unknown."""
     return 0.5 * (iqr_a / median_a + iqr_b / median_b)
+
+
+def rows_noise(a: Any, b: Any) -> float:
+    """:func:`noise` of two result rows (anything with ``median_ms`` and ``iqr_ms``: a Series, a dict)."""
+    return noise(a["median_ms"], a["iqr_ms"], b["median_ms"], b["iqr_ms"])
 
 
 def beyond_spread(ratio: float, rel_noise: float) -> bool:
