@@ -21,6 +21,14 @@ def test_cuda_event_timing_sees_work_grow():
     assert t["big"].median_s > 4 * t["small"].median_s > 0  # 64x the FLOPs
 
 
+def test_l2_flush_makes_a_cache_resident_read_slower():
+    # 32 MiB fits in the H200's 60 MB L2: re-reading it is a cache hit unless the cache is flushed first
+    x = torch.randn(8 * 2**20, device="cuda")
+    warm = measure({"sum": lambda: x.sum()}, "cuda", warmup=3, repeats=30, flush_cache=False)["sum"]
+    cold = measure({"sum": lambda: x.sum()}, "cuda", warmup=3, repeats=30, flush_cache=True)["sum"]
+    assert cold.median_s > warm.median_s > 0
+
+
 def test_graph_replay_reproduces_the_eager_output():
     core_in = torch.randn(1, 6, 256, 64, device="cuda", dtype=torch.bfloat16)
     fn = lambda: torch.nn.functional.scaled_dot_product_attention(core_in, core_in, core_in)  # noqa: E731

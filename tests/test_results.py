@@ -189,6 +189,26 @@ def test_env_var_overrides_writing_and_is_read(tmp_path, monkeypatch):
     assert sorted(frame["x"]) == [1, 2]
 
 
+def test_a_run_resumed_under_the_override_is_read_from_there(tmp_path, monkeypatch):
+    # a GPU sweep in parts: part 1 is in the repository's data/, part 2 resumes it under the override
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text('[project]\nname = "vitspeed"\n')
+    monkeypatch.chdir(repo)
+    part1 = ResultsWriter("ch6", _env(), run_id="gpu")
+    part1.add({"x": 1})
+    scratch = tmp_path / "out"
+    (scratch / "ch6").mkdir(parents=True)
+    for f in part1.path.parent.iterdir():
+        (scratch / "ch6" / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv(ENV_VAR, str(scratch))
+    part2 = ResultsWriter("ch6", _env(), run_id="gpu")
+    part2.add({"x": 2})
+    with pytest.warns(UserWarning, match="several roots"):
+        frame = read_results("ch6")
+    assert sorted(frame["x"]) == [1, 2]  # the resumed copy, not the stale part in data/
+
+
 def test_config_key_matches_csv_text(tmp_path):
     fields = ["i", "f", "b", "n", "s"]
     config = {"i": 3, "f": 0.1, "b": False, "n": None, "s": "vit_small"}

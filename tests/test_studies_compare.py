@@ -73,15 +73,46 @@ def test_graph_timing_logic_records_replays_and_capture_failures(monkeypatch):
         return fn, None
 
     monkeypatch.setattr(compare, "cuda_graph_callable", fake_capture)
+    monkeypatch.setattr(compare, "_GRAPHS_DISABLED", [])
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     x = torch.randn(64, 64)
-    fns = {"good": lambda: x @ x, "bad": lambda: x + 1}
-    rows = {"good": {}, "bad": {}}
-    compare._time_all(fns, rows, torch.device("cpu"), warmup=1, repeats=3, items_per_call=1, graphs=True)
+    fns = {"good": lambda: x @ x, "bad": lambda: x + 1, "later": lambda: x * 2}
+    rows = {"good": {}, "bad": {}, "later": {}}
+    with pytest.warns(RuntimeWarning, match="graph replay is off for the rest of this process"):
+        compare._time_all(fns, rows, torch.device("cpu"), warmup=1, repeats=3, items_per_call=1, graphs=True)
     assert rows["good"]["graph_median_ms"] > 0 and rows["good"]["median_ms"] > 0
     assert rows["bad"]["graph_error"] == "operation not permitted when stream is capturing"
     assert "graph_median_ms" not in rows["bad"] and rows["bad"]["status"] == "ok"  # eager timing kept
+    # a failed capture may leave the allocator mid-capture: nothing more is captured, no cache is emptied after it
+    assert rows["later"]["graph_error"].startswith("not captured: an earlier capture failed (bad:")
+    assert rows["later"]["median_ms"] > 0 and len(emptied) == 1
+    rows2 = {"good": {}}
+    compare._time_all({"good": fns["good"]}, rows2, torch.device("cpu"), warmup=1, repeats=3, items_per_call=1,
+                      graphs=True)
+    assert "graph_median_ms" not in rows2["good"] and rows2["good"]["graph_error"].startswith("not captured")
+
+
+def test_a_candidate_out_of_memory_while_timed_is_dropped_and_the_rest_timed():
+    import vitspeed.studies.compare as compare
+
+    x = torch.randn(32, 32)
+    calls = {"big": 0}
+
+    def big():
+        calls["big"] += 1
+        if calls["big"] > 1:  # the memory check's single call fits; warm-up does not
+            raise RuntimeError("CUDA out of memory. Tried to allocate 50.00 GiB")
+        return x
+
+    fns = {"small": lambda: x @ x, "big": big}
+    rows = {"small": {"label": "small", "peak_mem_mb": 1.0}, "big": {"label": "big", "peak_mem_mb": 2.0}}
+    big()
+    compare._time_all(fns, rows, torch.device("cpu"), warmup=2, repeats=3, items_per_call=1)
+    assert rows["big"]["status"] == "oom" and "out of memory" in rows["big"]["error"]
+    assert "peak_mem_mb" not in rows["big"] and "big" not in fns
+    assert rows["small"]["status"] == "ok" and rows["small"]["median_ms"] > 0
 
 
 def test_run_sweep_measures_fp32_as_ieee_fp32_and_records_it(results_dir):

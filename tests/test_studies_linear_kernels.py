@@ -116,6 +116,10 @@ def test_core_findings_state_what_the_rows_say():
     assert f["explicit_hi_ratio"] == 2.0 and "flatters" in f["explicit_sentence"]
     assert f["focused_hi_ratio"] == 1.25 and f["focused_hi_word"] == "slower"
     assert f["missing_sentence"] == "Every kernel ran at N = 3136."
+    times[196]["linear_relu"] = 0.9  # faster at the smallest measured N too
+    f = L.core_findings(_core_rows(times), "float32")
+    assert f["relu_crossing"] == "at every measured N (from N = 196 on)"
+    assert f["fastest_hi_ratio"] == 2.5 and f["focused_hi_ratio"] == 1.25
 
 
 def test_core_findings_survive_out_of_memory_rows_at_the_largest_size():

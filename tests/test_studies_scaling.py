@@ -33,6 +33,8 @@ def test_crossover_point_interpolates_log_log():
     assert status == S.CROSSES
     assert n == pytest.approx(200.0)  # log-linear: halfway in log N where log r crosses 0
     n, status = S.crossover_point([64, 256, 1024], [3.0, 0.9, 1.2])
+    assert status == S.SLOWER_FROM and 256 < n < 1024  # a dip below 1 that does not last
+    n, status = S.crossover_point([64, 256, 1024], [3.0, 1.9, 1.2])
     assert status == S.NOT_IN_RANGE and math.isnan(n)
     n, status = S.crossover_point([64, 256, 1024], [1.5, 1.2, 0.8])
     assert status == S.CROSSES and 256 < n < 1024
@@ -43,21 +45,78 @@ def test_crossover_point_interpolates_log_log():
     assert status == S.CROSSES and 256 < n < 1024
 
 
+def test_crossover_point_with_spread():
+    noise = [0.05, 0.05, 0.05]
+    # tied at 64 (2% inside 5%), clearly faster from 256: the crossing is at or below 256
+    assert S.crossover_point([64, 256, 1024], [1.02, 0.8, 0.5], noise) == (256.0, S.FASTER_BY)
+    # strictly slower before: interpolated as without spread
+    n, status = S.crossover_point([64, 256, 1024], [1.5, 0.8, 0.5], noise)
+    assert status == S.CROSSES and 64 < n < 256
+    # faster at small N, slower at large N: the variant loses as tokens grow
+    n, status = S.crossover_point([197, 577, 1025], [0.9, 1.2, 1.3], noise)
+    assert status == S.SLOWER_FROM and 197 < n < 577
+    assert S.crossover_point([197, 577, 1025], [0.9, 1.01, 1.3], noise) == (1025.0, S.SLOWER_FROM)
+    assert S.crossover_point([64, 256, 1024], [0.99, 1.03, 0.98], noise)[1] == S.WITHIN_THROUGHOUT
+    assert S.crossover_point([64, 256, 1024], [0.5, 0.8, 0.98], noise)[1] == S.WITHIN_AT_MAX
+    assert S.crossover_point([64, 256, 1024], [1.5, 1.2, 1.1], noise)[1] == S.NOT_IN_RANGE
+    assert S.crossover_point([64, 256], [0.9, 0.8], [0.01, 0.01])[1] == S.FASTER_THROUGHOUT
+    # without spreads, the same ratios are read strictly
+    assert S.crossover_point([64, 256, 1024], [1.02, 0.8, 0.5])[1] == S.CROSSES
+    assert S.crossover_label(S.FASTER_BY, 256.0) == "by 256"
+    assert S.crossover_label(S.CROSSES, 198.4) == "198"
+    assert S.crossover_label(S.SLOWER_FROM, 600.0) == "slower from 600"
+    assert S.crossover_label(S.NOT_IN_RANGE, math.nan) == S.NOT_IN_RANGE
+
+
+def _row(attention, n, ms, iqr=0.0, dtype="float32"):
+    return {"level": "core", "attention": attention, "tokens": n, "median_ms": ms, "iqr_ms": iqr, "status": "ok",
+            "hardware": "h", "dtype": dtype, "batch_size": 1}
+
+
 def test_crossovers_from_rows():
     rows = []
     for n, (ts, tl) in {64: (1.0, 4.0), 256: (4.0, 4.0 * 1.0), 1024: (16.0, 4.0)}.items():
-        rows += [{"level": "core", "attention": "softmax", "tokens": n, "median_ms": ts, "status": "ok",
-                  "hardware": "h", "dtype": "float32", "batch_size": 1},
-                 {"level": "core", "attention": "linear_relu", "tokens": n, "median_ms": tl, "status": "ok",
-                  "hardware": "h", "dtype": "float32", "batch_size": 1}]
+        rows += [_row("softmax", n, ts), _row("linear_relu", n, tl)]
     rows.append({"level": "core", "attention": "taylor2_full", "tokens": 1024, "status": "capped",
                  "hardware": "h", "dtype": "float32", "batch_size": 1})
-    out = S.crossovers(pd.DataFrame(rows), level="core").set_index("attention")
+    out = S.crossovers(pd.DataFrame(rows), level="core", spread=False).set_index("attention")
     assert out.loc["linear_relu", "status"] == S.CROSSES
     assert out.loc["linear_relu", "crossover_tokens"] == pytest.approx(256.0)  # ratio exactly 1 at 256
     assert "taylor2_full" not in out.index  # capped rows are not measurements
     ratios = S.latency_ratios(pd.DataFrame(rows), level="core")
     assert ratios[ratios.attention == "softmax"].ratio.eq(1).all()
+
+
+def test_crossovers_against_the_faster_softmax_form():
+    # the explicit form is faster than fused SDPA at every N (as on a CPU in bfloat16): against fused
+    # alone ReLU would cross at 128, against the faster form only at 512
+    rows = []
+    for n, (fused, explicit, relu) in {64: (2.0, 1.0, 4.0), 256: (8.0, 2.0, 4.0), 1024: (32.0, 8.0, 4.0)}.items():
+        rows += [_row("softmax", n, fused), _row("softmax_explicit", n, explicit), _row("linear_relu", n, relu)]
+    df = pd.DataFrame(rows)
+    best = S.crossovers(df).set_index("attention")
+    assert list(best.index) == ["linear_relu"]  # the reference forms are not listed
+    assert best.loc["linear_relu", "reference_forms"] == "softmax_explicit"
+    assert best.loc["linear_relu", "status"] == S.CROSSES
+    assert best.loc["linear_relu", "crossover_tokens"] == pytest.approx(512.0)  # ratios 2, 0.5 around it
+    fused = S.crossovers(df, reference="softmax").set_index("attention")
+    assert fused.loc["linear_relu", "crossover_tokens"] == pytest.approx(128.0)
+    assert fused.loc["softmax_explicit", "status"] == S.FASTER_THROUGHOUT
+    ref = S.reference_latency(df[df.tokens == 64])
+    assert ref.reference_form.tolist() == ["softmax_explicit"] and ref.reference_ms.tolist() == [1.0]
+    with pytest.raises(ValueError, match="valid choices"):
+        S.crossovers(df, reference="no_such_form")
+
+
+def test_crossovers_count_a_ratio_inside_the_spread_as_a_tie():
+    rows = []
+    for n, (soft, relu, iqr) in {197: (10.0, 9.9, 1.0), 577: (40.0, 30.0, 1.0), 1025: (120.0, 60.0, 1.0)}.items():
+        rows += [_row("softmax", n, soft, iqr), _row("linear_relu", n, relu, iqr)]
+    out = S.crossovers(pd.DataFrame(rows)).iloc[0]
+    assert out.status == S.FASTER_BY and out.crossover_tokens == 577  # 0.99 at 197 is inside a ~10% spread
+    assert out.noise_max_n == pytest.approx(0.5 * (1 / 60 + 1 / 120))
+    strict = S.crossovers(pd.DataFrame(rows), spread=False).iloc[0]
+    assert strict.status == S.FASTER_THROUGHOUT
 
 
 def test_predicted_crossovers():

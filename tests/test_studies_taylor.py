@@ -69,9 +69,9 @@ def test_approximation_against_exact_kernel_and_softmax():
 
 
 def _taylor_rows(times: dict[int, dict[str, float]], head_dim: int = 16, dtype: str = "float32",
-                 oom: dict[int, list[str]] | None = None):
+                 oom: dict[int, list[str]] | None = None, macs: dict[str, float] | None = None):
     macs = {"softmax": 100.0, "softmax (explicit)": 100.0, "full": 90.0, "pool p=2": 30.0, "chunk c=2": 40.0,
-            "compact": 10.0}
+            "compact": 10.0, **(macs or {})}
     rows = [{"kind": "core", "dtype": dtype, "head_dim": head_dim, "tokens": n, "label": label, "median_ms": t,
              "macs": macs[label] * n, "status": "ok"} for n, by in times.items() for label, t in by.items()]
     rows += [{"kind": "core", "dtype": dtype, "head_dim": head_dim, "tokens": n, "label": label, "status": "oom"}
@@ -95,6 +95,23 @@ def test_core_findings_compare_the_kernels_at_the_extremes():
     assert f["fused_vs_explicit_hi"] == 2.0 and f["fused_vs_explicit_hi_word"] == "faster"
     assert f["full_vs_softmax_hi"] == 1.33 and f["full_vs_softmax_hi_word"] == "faster"
     assert f["fastest_cut"] == "compact" and f["time_macs_spearman"] == 1.0
+    # ms per MAC unit at 4096: full 1/3, pool 0.4, chunk 0.375, compact 1 -> spread 3x, compact most
+    assert (f["per_mac_range"], f["per_mac_most"], f["per_mac_least"]) == (3.0, "compact", "full")
+    # no IQR column: an unknown spread cannot show a difference
+    assert f["full_per_mac_said"] == "3.0 times less by the medians, within their spread"
+    assert f["random_vs_compact_said"] == "not measured"
+
+
+def test_core_findings_judge_same_macs_pairs_against_the_spread():
+    times = {196: {"softmax": 2.0, "full": 8.0, "random": 4.0, "compact": 4.0},
+             4096: {"softmax": 40.0, "full": 30.0, "random": 20.0, "compact": 10.0}}
+    rows = _taylor_rows(times, macs={"random": 10.0})
+    rows["iqr_ms"] = 0.05 * rows.median_ms  # 5% spreads
+    f = T.core_findings(rows, "float32", 16)
+    assert f["random_vs_compact_said"] == "2.0 times slower"  # same MACs, twice the time, beyond the spread
+    rows.loc[(rows.label == "random") & (rows.tokens == 4096), "median_ms"] = 10.3
+    f = T.core_findings(rows, "float32", 16)
+    assert f["random_vs_compact_said"] == "1.03 times slower by the medians, within their spread"
 
 
 def test_core_findings_skip_variants_that_ran_out_of_memory():

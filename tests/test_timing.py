@@ -81,6 +81,8 @@ def test_measure_rejects_bad_arguments():
         measure({"a": lambda: None}, "cpu", repeats=0)
     with pytest.raises(ValueError, match="valid choices"):
         measure({"a": lambda: None}, "tpu")
+    with pytest.raises(ValueError, match="flush_cache=True needs a CUDA device"):
+        measure({"a": lambda: None}, "cpu", flush_cache=True)
 
 
 def test_measure_runs_under_inference_mode():

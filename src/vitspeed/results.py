@@ -82,10 +82,12 @@ def write_root() -> Path:
 
 
 def _read_roots() -> list[Path]:
+    # the writers' root first: a run resumed there (a part of a GPU sweep whose earlier part is also in
+    # the repository's data/) is at least as far along as any other copy of it
     roots = [default_root()]
     override = os.environ.get(ENV_VAR)
     if override:
-        roots.append(Path(override))
+        roots.insert(0, Path(override))
     return roots
 
 
@@ -222,8 +224,9 @@ def _parse_name(path: Path) -> tuple[str, str] | None:
 def list_runs(chapter: str, roots: Sequence[str | os.PathLike] | None = None) -> list[dict[str, Any]]:
     """The runs stored for a chapter: dicts with hardware, run_id, path (CSV), env_path, date.
 
-    ``roots`` default: the repository's data/ and ``$VITSPEED_RESULTS_DIR`` if set.  A
-    (hardware, run id) found under several roots is taken from the first (with a warning).
+    ``roots`` default: ``$VITSPEED_RESULTS_DIR`` if set (where this process writes), then the
+    repository's data/. A (hardware, run id) found under several roots is taken from the first (with
+    a warning).
     ``date`` is the run's environment record date, else the CSV's modification time (UTC ISO).
     """
     _check_chapter(chapter)

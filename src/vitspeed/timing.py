@@ -34,7 +34,7 @@ from torch import nn
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_fp32, tf32_state
 
 __all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
-           "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable"]
+           "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable", "L2_FLUSH_BYTES"]
 
 _MAX_INNER = 1_000_000
 
@@ -116,9 +116,14 @@ def _calibrate(fn: Callable[[], Any], dev: torch.device, min_sample_s: float) ->
     return _MAX_INNER
 
 
+#: bytes overwritten before each CUDA sample to evict the L2 cache (several times an H200's 60 MB)
+L2_FLUSH_BYTES = 256 * 2**20
+
+
 def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu", warmup: int = 5,
             repeats: int = 30, min_time_s: float = 0.0, interleave: bool = True, progress: bool = False,
-            min_sample_s: float | None = None, max_repeats: int | None = None) -> dict[str, Timing]:
+            min_sample_s: float | None = None, max_repeats: int | None = None,
+            flush_cache: bool | None = None) -> dict[str, Timing]:
     """Time each zero-argument callable; returns name -> :class:`Timing` (seconds per call).
 
     ``warmup`` calls per callable first, then calibration (CPU: calls per sample so one sample lasts
@@ -128,7 +133,10 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     seconds in total, up to ``max_repeats`` samples (default 10 x repeats).  On CUDA each sample is
     timed with a pair of CUDA events on the current stream, starting on a synchronized (idle) device
     so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.
-    Callables should not allocate their inputs: everything they do is timed.
+    Callables should not allocate their inputs: everything they do is timed. ``flush_cache`` (default:
+    on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so that no
+    sample finds the previous one's inputs and weights in the GPU's L2 cache (60 MB on an H200 holds a
+    bfloat16 DeiT-S); the device is idle again before the sample starts.
     """
     if not fns:
         raise ValueError("measure needs at least one callable; got an empty dict")
@@ -142,7 +150,12 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     max_repeats = max(repeats, max_repeats if max_repeats is not None else 10 * repeats)
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    if flush_cache is None:
+        flush_cache = dev.type == "cuda"
+    if flush_cache and dev.type != "cuda":
+        raise ValueError(f"flush_cache=True needs a CUDA device, got {str(dev)!r}; valid choices: None or False")
     with torch.inference_mode(), _device_context(dev):
+        scrub = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device=dev) if flush_cache else None
         for name in names:
             for _ in range(warmup):
                 fns[name]()
@@ -162,6 +175,8 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
                     # kernels while the previous one still runs, and only the first callable of a
                     # round pays its launch overhead (launch-bound ones would look faster the later
                     # they come in the round).
+                    if scrub is not None:
+                        scrub.zero_()
                     torch.cuda.synchronize(dev)
                     start.record()
                     for _ in range(inner[name]):

@@ -93,19 +93,63 @@ def _use_graphs(cuda_graph: bool | None, dev: torch.device, batch_size: int) -> 
     return bool(cuda_graph)
 
 
+class _CandidateOOM(RuntimeError):
+    """A timed callable ran out of memory; ``label`` says which (the cause is chained)."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(f"{label} ran out of memory while being timed")
+        self.label = label
+
+
+def _tagged(label: str, fn):
+    """``fn`` whose out-of-memory error names the candidate, so one candidate can be dropped."""
+    def call():
+        try:
+            return fn()
+        except BaseException as err:  # noqa: BLE001 - only out-of-memory is translated, the rest re-raised
+            if is_oom_error(err):
+                raise _CandidateOOM(label) from err
+            raise
+    return call
+
+
+# set after a CUDA-graph capture failed: with torch 2.11 a capture that fails in capture_end can leave
+# the caching allocator believing a capture is under way, and empty_cache (which every new capture
+# calls) then raises; the eager timings stand for the rest of the process
+_GRAPHS_DISABLED: list[str] = []
+
+
 def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: int, items_per_call: int,
               graphs: bool = False) -> None:
     """Time the prepared callables in one interleaved measurement and fill in their rows; with
     ``graphs``, time their CUDA-graph replays too (a second interleaved measurement, columns
-    graph_median_ms / graph_iqr_ms; a callable that cannot be captured gets graph_error)."""
-    if not fns:
+    graph_median_ms / graph_iqr_ms; a callable that cannot be captured gets graph_error).
+
+    A callable that runs out of memory while being timed becomes an OOM row, and the others are timed
+    again without it (the memory check before timing runs one call; warm-up can need more)."""
+    while fns:
+        try:
+            timings = measure({label: _tagged(label, fn) for label, fn in fns.items()}, device=str(dev),
+                              warmup=warmup, repeats=repeats)
+            break
+        except _CandidateOOM as err:
+            rows[err.label] = _oom_row({k: v for k, v in rows[err.label].items() if k != "peak_mem_mb"},
+                                       err.__cause__ or err)
+            del fns[err.label]
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                torch.cuda.empty_cache()
+    else:
         return
-    timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
     for label, t in timings.items():
         r = t.row()
         rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
                            p90_ms=r["p90_ms"], n=r["n"], throughput=items_per_call / t.median_s, status="ok")
     if not graphs:
+        return
+    if _GRAPHS_DISABLED:
+        for label in fns:
+            rows[label]["graph_error"] = f"not captured: an earlier capture failed ({_GRAPHS_DISABLED[0]})"
         return
     replays = {}
     torch.cuda.empty_cache()  # hand the eager runs' cached blocks back: each graph keeps its own pool
@@ -114,15 +158,25 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
             replays[label], _ = cuda_graph_callable(fn, dev)
         except RuntimeError as err:  # an op that syncs with the host cannot be captured; nor can a
             # graph whose pool does not fit beside the others (huge N x N maps): the eager timing stands
-            rows[label]["graph_error"] = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            message = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            rows[label]["graph_error"] = message
             torch.cuda.synchronize(dev)
+            if not is_oom_error(err):  # the allocator may be left mid-capture: no empty_cache, no more captures
+                _GRAPHS_DISABLED.append(f"{label}: {message}")
+                warnings.warn(f"CUDA-graph capture of {label} failed ({message}); graph replay is off for the "
+                              "rest of this process, eager timings are kept", RuntimeWarning, stacklevel=2)
+                break
             torch.cuda.empty_cache()
     if replays:
         for label, t in measure(replays, device=str(dev), warmup=warmup, repeats=repeats).items():
             rows[label].update(graph_median_ms=t.median_s * 1e3, graph_iqr_ms=t.iqr_s * 1e3)
+    for label in fns:
+        if label not in replays and "graph_error" not in rows[label]:
+            rows[label]["graph_error"] = f"not captured: an earlier capture failed ({_GRAPHS_DISABLED[0]})"
     del replays
     torch.cuda.synchronize(dev)
-    torch.cuda.empty_cache()
+    if not _GRAPHS_DISABLED:
+        torch.cuda.empty_cache()
 
 
 def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_size: int = 1,
@@ -216,6 +270,20 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
     graphs = _use_graphs(cuda_graph, dev, batch_size)
     g = torch.Generator().manual_seed(seed)
     fns, rows = {}, {}
+    # every candidate gets the same q, k, v (per role and shape), drawn once and placed on the device once
+    drawn: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+    placed: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+
+    def input_(role: str, shape: tuple[int, ...], on_device: bool = False) -> torch.Tensor:
+        key = (role, shape)
+        if key not in drawn:
+            drawn[key] = torch.randn(shape, generator=g)
+        if not on_device:
+            return drawn[key]
+        if key not in placed:
+            placed[key] = drawn[key].to(dev, dt)
+        return placed[key]
+
     for cand in candidates:
         label = cand["label"]
         base = {"label": label, "attention": cand["attention"], "tokens": tokens, "head_dim": head_dim,
@@ -223,20 +291,23 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
                 "threads": torch.get_num_threads(), "tf32": tf32_state(dev, dt)}
         core = build_core(cand["attention"], head_dim=head_dim, num_heads=heads, **(cand.get("options") or {}))
         hq = getattr(core, "num_computed", heads)
-        shapes = [(batch_size, hq, tokens, head_dim)] * 2 + [(batch_size, heads, tokens, head_dim)]
-        cpu_inputs = [torch.randn(s, generator=g) for s in shapes]
+        # q and k of the computed heads (hallucinated attention computes fewer), v of all heads
+        roles = [("q", (batch_size, hq, tokens, head_dim)), ("k", (batch_size, hq, tokens, head_dim)),
+                 ("v", (batch_size, heads, tokens, head_dim))]
+        for role, shape in roles:
+            input_(role, shape)  # drawn in candidate order, so the values do not depend on which ran first
         key = (cand["attention"], repr(cand.get("options")), tokens, head_dim, heads, batch_size)
 
-        def make_fn(core=core, cpu_inputs=cpu_inputs):
+        def make_fn(core=core, roles=roles):
             c = core.to(dev, dt)
-            q, k, v = (t.to(dev, dt) for t in cpu_inputs)
+            q, k, v = (input_(role, shape, on_device=True) for role, shape in roles)
             return lambda: c(q, k, v)
 
-        def counts(core=core, cpu_inputs=cpu_inputs, key=key) -> dict[str, int]:
+        def counts(core=core, roles=roles, key=key) -> dict[str, int]:
             # traced on the timing device (where make_fn put the core); counts do not depend on the
             # values or the dtype, so they are cached across dtypes
             if key not in _CORE_COUNT_CACHE:
-                fc = count_flops(core.eval(), tuple(t.to(dev, dt) for t in cpu_inputs))
+                fc = count_flops(core.eval(), tuple(input_(role, shape, on_device=True) for role, shape in roles))
                 _CORE_COUNT_CACHE[key] = {"macs": fc.macs, "elementwise": fc.elementwise}
             return _CORE_COUNT_CACHE[key]
 

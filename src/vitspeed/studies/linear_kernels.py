@@ -252,7 +252,12 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     out["relu_gain_word"] = ("smaller" if relu < relu_macs else "larger") if math.isfinite(relu * relu_macs) else "-"
     both = ms[["softmax", "linear_relu"]].dropna() if "linear_relu" in ms.columns else ms.iloc[:0]
     crossing = [int(n) for n in both.index if both.loc[n, "linear_relu"] < both.loc[n, "softmax"]]
-    out["relu_crossing"] = f"from N = {crossing[0]}" if crossing else "at none of the measured token counts"
+    if not crossing:
+        out["relu_crossing"] = "at none of the measured token counts"
+    elif crossing == [int(n) for n in both.index if n >= crossing[0]] and crossing[0] == int(both.index.min()):
+        out["relu_crossing"] = f"at every measured N (from N = {crossing[0]} on)"
+    else:
+        out["relu_crossing"] = f"from N = {crossing[0]}"
     explicit = ratio_of(hi, "softmax_explicit", "softmax")
     if math.isfinite(explicit):
         out["explicit_hi_ratio"] = float(round(explicit, 2))

@@ -13,10 +13,12 @@ of one configuration interleaved, outputs checked finite, out-of-memory recorded
 tokens per image times the batch size (the cost is linear in both); a capped point is not run and
 is recorded with ``status='capped'`` and its ``cap_tokens``, so tables list it.
 
-The *crossover* of a variant is the token count where it overtakes fused softmax attention
-(``softmax``, PyTorch's SDPA): the ratio r(N) = latency(variant) / latency(softmax), measured in
-one interleaved group per N, is interpolated linearly in log N - log r between the two measured
-points where it falls through 1. The FLOPs-predicted crossover solves the closed-form core costs
+The *crossover* of a variant is the token count where it overtakes softmax attention in its faster
+form at that point (fused SDPA, ``softmax``, or the explicit ``softmax_explicit``, which wins on a
+CPU in bfloat16): the ratio r(N) = latency(variant) / latency(reference), measured in one
+interleaved group per N, is interpolated linearly in log N - log r between the two measured points
+where it falls through 1; a ratio inside the two medians' spread is a tie, which can only bound
+the crossover (:func:`crossover_point`). The FLOPs-predicted crossover solves the closed-form core costs
 (:func:`vitspeed.formulas.core_formula`) for the same N. Units: latency ms per call/batch (median,
 IQR), throughput calls/s (core) or images/s (model), peak memory MB (rise during one forward).
 """
@@ -35,10 +37,11 @@ from vitspeed.attention import get_attention, list_attentions
 from vitspeed.envinfo import resolve_device
 from vitspeed.roofline import measure_ceilings
 from vitspeed.studies.compare import candidate, compare_cores_finite, compare_models_finite, run_sweep
-from vitspeed.studies.wording import sig
+from vitspeed.studies.wording import beyond_spread, noise, sig
 
 __all__ = ["REFERENCE", "BACKBONE", "resolve_variants", "model_tokens", "core_group", "model_group",
-           "run_scaling", "crossover_point", "crossovers", "predicted_crossovers", "latency_ratios",
+           "run_scaling", "crossover_point", "crossovers", "crossover_label", "predicted_crossovers",
+           "latency_ratios", "reference_latency", "SOFTMAX_FORMS",
            "ALLOCATOR_VARIANTS", "allocator_effect", "allocator_finding"]
 
 CHAPTER = "scaling"
@@ -52,6 +55,12 @@ NOT_IN_RANGE = "not within measured range"
 FASTER_THROUGHOUT = "faster throughout"
 CROSSES = "crosses"
 TOO_FEW = "too few points"
+FASTER_BY = "faster by"
+SLOWER_FROM = "slower from"
+WITHIN_AT_MAX = "within the spread at the largest N"
+WITHIN_THROUGHOUT = "within the spread throughout"
+#: the softmax forms; the faster of them at each point is the reference of a crossover
+SOFTMAX_FORMS = ("softmax", "softmax_explicit")
 
 
 def resolve_variants(variants: str | Iterable[str]) -> list[str]:
@@ -202,55 +211,140 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
     return run_sweep(CHAPTER, configs, group, key_fields=KEY_FIELDS, device=device, dtypes=dtypes, run_id=run_id)
 
 
-def crossover_point(tokens: Sequence[float], ratio: Sequence[float]) -> tuple[float, str]:
+def _side(ratio: float, rel_noise: float | None) -> int:
+    """-1 faster, +1 slower, 0 no different within the spread (``rel_noise`` None: no tie, ratio 1
+    counts as slower; an unknown spread, nan, likewise)."""
+    if rel_noise is None or not math.isfinite(rel_noise):
+        return -1 if ratio < 1.0 else 1
+    if not beyond_spread(ratio, rel_noise):
+        return 0
+    return -1 if ratio < 1.0 else 1
+
+
+def crossover_point(tokens: Sequence[float], ratio: Sequence[float],
+                    noise: Sequence[float] | None = None) -> tuple[float, str]:
     """Where ``ratio`` (variant / reference latency) falls through 1 as tokens grow.
 
-    Returns (N*, status): status ``crosses`` with N* interpolated linearly in (log N, log ratio)
-    between the last measured point at or above 1 and the next one, the variant being faster at
-    every larger measured N; ``faster throughout`` (N* = nan: below the smallest measured N);
-    ``not within measured range`` (still slower at the largest measured N); ``too few points``.
+    Each measured point is *faster* (ratio < 1), *slower*, or, given ``noise`` (the two medians'
+    relative spread per point, :func:`vitspeed.studies.wording.noise`), *tied* when the ratio is
+    inside it. What counts is the trailing run of points on the side of the largest N:
+
+    - ``crosses``: faster from some N on, slower just before; N* interpolated linearly in
+      (log N, log ratio) between the two points;
+    - ``faster by``: faster from N* (a measured N) on, tied just before: the crossover lies at or
+      below N*, where the spread cannot place it;
+    - ``faster throughout`` (N* nan): faster at every measured N;
+    - ``slower from``: faster at some smaller N, slower from N* on (interpolated as for ``crosses``,
+      or the first slower N after a tie): the variant loses as tokens grow;
+    - ``not within measured range``: slower at the largest N and never faster;
+    - ``within the spread at the largest N``: tied at the largest N, though not everywhere;
+    - ``within the spread throughout``: tied at every N;
+    - ``too few points``: fewer than two.
     """
-    pts = sorted((float(n), float(r)) for n, r in zip(tokens, ratio) if r > 0 and math.isfinite(r))
+    given = noise is not None
+    zs = list(noise) if given else [None] * len(list(ratio))
+    pts = sorted((float(n), float(r), z) for n, r, z in zip(tokens, ratio, zs) if r > 0 and math.isfinite(r))
     if len(pts) < 2:
         return math.nan, TOO_FEW
-    if pts[-1][1] >= 1.0:
-        return math.nan, NOT_IN_RANGE
-    slower = [i for i, (_, r) in enumerate(pts) if r >= 1.0]
-    if not slower:
+    sides = [_side(r, None if z is None else float(z)) for _, r, z in pts]
+    if given and not any(sides):
+        return math.nan, WITHIN_THROUGHOUT
+    last = sides[-1]
+    if last == 0:
+        return math.nan, WITHIN_AT_MAX
+    j = len(sides) - 1
+    while j > 0 and sides[j - 1] == last:
+        j -= 1
+    if last < 0 and j == 0:
         return math.nan, FASTER_THROUGHOUT
-    i = slower[-1]
-    (n1, r1), (n2, r2) = pts[i], pts[i + 1]
+    if last > 0 and -1 not in sides:
+        return math.nan, NOT_IN_RANGE
+    if sides[j - 1] == 0:  # a tie before the run: the crossing is somewhere at or below its first point
+        return pts[j][0], FASTER_BY if last < 0 else SLOWER_FROM
+    (n1, r1, _), (n2, r2, _) = pts[j - 1], pts[j]
     x1, x2, y1, y2 = math.log(n1), math.log(n2), math.log(r1), math.log(r2)
-    return float(math.exp(x1 + (0.0 - y1) * (x2 - x1) / (y2 - y1))), CROSSES
+    n_star = float(math.exp(x1 + (0.0 - y1) * (x2 - x1) / (y2 - y1))) if y1 != y2 else n2
+    return n_star, CROSSES if last < 0 else SLOWER_FROM
 
 
-def crossovers(results: pd.DataFrame, level: str = "core", reference: str = REFERENCE,
-               by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
-    """Measured crossover of every variant against ``reference`` per device/precision/batch group.
+def _forms(reference: str | Sequence[str]) -> tuple[str, ...]:
+    forms = (reference,) if isinstance(reference, str) else tuple(reference)
+    for f in forms:
+        get_attention(f)  # ValueError listing the valid names
+    return forms
 
-    Uses rows of ``level`` with status 'ok' where both the variant and the reference were
-    measured at the same token count. Columns: the ``by`` fields, attention, family, crossover_tokens,
-    status, tokens_min / tokens_max (measured range), ratio_min_n / ratio_max_n (latency ratio at
-    the smallest / largest N).
-    """
+
+def reference_latency(results: pd.DataFrame, reference: str | Sequence[str] = SOFTMAX_FORMS,
+                      by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
+    """The reference's latency per ``by`` group and token count: with several softmax forms, the faster
+    one at each point (fused SDPA is not always the faster: on a CPU in bfloat16 the explicit form
+    wins). Columns: the keys, ``reference_ms``, ``reference_iqr_ms`` (ms per call) and
+    ``reference_form`` (which form it was)."""
+    forms = _forms(reference)
+    keys = [b for b in by if b in results.columns] + ["tokens"]
+    ref = results[results.attention.isin(forms)].sort_values("median_ms")
+    ref = ref.groupby(keys, dropna=False, as_index=False).first()
+    return ref[keys + ["median_ms", "iqr_ms", "attention"]].rename(
+        columns={"median_ms": "reference_ms", "iqr_ms": "reference_iqr_ms", "attention": "reference_form"})
+
+
+def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str | Sequence[str] = SOFTMAX_FORMS,
+                   by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
+    """Rows of ``level`` (status ok) with ``ratio`` = median latency / the reference's median at the same
+    token count in the same group (> 1: slower), the reference being the faster of the softmax forms
+    at that point (:func:`reference_latency`; pass ``"softmax"`` for fused SDPA alone), and
+    ``noise``, the two medians' relative spread (:func:`vitspeed.studies.wording.noise`)."""
     df = results[(results.level == level) & (results.status.fillna("ok") == "ok")].copy()
+    keys = [b for b in by if b in df.columns] + ["tokens"]
+    df = df.merge(reference_latency(df, reference, by), on=keys, how="inner")
+    df["ratio"] = df.median_ms / df.reference_ms
+    iqr = df.iqr_ms if "iqr_ms" in df else pd.Series(math.nan, index=df.index)
+    df["noise"] = noise(df.median_ms, iqr, df.reference_ms, df.reference_iqr_ms)
+    return df
+
+
+def crossovers(results: pd.DataFrame, level: str = "core", reference: str | Sequence[str] = SOFTMAX_FORMS,
+               by: Sequence[str] = ("hardware", "dtype", "batch_size"), spread: bool = True) -> pd.DataFrame:
+    """Measured crossover of every variant against the reference per device/precision/batch group.
+
+    The reference is the faster softmax form at each token count (:func:`reference_latency`); the
+    reference forms themselves are not listed. Uses rows of ``level`` with status 'ok'. With
+    ``spread`` a ratio inside the two medians' spread counts as a tie (see :func:`crossover_point`).
+    Columns: the ``by`` fields, attention, family, crossover_tokens, status, tokens_min / tokens_max
+    (measured range), ratio_min_n / ratio_max_n (latency ratio at the smallest / largest N),
+    noise_max_n (the spread there) and reference_forms (the softmax forms that were the reference).
+    """
+    forms = _forms(reference)
+    df = latency_ratios(results, level, forms, by)
     by = [b for b in by if b in df.columns]
     out = []
     for key, grp in df.groupby(by, dropna=False) if by else [((), df)]:
         key = key if isinstance(key, tuple) else (key,)
-        ref = grp[grp.attention == reference].groupby("tokens").median_ms.median()
-        for variant, vg in grp[grp.attention != reference].groupby("attention", sort=False):
-            t = vg.groupby("tokens").median_ms.median()
-            common = sorted(set(t.index) & set(ref.index))
-            ratio = [t[n] / ref[n] for n in common]
-            n_star, status = crossover_point(common, ratio)
+        ref_forms = ", ".join(sorted(set(grp.reference_form)))
+        for variant, vg in grp[~grp.attention.isin(forms)].groupby("attention", sort=False):
+            t = vg.groupby("tokens")[["ratio", "noise"]].median().sort_index()
+            n_star, status = crossover_point(list(t.index), list(t.ratio), list(t.noise) if spread else None)
             out.append({**dict(zip(by, key)), "attention": variant, "family": get_attention(variant).family,
                         "crossover_tokens": n_star, "status": status,
-                        "tokens_min": min(common) if common else math.nan,
-                        "tokens_max": max(common) if common else math.nan,
-                        "ratio_min_n": ratio[0] if ratio else math.nan,
-                        "ratio_max_n": ratio[-1] if ratio else math.nan})
+                        "tokens_min": t.index.min() if len(t) else math.nan,
+                        "tokens_max": t.index.max() if len(t) else math.nan,
+                        "ratio_min_n": t.ratio.iloc[0] if len(t) else math.nan,
+                        "ratio_max_n": t.ratio.iloc[-1] if len(t) else math.nan,
+                        "noise_max_n": t.noise.iloc[-1] if len(t) else math.nan,
+                        "reference_forms": ref_forms})
     return pd.DataFrame(out)
+
+
+def crossover_label(status: str, tokens: float) -> str:
+    """A crossover table cell: the token count for ``crosses``, "by N" (at or below N) for ``faster by``,
+    "slower from N" for ``slower from``, else the status itself."""
+    if status == CROSSES:
+        return f"{tokens:.0f}"
+    if status == FASTER_BY:
+        return f"by {tokens:.0f}"
+    if status == SLOWER_FROM:
+        return f"slower from {tokens:.0f}"
+    return status
 
 
 def _formula_crossover(cost_v: sp.Expr, cost_r: sp.Expr, n_sym: sp.Symbol) -> tuple[float, str]:
@@ -303,19 +397,6 @@ def predicted_crossovers(variants: str | Iterable[str] = "all", head_dim: int = 
                      "macs_crossover": macs_n, "macs_status": macs_status,
                      "total_crossover": tot_n, "total_status": tot_status})
     return pd.DataFrame(rows)
-
-
-def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str = REFERENCE,
-                   by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
-    """Rows of ``level`` (status ok) with ``ratio`` = median latency / the reference's median at the
-    same token count in the same group (> 1: slower than fused softmax)."""
-    df = results[(results.level == level) & (results.status.fillna("ok") == "ok")].copy()
-    keys = [b for b in by if b in df.columns] + ["tokens"]
-    ref = (df[df.attention == reference].groupby(keys, dropna=False).median_ms.median()
-           .rename("reference_ms").reset_index())
-    df = df.merge(ref, on=keys, how="inner")
-    df["ratio"] = df.median_ms / df.reference_ms
-    return df
 
 
 def allocator_effect(results: pd.DataFrame, by: Sequence[str] = ("hardware", "dtype", "tokens")) -> pd.DataFrame:

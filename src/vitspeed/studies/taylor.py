@@ -27,6 +27,7 @@ from vitspeed.models import create_model
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, core_grid, ratio_of, run_sweep)
 from vitspeed.studies.linear_kernels import kernel_diagnostics
+from vitspeed.studies.wording import noise, said
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
@@ -206,6 +207,15 @@ def approximation_table(labels: Sequence[str] | None = None, tokens: int = 196, 
     return pd.DataFrame(out)
 
 
+def _iqr_at(rows: pd.DataFrame, dtype: str, head_dim: int, tokens: int) -> pd.Series:
+    """IQR (ms) per label of the ok core rows at one (dtype, head_dim, tokens); empty without an IQR column."""
+    if "iqr_ms" not in rows:
+        return pd.Series(dtype=float)
+    df = rows[(rows.kind == "core") & (rows.dtype == dtype) & (rows.status.fillna("ok") == "ok")]
+    df = df[(df.head_dim.astype(int) == head_dim) & (df.tokens.astype(int) == tokens)]
+    return df.groupby("label").iqr_ms.median()
+
+
 CHEAP_CUTS = ("pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
 
 
@@ -217,7 +227,9 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
     variant missing there is nan (``*_word`` '-'). "The faster softmax" is the faster of the fused
     and explicit forms at that N. Ratios are said the way round that is at least 1, with a word.
     Keys: d0, n_lo, n_hi, core_full_vs_compact(_word), core_full_vs_compact_macs,
-    full_time_per_mac(_word), best_soft_hi, best_soft_lo, compact_vs_softmax_hi(_word),
+    full_time_per_mac(_word), full_per_mac_said (with the spread caveat), random_vs_compact_said (the
+    random projection against compact, same MACs), per_mac_range / per_mac_most / per_mac_least (how
+    far time per MAC spreads over the Taylor variants, and which spend most and least), best_soft_hi, best_soft_lo, compact_vs_softmax_hi(_word),
     compact_vs_softmax_lo(_word), fused_vs_explicit_hi(_word), full_vs_softmax_hi(_word),
     fastest_cut, time_macs_spearman (time vs MACs over the Taylor variants at the largest N).
     """
@@ -235,6 +247,16 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
                core_full_vs_compact_macs=float(round(macs_ratio, 1)) if math.isfinite(macs_ratio) else math.nan)
     per_mac = r / macs_ratio
     out.update(full_time_per_mac=_times(per_mac), full_time_per_mac_word=_word(per_mac, "more", "less"))
+    iqr = _iqr_at(rows, dtype, int(head_dim), n_hi)
+
+    def _noise(a: str, b: str) -> float:
+        return noise(hi[a], iqr.get(a, math.nan), hi[b], iqr.get(b, math.nan)) if {a, b} <= set(hi.index) else math.nan
+
+    out["full_per_mac_said"] = said(per_mac, _noise("full", "compact"), above="more", below="less")
+    same_macs = {"random", "compact"} <= set(hi.index) and math.isclose(
+        macs.loc[n_hi, "random"], macs.loc[n_hi, "compact"], rel_tol=0.01)
+    out["random_vs_compact_said"] = (said(ratio_of(hi, "random", "compact"), _noise("random", "compact"),
+                                          above="slower", below="faster") if same_macs else "not measured")
     for key, (series, a, b) in {"compact_vs_softmax_hi": (hi, best_hi, "compact"),
                                 "compact_vs_softmax_lo": (lo, best_lo, "compact"),
                                 "fused_vs_explicit_hi": (hi, "softmax (explicit)", "softmax"),
@@ -244,6 +266,12 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
     cheap = [x for x in CHEAP_CUTS if x in hi.index]
     out["fastest_cut"] = str(hi[cheap].idxmin()) if cheap else "none measured"
     taylor = [x for x in ("full", *CHEAP_CUTS) if x in hi.index]
+    per = hi[taylor] / macs.loc[n_hi, taylor]  # ms per MAC
+    if len(per) > 1:
+        out.update(per_mac_range=_times(float(per.max() / per.min())), per_mac_most=str(per.idxmax()),
+                   per_mac_least=str(per.idxmin()))
+    else:
+        out.update(per_mac_range=math.nan, per_mac_most="-", per_mac_least="-")
     both = pd.DataFrame({"ms": hi[taylor], "macs": macs.loc[n_hi, taylor]})
     rho = both.corr(method="spearman").iloc[0, 1] if len(taylor) > 2 else math.nan
     out["time_macs_spearman"] = float(round(rho, 2)) if math.isfinite(rho) else math.nan

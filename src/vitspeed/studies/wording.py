@@ -10,10 +10,11 @@ __all__ = ["times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "
 
 def times(ratio: float) -> float:
     """``ratio`` said the way round that is at least 1 ("2 times slower" rather than "0.5 times"),
-    rounded to 2 decimals; nan stays nan."""
+    to 3 significant digits (1.18, 39.6; an int from 100 on, 2960 rather than 2960.0); nan stays nan."""
     if not math.isfinite(ratio):
         return math.nan
-    return float(round(ratio if ratio >= 1 else 1 / ratio, 2))
+    value = float(f"{ratio if ratio >= 1 else 1 / ratio:.3g}")
+    return int(value) if value >= 100 else value
 
 
 def word(ratio: float, above: str = "faster", below: str = "slower") -> str:
