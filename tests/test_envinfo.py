@@ -147,3 +147,20 @@ def test_strict_fp32_turns_tf32_off_for_matmuls_and_convolutions_then_restores()
         assert torch.backends.cudnn.allow_tf32 is True  # restored after an error too
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_nvidia_smi_fields_are_read_when_the_tool_exists(tmp_path, monkeypatch):
+    import shutil
+
+    from vitspeed import envinfo
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '580.159.03, 1980, 1980'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "nvidia-smi" else None)
+    assert envinfo._nvidia_smi(0) == {"gpu_driver": "580.159.03", "gpu_sm_clock_mhz": "1980",
+                                      "gpu_sm_clock_max_mhz": "1980"}
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    assert envinfo._nvidia_smi(0) == {}  # a failing tool leaves the record without them
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert envinfo._nvidia_smi(0) == {}

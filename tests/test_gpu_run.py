@@ -44,9 +44,21 @@ def test_budget_reached_exits_3_with_earlier_parts_packed(tmp_path):
 
 
 def test_complete_run_writes_results_and_executed_notebook(tmp_path):
+    import time
+
     out = tmp_path / "out"
-    res = _run(out, "01_complexity")
-    assert res.returncode == 0, res.stderr[-2000:]
+    env = {**os.environ, "PYTHON": sys.executable, "VITSPEED_PRESET": "smoke", "VITSPEED_ALLOW_CPU": "1",
+           "VITSPEED_STATE_DIR": str(tmp_path / "state"), "VITSPEED_PACK_EVERY": "1"}
+    proc = subprocess.Popen(["bash", str(SCRIPT), str(out), "01_complexity"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    packed_while_running = False
+    while proc.poll() is None:  # the archive is refreshed while the notebook runs, not only at the end
+        packed_while_running |= (out / "results.tar.gz").is_file()
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert packed_while_running
+    assert not (out / ".results.tar.gz.part").exists()
     assert (out / "executed" / "01_complexity.ipynb").is_file()
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()

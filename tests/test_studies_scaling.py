@@ -236,3 +236,18 @@ def test_allocator_finding_states_the_slowdowns_or_their_absence():
     assert S.allocator_finding(rows, "bfloat16", current="glibc default").endswith("glibc default setting.")
     assert "not run here" in S.allocator_finding(rows, "float32")
     assert "not run here" in S.allocator_finding(rows.assign(level="core"), "bfloat16")
+
+
+def test_crossovers_from_graph_replay_times():
+    # eager batch-1 times on a GPU are launch-bound (the linear core runs more kernels); graph replay removes that
+    rows = []
+    for n, (soft, relu, g_soft, g_relu) in {256: (0.02, 0.08, 0.010, 0.012), 4096: (0.30, 0.10, 0.28, 0.05)}.items():
+        rows += [{**_row("softmax", n, soft), "graph_median_ms": g_soft, "graph_iqr_ms": 0.0},
+                 {**_row("linear_relu", n, relu), "graph_median_ms": g_relu, "graph_iqr_ms": 0.0}]
+    df = pd.DataFrame(rows)
+    eager = S.crossovers(df, reference="softmax").iloc[0]
+    graph = S.crossovers(df, reference="softmax", graph=True).iloc[0]
+    assert eager.status == graph.status == S.CROSSES
+    assert graph.crossover_tokens < eager.crossover_tokens  # 1.2 -> 0.18 crosses earlier than 4 -> 0.33
+    assert S.latency_ratios(df, graph=True).ratio.tolist() == pytest.approx([1.0, 1.2, 1.0, 0.05 / 0.28])
+    assert S.crossovers(df.drop(columns=["graph_median_ms", "graph_iqr_ms"]), graph=True).empty

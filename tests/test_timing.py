@@ -242,3 +242,13 @@ def test_deadline_from_env(monkeypatch):
 def test_timing_values_are_finite():
     res = measure({"a": lambda: torch.ones(8).sum()}, "cpu", warmup=0, repeats=3)
     assert all(math.isfinite(v) for v in res["a"].row().values())
+
+
+def test_progress_bars_respect_tqdm_disable(monkeypatch):
+    from vitspeed.timing import _progress_bar
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not _progress_bar(3, "x", enabled=True).disable
+    assert _progress_bar(3, "x", enabled=False).disable
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what the runner sets for executed chapters
+    assert _progress_bar(3, "x", enabled=True).disable

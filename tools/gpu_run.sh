@@ -13,7 +13,9 @@
 #    No measurement starts after VITSPEED_TIME_BUDGET seconds (default 420), so one call stays well
 #    inside a 10-minute slot.
 # 4. Packs OUTDIR/data into OUTDIR/results.tar.gz (unpack it in the repository's root: it holds
-#    data/<chapter>/<hardware>__<run id>.*) and OUTDIR/executed into OUTDIR/executed.tar.gz.
+#    data/<chapter>/<hardware>__<run id>.*) and OUTDIR/executed into OUTDIR/executed.tar.gz. While the
+#    notebooks run, results.tar.gz is refreshed every VITSPEED_PACK_EVERY seconds (default 60), so a
+#    call killed at its time limit still brings back what it measured.
 #
 # Exit status: 0 when every notebook finished, 3 when the budget ran out first (run the same command
 # again, with the results brought back into data/, to resume), anything else is a failure.
@@ -58,9 +60,19 @@ if [ -n "$run_id" ]; then
   done
 fi
 
+pack() {  # results so far into OUTDIR/results.tar.gz, replaced atomically (result files are written atomically)
+  tar czf "$out/.results.tar.gz.part" -C "$out" data && mv -f "$out/.results.tar.gz.part" "$out/results.tar.gz"
+}
+# Pack every minute while the sweep runs: a call killed at its time limit still returns what it measured.
+( while sleep "${VITSPEED_PACK_EVERY:-60}"; do pack 2>/dev/null || true; done ) &
+packer=$!
+trap 'kill $packer 2>/dev/null || true' EXIT
+
 rc=0
 "$python" -m vitspeed.cli run --preset "$preset" --output-dir "$out/executed" --time-budget "$budget" "$@" || rc=$?
-tar czf "$out/results.tar.gz" -C "$out" data
+kill $packer 2>/dev/null || true
+wait $packer 2>/dev/null || true
+pack
 mkdir -p "$out/executed" && tar czf "$out/executed.tar.gz" -C "$out" executed
 mkdir -p "$state" && cp -r "$out/data/." "$state/"
 if [ "${VITSPEED_PACK_ONLY:-0}" = 1 ]; then

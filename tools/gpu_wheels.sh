@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 dest=${1:-.whl}
 py=${VITSPEED_WHEEL_PYTHON:-3.12}
 uv=$(command -v uv || echo .venv/bin/uv)  # make env installs uv into .venv
-mkdir -p "$dest"
+rm -rf "$dest" && mkdir -p "$dest"  # from scratch: two versions of one package stop the offline install
 # What the study needs beyond the GPU image: the FLOPs counter and the notebook runner.
 # timm is pinned to the version the lock file tests, whatever the image ships.
 want=(fvcore papermill ipykernel nbformat)

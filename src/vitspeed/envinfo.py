@@ -245,7 +245,29 @@ def environment_record(device: str = "cpu", dtype: str = "float32", threads: int
         record["gpu_name"] = props.name
         record["gpu_memory_gb"] = round(props.total_memory / 2**30, 2)
         record["gpu_capability"] = f"{props.major}.{props.minor}"
+        record.update(_nvidia_smi(dev.index or 0))
     return record
+
+
+def _nvidia_smi(index: int) -> dict[str, Any]:
+    """Driver version and current/maximum SM clocks (MHz) of GPU ``index`` as nvidia-smi reports them;
+    empty where nvidia-smi is missing or fails (the record then simply lacks them)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {}
+    fields = ["driver_version", "clocks.sm", "clocks.max.sm"]
+    try:
+        out = subprocess.run([exe, f"--id={index}", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = [v.strip() for v in out.splitlines()[0].split(",")] if out else []
+    if len(values) != len(fields):
+        return {}
+    return {"gpu_driver": values[0], "gpu_sm_clock_mhz": values[1], "gpu_sm_clock_max_mhz": values[2]}
 
 
 def _cpu_capability() -> str | None:

@@ -214,8 +214,11 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar, off when not ``enabled`` or when ``TQDM_DISABLE`` is set (the runner sets it, so that
+    executed chapters hold no progress bars; an explicit ``disable=False`` would override tqdm's own check)."""
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    off = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    return tqdm(total=total, desc=desc, disable=off, leave=False)
 
 
 def _non_finite_count(out: Any) -> int:

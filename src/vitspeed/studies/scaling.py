@@ -282,19 +282,27 @@ def reference_latency(results: pd.DataFrame, reference: str | Sequence[str] = SO
     ``reference_form`` (which form it was)."""
     forms = _forms(reference)
     keys = [b for b in by if b in results.columns] + ["tokens"]
-    ref = results[results.attention.isin(forms)].sort_values("median_ms")
+    ref = results[results.attention.isin(forms) & results.median_ms.notna()].sort_values("median_ms")
     ref = ref.groupby(keys, dropna=False, as_index=False).first()
     return ref[keys + ["median_ms", "iqr_ms", "attention"]].rename(
         columns={"median_ms": "reference_ms", "iqr_ms": "reference_iqr_ms", "attention": "reference_form"})
 
 
 def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str | Sequence[str] = SOFTMAX_FORMS,
-                   by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
+                   by: Sequence[str] = ("hardware", "dtype", "batch_size"), graph: bool = False) -> pd.DataFrame:
     """Rows of ``level`` (status ok) with ``ratio`` = median latency / the reference's median at the same
     token count in the same group (> 1: slower), the reference being the faster of the softmax forms
     at that point (:func:`reference_latency`; pass ``"softmax"`` for fused SDPA alone), and
-    ``noise``, the two medians' relative spread (:func:`vitspeed.studies.wording.noise`)."""
+    ``noise``, the two medians' relative spread (:func:`vitspeed.studies.wording.noise`).
+
+    With ``graph`` the CUDA-graph replay times (``graph_median_ms``, ``graph_iqr_ms``: batch 1 on a
+    GPU, launch overhead removed) stand in for the eager ones, and only rows that have them count."""
     df = results[(results.level == level) & (results.status.fillna("ok") == "ok")].copy()
+    if graph:
+        if "graph_median_ms" not in df:
+            return df.iloc[0:0].assign(reference_ms=[], reference_iqr_ms=[], reference_form=[], ratio=[], noise=[])
+        df = df[df.graph_median_ms.notna()].assign(median_ms=lambda d: d.graph_median_ms,
+                                                    iqr_ms=lambda d: d.graph_iqr_ms)
     keys = [b for b in by if b in df.columns] + ["tokens"]
     df = df.merge(reference_latency(df, reference, by), on=keys, how="inner")
     df["ratio"] = df.median_ms / df.reference_ms
@@ -304,7 +312,8 @@ def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str | 
 
 
 def crossovers(results: pd.DataFrame, level: str = "core", reference: str | Sequence[str] = SOFTMAX_FORMS,
-               by: Sequence[str] = ("hardware", "dtype", "batch_size"), spread: bool = True) -> pd.DataFrame:
+               by: Sequence[str] = ("hardware", "dtype", "batch_size"), spread: bool = True,
+               graph: bool = False) -> pd.DataFrame:
     """Measured crossover of every variant against the reference per device/precision/batch group.
 
     The reference is the faster softmax form at each token count (:func:`reference_latency`); the
@@ -313,9 +322,10 @@ def crossovers(results: pd.DataFrame, level: str = "core", reference: str | Sequ
     Columns: the ``by`` fields, attention, family, crossover_tokens, status, tokens_min / tokens_max
     (measured range), ratio_min_n / ratio_max_n (latency ratio at the smallest / largest N),
     noise_max_n (the spread there) and reference_forms (the softmax forms that were the reference).
+    ``graph``: from CUDA-graph replay times (see :func:`latency_ratios`).
     """
     forms = _forms(reference)
-    df = latency_ratios(results, level, forms, by)
+    df = latency_ratios(results, level, forms, by, graph=graph)
     by = [b for b in by if b in df.columns]
     out = []
     for key, grp in df.groupby(by, dropna=False) if by else [((), df)]:
