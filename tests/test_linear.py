@@ -15,7 +15,7 @@ LINEAR = ["linear_relu", "linear_elu", "linear_cosine", "linear_mean", "linear_s
           "linear_angular", "taylor1", "efficient"]
 # every variant with its default options, plus the non-default normalisation switches
 CASES = [(name, {}) for name in LINEAR] + [("linear_cosine", {"normalize": True}),
-                                           ("linear_mean", {"normalize": True})]
+                                           ("linear_mean", {"normalize": True}), ("taylor1", {"eps": 0.0})]
 
 
 def qkv(B=2, h=3, N=20, d=8, dtype=torch.float64, seed=0):

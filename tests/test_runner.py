@@ -107,3 +107,73 @@ def test_preset_environment_must_be_a_mapping_of_names_to_values(tmp_path):
     from vitspeed.allocator import KEPT_HEAP
 
     assert load_preset("cpu")["environment"] == KEPT_HEAP  # the published CPU runs keep freed memory
+
+
+def _tag_parameters(root, source=None):
+    """Make the toy notebook's first cell its papermill parameters cell (optionally with ``source``)."""
+    import nbformat
+
+    path = root / "notebooks" / "toy.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    if source is not None:
+        nb.cells[0].source = source
+    nbformat.write(nb, path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("parameters: {device: cpu\nnotebooks: [\n", "not valid YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("parameters: 5\n", "'parameters' must map parameter names"),
+    ("notebooks: {toy: 3}\n", "'notebooks' must map notebook names"),
+    ("notebooks: {tyo: {x: 1}}\n", r"unknown notebooks \['tyo'\]; valid choices: toy"),
+    ("paramters: {x: 1}\n", r"unknown keys \['paramters'\]"),
+])
+def test_malformed_presets_are_one_clear_error(tmp_path, text, message):
+    _toy_repo(tmp_path, ["x = 1"], preset=text)
+    with pytest.raises(ValueError, match=message):
+        load_preset("toy", tmp_path)
+
+
+def test_preset_keys_no_notebook_declares_are_refused_before_anything_runs(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    _toy_repo(root, ["x = 1"], preset="notebooks: {toy: {y: 2}}\n")
+    _tag_parameters(root)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"notebook toy has no parameters \['y'\]; valid choices: x"):
+        run_notebooks(["toy"], preset="toy", output_dir=out, root=root)
+    (root / "presets" / "toy.yaml").write_text("parameters: {devcie: cuda}\n")
+    with pytest.raises(ValueError, match=r"no notebook has parameters \['devcie'\]; valid choices: x"):
+        run_notebooks(["toy"], preset="toy", output_dir=out, root=root)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_device_this_machine_lacks_is_refused_before_a_kernel_starts(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="cuda was requested but no CUDA device is available"):
+        run_notebooks(["02_time_share"], preset="gpu-smoke", output_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_inside_a_notebook_is_one_line_and_one_run_id_is_shared(tmp_path):
+    import nbformat
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    _toy_repo(root, ['run_id = ""', "print('run=' + run_id)\nassert run_id",
+                     "if x < 0:\n    raise ValueError('x must be >= 0; valid choices: 0, 1, 2')"],
+              preset="parameters: {x: -1}\n")
+    _tag_parameters(root, 'run_id = ""\nx = 0')
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"^toy: x must be >= 0; valid choices: 0, 1, 2$"):
+        run_notebooks(["toy"], preset="toy", output_dir=out, root=root, run_id="r42")
+    assert list(out.iterdir()) == []  # no partial notebook left
+    (root / "presets" / "toy.yaml").write_text("parameters: {x: 1}\n")
+    (done,) = run_notebooks(["toy"], preset="toy", output_dir=out, root=root, run_id="r42")
+    assert "run=r42" in "".join(o.get("text", "") for c in nbformat.read(done, as_version=4).cells
+                                for o in c.get("outputs", []))
+    with pytest.raises(ValueError, match="run id 'no good' is not filesystem-safe"):
+        run_notebooks(["toy"], preset="toy", output_dir=out, root=root, run_id="no good")

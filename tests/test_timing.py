@@ -19,6 +19,8 @@ def test_timing_summary_in_seconds_and_row_in_ms():
     assert t.mean_s == pytest.approx(0.003)
     assert t.p10_s == pytest.approx(0.0014)
     assert t.p90_s == pytest.approx(0.0046)
+    skewed = Timing([0.001, 0.001, 0.001, 0.001, 0.010])  # one slow sample: the median ignores it
+    assert skewed.median_s == pytest.approx(0.001) and skewed.mean_s == pytest.approx(0.0028)
     row = t.row()
     assert row["median_ms"] == pytest.approx(3.0)
     assert row["iqr_ms"] == pytest.approx(2.0)
@@ -61,6 +63,7 @@ def test_interleave_runs_all_alternately():
     timed = log[-18:]  # the six rounds of one call each
     assert sorted(timed) == sorted("ABC" * 6)
     assert _switches(timed) == 17  # never the same callable twice in a row
+    assert timed[0::3] == list("ABCABC")  # each round starts one later: every callable leads as often
 
     log.clear()
     measure(fns, "cpu", warmup=1, repeats=6, min_sample_s=0.0, interleave=False)

@@ -3,8 +3,10 @@
 Every error a user can cause (unknown model/variant/option, an image size the patch or window does
 not divide, cuda asked for but absent, an unsupported dtype, an unknown preset or notebook) prints
 one sentence naming the valid choices to stderr and exits with status 2, having written nothing.
-``vitspeed run --time-budget S`` exits with status 3 when the budget ran out first: the results
-measured so far are in data/, and the same command run again resumes.
+``vitspeed run --time-budget S`` exits with status 3 when the budget ran out first, and an
+interrupted run (Ctrl-C, SIGTERM) with status 130: the results measured so far are in data/ under the
+run id the message names, and ``vitspeed run --run-id ID`` resumes them. Running out of memory in
+``flops`` or ``bench`` is one line and status 2 as well.
 """
 from __future__ import annotations
 
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/chapters)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="start no new measurement after this many seconds; exit 3 if unfinished (rerun resumes)")
+    p.add_argument("--run-id", default=None,
+                   help="run id of the results (default: the preset's, else a UTC timestamp); "
+                        "an interrupted run resumes when run again with its id")
     return parser
 
 
@@ -150,19 +155,34 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from vitspeed.runner import run_notebooks
+    import datetime as _dt
 
+    from vitspeed.runner import load_preset, resume_hint, run_notebooks
+
+    # the run id is fixed here, so that an interruption can say how to resume
+    args.run_id = (args.run_id or load_preset(args.preset)["parameters"].get("run_id")
+                   or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    args.interrupted_hint = resume_hint(args.run_id)
     executed = run_notebooks(args.notebooks or None, preset=args.preset, output_dir=args.output_dir,
-                             time_budget_s=args.time_budget)
-    return {"executed": [str(p) for p in executed]}
+                             time_budget_s=args.time_budget, run_id=args.run_id)
+    return {"executed": [str(p) for p in executed], "run_id": args.run_id}
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does: no half-written chapter is left
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input, 3 ``run`` stopped by its time budget)."""
     from vitspeed.runner import RunIncomplete
 
+    import signal
+
+    from vitspeed.timing import is_oom_error
+
     args = build_parser().parse_args(argv)
     handlers = {"list": _cmd_list, "flops": _cmd_flops, "bench": _cmd_bench, "run": _cmd_run}
+    previous = signal.signal(signal.SIGTERM, _terminate) if args.command == "run" else None
     try:
         result = handlers[args.command](args)
     except ValueError as err:
@@ -171,6 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunIncomplete as err:
         print(f"vitspeed {args.command}: incomplete: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupted_hint", "")
+        print(f"vitspeed {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
+    except (RuntimeError, MemoryError) as err:
+        if not is_oom_error(err):
+            raise
+        print(f"vitspeed {args.command}: error: out of memory ({str(err).splitlines()[0][:160]}); "
+              "try a smaller --img-size or --batch-size", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if getattr(args, "json", False):
         print(json.dumps(result, default=str))
     return 0

@@ -120,7 +120,12 @@ def _conv_handle(op: str, transposed_index: int | None, transposed: bool = False
 
 
 def _sdpa(inputs, outputs):
-    """SDPA: q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev)."""
+    """SDPA: q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
+
+    MACs: L S (E + Ev) per head. Elementwise: the softmax's 3 L S (4 with an additive mask). The
+    scaling by 1/sqrt(E) is not counted: the fused kernels fold it into the score computation, while
+    the explicit form's q * scale is a separate operator and counts L E (the small gap between the two
+    softmax rows of the complexity tables)."""
     q, v, out = _shape(inputs[0]), _shape(inputs[2]), _shape(outputs[0])
     if q is None or v is None or out is None:
         return _result("scaled_dot_product_attention", MACS, None)
@@ -248,7 +253,9 @@ adaptive_max_pool3d avg_pool1d avg_pool2d avg_pool3d max_pool1d max_pool2d max_p
 max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices
 """.split()
 
-#: Ops that move or create data without arithmetic: counted as zero, on purpose.
+#: Ops that move or create data without arithmetic: counted as zero, on purpose. A few can add in some
+#: modes (col2im sums overlapping patches, index_put with accumulate=True, upsampling interpolates); none
+#: of the study's models uses them, which the counter's empty ``unhandled`` lists in the tests confirm.
 ZERO_COST_OPS: frozenset[str] = frozenset("aten::" + op for op in """
 view view_as reshape reshape_as _reshape_alias _unsafe_view as_strided permute transpose transpose_ t
 contiguous expand expand_as broadcast_to broadcast_tensors cat concat concatenate stack hstack vstack

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["ResultsWriter", "config_key", "default_root", "load_env", "list_runs", "read_csv", "read_results",
-           "write_root", "ENV_VAR"]
+           "write_root", "check_run_id", "ENV_VAR"]
 
 ENV_VAR = "VITSPEED_RESULTS_DIR"
 _CHAPTER_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -45,7 +45,9 @@ def _check_chapter(chapter: str) -> str:
     return chapter
 
 
-def _check_run_id(run_id: str) -> str:
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is filesystem-safe (1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit),
+    else ``ValueError`` saying what is allowed."""
     if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
         raise ValueError(f"run id {run_id!r} is not filesystem-safe; use 1-64 characters from "
                          "A-Z, a-z, 0-9, '_' and '-', starting with a letter or digit")
@@ -149,7 +151,7 @@ class ResultsWriter:
         self.chapter = _check_chapter(chapter)
         self.env_record = dict(env_record)
         self.hardware = _check_slug(hardware_slug(self.env_record))
-        self.run_id = _check_run_id(run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+        self.run_id = check_run_id(run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
         self.root = Path(root) if root is not None else write_root()
         self.folder = self.root / self.chapter
         stem = f"{self.hardware}__{self.run_id}"
@@ -294,7 +296,7 @@ def load_env(chapter: str, hardware: str, run_id: str,
              roots: Sequence[str | os.PathLike] | None = None) -> dict[str, Any]:
     """The environment record of one run; FileNotFoundError naming the stored runs when it is absent."""
     _check_slug(hardware)
-    _check_run_id(run_id)
+    check_run_id(run_id)
     runs = list_runs(chapter, roots)
     for run in runs:
         if run["hardware"] == hardware and run["run_id"] == run_id and run["env_path"] is not None:

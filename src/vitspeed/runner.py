@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import yaml
 
 __all__ = ["repo_root", "list_presets", "load_preset", "list_notebooks", "run_notebooks", "strip_run_metadata",
-           "RunIncomplete"]
+           "RunIncomplete", "resume_hint", "PARTIAL_PREFIX"]
 
 
 class RunIncomplete(RuntimeError):
@@ -37,6 +37,15 @@ class RunIncomplete(RuntimeError):
     def __init__(self, message: str, executed: list[Path]) -> None:
         super().__init__(message)
         self.executed = executed
+
+
+#: name prefix of a notebook being executed (renamed to its chapter when it completes)
+PARTIAL_PREFIX = ".partial-"
+
+
+def resume_hint(run_id: str) -> str:
+    """How to resume an interrupted run, in words."""
+    return f"the results so far are in data/ under run id {run_id}: run again with --run-id {run_id} to resume"
 
 
 def repo_root() -> Path:
@@ -60,9 +69,30 @@ def load_preset(name: str, root: Path | None = None) -> dict[str, Any]:
     path = root / "presets" / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(list_presets(root))}")
-    data = yaml.safe_load(path.read_text()) or {}
-    data.setdefault("parameters", {})
-    data.setdefault("notebooks", {})
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(f"preset {name!r} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"preset {name!r} must be a mapping with keys description, parameters, environment, "
+                         f"notebooks; got a {type(data).__name__}")
+    unknown = sorted(set(data) - {"description", "parameters", "environment", "notebooks"})
+    if unknown:
+        raise ValueError(f"preset {name!r} has unknown keys {unknown}; valid choices: description, parameters, "
+                         "environment, notebooks")
+    data["parameters"] = data.get("parameters") or {}
+    data["notebooks"] = data.get("notebooks") or {}
+    if not isinstance(data["parameters"], dict):
+        raise ValueError(f"preset {name!r}: 'parameters' must map parameter names to values; got {data['parameters']!r}")
+    if not isinstance(data["notebooks"], dict) or not all(v is None or isinstance(v, dict)
+                                                          for v in data["notebooks"].values()):
+        raise ValueError(f"preset {name!r}: 'notebooks' must map notebook names to their parameters")
+    bad = sorted(set(data["notebooks"]) - set(list_notebooks(root)))
+    if bad:
+        raise ValueError(f"preset {name!r} names unknown notebooks {bad}; valid choices: "
+                         f"{', '.join(list_notebooks(root))}")
     env = data.setdefault("environment", {}) or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                             for k, v in env.items()):
@@ -108,26 +138,71 @@ def _resolve(names: Iterable[str] | None, root: Path) -> list[str]:
     return resolved
 
 
+def _check_parameters(config: dict[str, Any], preset: str, stems: list[str], root: Path) -> dict[str, dict]:
+    """Each selected notebook's declared parameters; ``ValueError`` for a preset key no notebook takes
+    (a typo would otherwise be ignored silently) or a device / dtype this machine cannot run."""
+    import papermill as pm
+
+    from vitspeed.envinfo import resolve_device, resolve_dtype
+
+    declared = {stem: pm.inspect_notebook(str(root / "notebooks" / f"{stem}.ipynb"))
+                for stem in set(stems) | set(config["notebooks"])}
+    for stem, own in config["notebooks"].items():
+        extra = sorted(set(own or {}) - set(declared[stem]))
+        if extra:
+            raise ValueError(f"preset {preset!r}: notebook {stem} has no parameters {extra}; valid choices: "
+                             f"{', '.join(sorted(declared[stem]))}")
+    shared = set(config["parameters"])
+    if shared:
+        every = set().union(*(pm.inspect_notebook(str(root / "notebooks" / f"{s}.ipynb"))
+                              for s in list_notebooks(root)))
+        extra = sorted(shared - every)
+        if extra:
+            raise ValueError(f"preset {preset!r}: no notebook has parameters {extra}; valid choices: "
+                             f"{', '.join(sorted(every))}")
+    for stem in stems:
+        wanted = {**config["parameters"], **(config["notebooks"].get(stem) or {})}
+        if "device" in wanted:
+            dev = resolve_device(str(wanted["device"]))  # ValueError naming this machine's devices
+            for dt in wanted.get("dtypes") or []:
+                resolve_dtype(str(dt), dev.type)
+    return {stem: declared[stem] for stem in stems}
+
+
 def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", output_dir: str | Path | None = None,
-                  root: Path | None = None, time_budget_s: float | None = None) -> list[Path]:
+                  root: Path | None = None, time_budget_s: float | None = None,
+                  run_id: str | None = None) -> list[Path]:
     """Execute notebooks (all by default) with ``preset``; return the executed notebooks' paths.
 
+    Every notebook that declares ``run_id`` gets the same one: ``run_id`` if given, else the preset's,
+    else one made now (UTC timestamp), so that one call is one run and ``run_id`` resumes it.
     ``time_budget_s`` (seconds from now): no sweep configuration starts after it, and
-    :class:`RunIncomplete` is raised if a notebook could not finish (run again to resume).
+    :class:`RunIncomplete` is raised if a notebook could not finish (run again to resume). Preset
+    keys that no notebook declares, and devices or dtypes this machine lacks, raise ``ValueError``
+    before any notebook starts; a notebook that fails with a ``ValueError`` (bad input found inside)
+    raises one ``ValueError`` naming the notebook.
     """
+    import datetime as _dt
+
     import nbformat
     import papermill as pm
 
+    from vitspeed.results import check_run_id
     from vitspeed.timing import DEADLINE_ENV
 
     root = root or repo_root()
     config = load_preset(preset, root)
     stems = _resolve(names, root)
+    declared_by = _check_parameters(config, preset, stems, root)
+    run_id = run_id or config["parameters"].get("run_id") or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    check_run_id(str(run_id))
     if time_budget_s is not None and not time_budget_s >= 0:
         raise ValueError(f"time budget must be a number of seconds >= 0; got {time_budget_s}")
     deadline = None if time_budget_s is None else time.time() + float(time_budget_s)
     out_dir = Path(output_dir) if output_dir else root / "book" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f"{PARTIAL_PREFIX}*.ipynb"):  # left by a run killed mid-notebook
+        stale.unlink()
     executed: list[Path] = []
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would end up in the book's outputs
     # the kernels inherit this process's environment: the deadline and the preset's variables
@@ -139,14 +214,14 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
     try:
         for stem in stems:
             if deadline is not None and time.time() >= deadline:
-                raise RunIncomplete(f"time budget of {time_budget_s:g} s reached before {stem}; run the same "
-                                    "command again to resume", executed)
+                raise RunIncomplete(f"time budget of {time_budget_s:g} s reached before {stem}; "
+                                    f"{resume_hint(run_id)}", executed)
             source = root / "notebooks" / f"{stem}.ipynb"
-            declared = pm.inspect_notebook(str(source))
-            wanted = {**config["parameters"], **(config["notebooks"].get(stem) or {})}
+            declared = declared_by[stem]
+            wanted = {**config["parameters"], **(config["notebooks"].get(stem) or {}), "run_id": run_id}
             params = {k: v for k, v in wanted.items() if k in declared}
             target = out_dir / f"{stem}.ipynb"
-            fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=out_dir)
+            fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".ipynb", dir=out_dir)
             os.close(fd)
             try:
                 pm.execute_notebook(str(source), tmp, parameters=params, cwd=str(root / "notebooks"),
@@ -156,7 +231,9 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
                 os.replace(tmp, target)
             except pm.PapermillExecutionError as err:
                 if err.ename == "SweepIncomplete":
-                    raise RunIncomplete(f"{stem}: {err.evalue}", executed) from None
+                    raise RunIncomplete(f"{stem}: {err.evalue}; {resume_hint(run_id)}", executed) from None
+                if err.ename == "ValueError":  # bad input found inside the notebook: one line, not a traceback
+                    raise ValueError(f"{stem}: {err.evalue}") from None
                 raise
             finally:
                 if os.path.exists(tmp):

@@ -19,7 +19,9 @@ operation, and whether before or after the softmax are not stated. OUR INTERPRET
 Cheapest exact form. A_j v_j = sum_c W[j,c] (A_c v_j) could avoid forming A_j, but it needs every
 computed map applied to every hallucinated value head: h_c * h_h * N^2 * d MACs. Forming the maps
 costs h_h * h_c * N^2 (one matmul of W with the maps viewed as (h_c, N*N)) plus h_h * N^2 * d for
-their AV, which is cheaper whenever d > 1, so we form them (one (h_h, h_c) x (h_c, N*N) matmul).
+their AV: h_h N^2 (h_c + d) against h_h h_c N^2 d, cheaper whenever (h_c - 1)(d - 1) > 1 (h_c >= 2
+with any real head size; DeiT-T's split, h_c = 2, and DeiT-S's, h_c = 3, both qualify), so we form them
+(one (h_h, h_c) x (h_c, N*N) matmul).
 
 Core cost (MACs, per image, the counter's conventions; B images, N tokens, head size d):
     q * scale:        B h_c N d elementwise

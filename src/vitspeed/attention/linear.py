@@ -365,14 +365,16 @@ def _mean_formula(B, N, d, h, normalize=False, eps=None):
 
 
 def _affine_formula(scale_a: bool, eps: bool, feature_ops):
-    def formula(B, N, d, h, **_):
+    def formula(B, N, d, h, **options):
+        # the core skips the eps addition when eps is 0 (an option of taylor1)
+        with_eps = eps and options.get("eps", 1.0) != 0
         macs = 2 * B * h * N * d * (d + 1)
         elementwise = (feature_ops(B, N, d, h)
                        + B * h * d * (d + 1)  # b * state
                        + B * h * N * (d + 1)  # sum of [v, 1] over positions
                        + (B * h * (d + 1) if scale_a else 0)  # a * that sum
                        + B * h * N * (d + 1)  # add
-                       + (B * h * N if eps else 0)
+                       + (B * h * N if with_eps else 0)
                        + B * h * N * d)  # divide
         return {"macs": macs, "elementwise": elementwise}
 

@@ -67,6 +67,12 @@ def build_timm(
     from vitspeed.models.registry import timm_family
 
     family = timm_family(name)
+    if attention_options and attention is None:
+        raise ValueError(f"attention options {sorted(attention_options)} given without an attention to swap into "
+                         f"{name!r}; name one (--attention; `vitspeed list` shows the valid choices)")
+    if ffn_options and ffn is None:
+        raise ValueError(f"FFN options {sorted(ffn_options)} given without an FFN to swap into {name!r}; "
+                         "name one (--ffn; `vitspeed list` shows the valid choices)")
     check_img_size(name, family, img_size, _cfg(name, family))
     if (attention or ffn) and family not in ("vit", "swin"):
         raise ValueError(f"--attention/--ffn swap into {name!r} is not supported; "

@@ -100,7 +100,8 @@ def variant_traffic(tokens: Iterable[int], head_dim: int = 64, heads: int = 6, b
                     variants: Iterable[str] | None = None) -> pd.DataFrame:
     """MACs, elementwise ops and bytes moved (fp32, eager) of every variant's core at each N.
 
-    ``intensity`` is MACs per byte: the higher, the more a variant can use a device's compute
+    ``FLOPs per byte`` ((2 x MACs + elementwise) / bytes, as in the scaling chapter) is the arithmetic
+    intensity: the higher, the more a variant can use a device's compute
     before its memory bandwidth limits it (see :mod:`vitspeed.traffic`).
     """
     from vitspeed.traffic import count_traffic
@@ -117,5 +118,5 @@ def variant_traffic(tokens: Iterable[int], head_dim: int = 64, heads: int = 6, b
             traffic = count_traffic(core, (q, k, v))
             rows.append({"variant": name, "N": n, "MMACs": round(fc.macs / 1e6, 3),
                          "M elementwise": round(fc.elementwise / 1e6, 3), "MB moved": round(traffic.total / 1e6, 3),
-                         "MACs per byte": round(fc.macs / traffic.total, 3)})
+                         "FLOPs per byte": round((2 * fc.macs + fc.elementwise) / traffic.total, 3)})
     return pd.DataFrame(rows)

@@ -100,8 +100,8 @@ def time_share(model_name: str, img_size: int, device: str = "cpu", dtype: str =
     # Not clamped: a negative rest means replaying the parts alone cost more than inside the model.
     parts["rest"] = total - parts["attention"] - parts["ffn"]
     total_macs = sum(v["macs"] for v in flops.values())
-    # DeiT: patches + class token; Swin: tokens of the first stage (patch 4)
-    tokens = (img_size // 16) ** 2 + 1 if model_name.startswith(("deit", "vit")) else (img_size // 4) ** 2
+    # DeiT/ViT: patches + class token; Swin: tokens of the first stage
+    tokens = int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 0) or 0)
     rows = []
     for comp in ("attention", "ffn", "rest"):
         t = timings.get(comp)
