@@ -43,6 +43,11 @@ def test_atomic_write_leaves_valid_file_and_no_temp_files(tmp_path):
     assert list(frame.columns) == ["model", "size", "median_ms", "status"]  # union, first-seen order
     assert frame["size"].tolist() == [224, 256, 512]
     assert pd.isna(frame.loc[2, "median_ms"]) and pd.isna(frame.loc[0, "status"])
+    import os
+    import stat
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(w.path.stat().st_mode) == 0o644 & ~mask  # not mkstemp's 0600
     env = json.loads(w.env_path.read_text())
     assert env["cpu_model"] == _env()["cpu_model"]
     assert env["hardware"] == "cpu-amd-epyc-7b13-2t" and env["run_id"] == "r1"

@@ -175,5 +175,13 @@ def test_bad_input_inside_a_notebook_is_one_line_and_one_run_id_is_shared(tmp_pa
     (done,) = run_notebooks(["toy"], preset="toy", output_dir=out, root=root, run_id="r42")
     assert "run=r42" in "".join(o.get("text", "") for c in nbformat.read(done, as_version=4).cells
                                 for o in c.get("outputs", []))
+    # a run id the preset gives one notebook is kept unless --run-id overrides it
+    (root / "presets" / "toy.yaml").write_text("parameters: {x: 1}\nnotebooks: {toy: {run_id: own}}\n")
+    (done,) = run_notebooks(["toy"], preset="toy", output_dir=out, root=root, default_run_id="call")
+    assert "run=own" in "".join(o.get("text", "") for c in nbformat.read(done, as_version=4).cells
+                                for o in c.get("outputs", []))
+    (done,) = run_notebooks(["toy"], preset="toy", output_dir=out, root=root, run_id="forced")
+    assert "run=forced" in "".join(o.get("text", "") for c in nbformat.read(done, as_version=4).cells
+                                   for o in c.get("outputs", []))
     with pytest.raises(ValueError, match="run id 'no good' is not filesystem-safe"):
         run_notebooks(["toy"], preset="toy", output_dir=out, root=root, run_id="no good")

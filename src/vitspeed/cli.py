@@ -160,12 +160,14 @@ def _cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from vitspeed.runner import load_preset, resume_hint, run_notebooks
 
     # the run id is fixed here, so that an interruption can say how to resume
-    args.run_id = (args.run_id or load_preset(args.preset)["parameters"].get("run_id")
-                   or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    args.interrupted_hint = resume_hint(args.run_id)
+    given = args.run_id
+    run_id = (given or load_preset(args.preset)["parameters"].get("run_id")
+              or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    args.interrupted_hint = resume_hint(run_id)
+    # only an explicit --run-id overrides the run ids a preset gives single notebooks
     executed = run_notebooks(args.notebooks or None, preset=args.preset, output_dir=args.output_dir,
-                             time_budget_s=args.time_budget, run_id=args.run_id)
-    return {"executed": [str(p) for p in executed], "run_id": args.run_id}
+                             time_budget_s=args.time_budget, run_id=given, default_run_id=run_id)
+    return {"executed": [str(p) for p in executed], "run_id": run_id}
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -171,11 +171,12 @@ def _check_parameters(config: dict[str, Any], preset: str, stems: list[str], roo
 
 def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", output_dir: str | Path | None = None,
                   root: Path | None = None, time_budget_s: float | None = None,
-                  run_id: str | None = None) -> list[Path]:
+                  run_id: str | None = None, default_run_id: str | None = None) -> list[Path]:
     """Execute notebooks (all by default) with ``preset``; return the executed notebooks' paths.
 
-    Every notebook that declares ``run_id`` gets the same one: ``run_id`` if given, else the preset's,
-    else one made now (UTC timestamp), so that one call is one run and ``run_id`` resumes it.
+    Every notebook that declares ``run_id`` gets the same one: ``run_id`` if given, else the one the
+    preset gives that notebook, else ``default_run_id``, else the preset's shared one, else one made
+    now (UTC timestamp), so that one call is one run and ``run_id`` resumes it.
     ``time_budget_s`` (seconds from now): no sweep configuration starts after it, and
     :class:`RunIncomplete` is raised if a notebook could not finish (run again to resume). Preset
     keys that no notebook declares, and devices or dtypes this machine lacks, raise ``ValueError``
@@ -194,7 +195,9 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
     config = load_preset(preset, root)
     stems = _resolve(names, root)
     declared_by = _check_parameters(config, preset, stems, root)
-    run_id = run_id or config["parameters"].get("run_id") or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    explicit_run_id = run_id
+    run_id = (run_id or default_run_id or config["parameters"].get("run_id")
+              or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
     check_run_id(str(run_id))
     if time_budget_s is not None and not time_budget_s >= 0:
         raise ValueError(f"time budget must be a number of seconds >= 0; got {time_budget_s}")
@@ -218,7 +221,10 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
                                     f"{resume_hint(run_id)}", executed)
             source = root / "notebooks" / f"{stem}.ipynb"
             declared = declared_by[stem]
-            wanted = {**config["parameters"], **(config["notebooks"].get(stem) or {}), "run_id": run_id}
+            own = config["notebooks"].get(stem) or {}
+            # --run-id first, then a run id the preset gives this notebook, then the call's
+            rid = explicit_run_id or own.get("run_id") or run_id
+            wanted = {**config["parameters"], **own, "run_id": rid}
             params = {k: v for k, v in wanted.items() if k in declared}
             target = out_dir / f"{stem}.ipynb"
             fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".ipynb", dir=out_dir)
