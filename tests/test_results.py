@@ -175,11 +175,17 @@ def test_default_root_finds_repo_data(tmp_path, monkeypatch):
     assert default_root() == (other / "data").resolve()
 
 
-def test_env_var_overrides_writing_and_is_read(tmp_path, monkeypatch):
+def _in_repo(tmp_path, monkeypatch) -> Path:
+    """A vitspeed repository root under tmp_path, made the working directory."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "pyproject.toml").write_text('[project]\nname = "vitspeed"\n')
     monkeypatch.chdir(repo)
+    return repo
+
+
+def test_env_var_overrides_writing_and_is_read(tmp_path, monkeypatch):
+    repo = _in_repo(tmp_path, monkeypatch)
     in_repo = ResultsWriter("ch5", _env(), run_id="r1")
     in_repo.add({"x": 1})
     assert in_repo.path.parent == (repo / "data" / "ch5").resolve()
@@ -196,10 +202,7 @@ def test_env_var_overrides_writing_and_is_read(tmp_path, monkeypatch):
 
 def test_a_run_resumed_under_the_override_is_read_from_there(tmp_path, monkeypatch):
     # a GPU sweep in parts: part 1 is in the repository's data/, part 2 resumes it under the override
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "pyproject.toml").write_text('[project]\nname = "vitspeed"\n')
-    monkeypatch.chdir(repo)
+    _in_repo(tmp_path, monkeypatch)
     part1 = ResultsWriter("ch6", _env(), run_id="gpu")
     part1.add({"x": 1})
     scratch = tmp_path / "out"
