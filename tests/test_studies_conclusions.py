@@ -90,3 +90,31 @@ def test_agreement_reports_the_spread_between_chapters():
     assert agree.median_iqr_pct == pytest.approx(2.0)  # median of 2.0, 3.03 and 1.59 %
     assert agree.max_cpu_pressure_pct == 12.5 and agree.max_steal_pct == 0.5  # chapters without the record: nan
     assert C.agreement(C.same_models({})).empty
+
+
+def test_core_share_bounds_what_a_kernel_can_save():
+    rows = pd.DataFrame([
+        {"kind": "core", "label": "softmax", "heads": 6, "head_dim": 64, "tokens": 196, "median_ms": 0.5},
+        {"kind": "core", "label": "softmax", "heads": 6, "head_dim": 64, "tokens": 784, "median_ms": 5.0},
+        {"kind": "core", "label": "linear_relu", "heads": 6, "head_dim": 64, "tokens": 196, "median_ms": 0.2},
+        {"kind": "model", "label": "softmax", "model": "deit_small_patch16_224", "img_size": 224, "median_ms": 60.0},
+    ]).assign(hardware="h", dtype="float32", batch_size=1, status="ok")
+    out = C.core_share(rows, "h", "float32")
+    assert out["tokens"] == 196  # the core size nearest the model's 197 tokens
+    assert out["share"] == pytest.approx(12 * 0.5 / 60.0)
+    assert out["bound"] == pytest.approx(1 / (1 - 0.1))
+    assert C.core_share(rows, "h", "bfloat16") is None
+
+
+def test_faster_architecture_within_the_accuracy_budget():
+    rows = pd.DataFrame([
+        {"model": "deit_small_patch16_224", "median_ms": 60.0, "iqr_ms": 1.2, "gmacs": 4.6},
+        {"model": "efficientvit_b1", "median_ms": 15.0, "iqr_ms": 0.3, "gmacs": 0.52},
+        {"model": "levit_128s", "median_ms": 9.0, "iqr_ms": 0.2, "gmacs": 0.31},
+    ]).assign(hardware="h", dtype="float32", img_size=224, batch_size=1, status="ok")
+    top1 = {"deit_small_patch16_224": 79.9, "efficientvit_b1": 79.4, "levit_128s": 76.6}
+    out = C.faster_architecture(rows, top1, "h", "float32", budget=0.5)
+    assert out["model"] == "efficientvit_b1"  # LeViT-128S is faster but 3.3 points less accurate
+    assert out["speedup"] == pytest.approx(4.0) and out["noise"] == pytest.approx(0.5 * (0.02 + 0.02))
+    assert C.faster_architecture(rows, top1, "h", "float32", budget=0.1) is None
+    assert C.faster_architecture(rows, top1, "other", "float32") is None

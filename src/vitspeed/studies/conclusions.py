@@ -16,7 +16,7 @@ import pandas as pd
 from vitspeed.studies.wording import beyond_spread, noise
 
 __all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "swin_sets", "SEED_SETS",
-           "reference_forms", "same_models", "agreement", "SAME_MODELS"]
+           "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share", "faster_architecture"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -198,3 +198,50 @@ def agreement(rows: pd.DataFrame) -> pd.DataFrame:
     out["spread_pct"] = 100 * (out.highest_ms / out.lowest_ms - 1)
     return out[["model", "hardware", "dtype", "chapters", "lowest_ms", "highest_ms", "spread_pct", "median_iqr_pct",
                 "max_cpu_pressure_pct", "max_steal_pct"]]
+
+
+def core_share(linear_kernels: pd.DataFrame, hardware: str, dtype: str, batch_size: int = 1,
+               model: str = "deit_small_patch16_224", blocks: int = 12, heads: int = 6, head_dim: int = 64,
+               img_size: int = 224) -> dict[str, float] | None:
+    """How much of ``model``'s time its softmax cores take, from the linear-kernels chapter's run (which
+    times the fused softmax core alone and the whole model side by side).
+
+    Returns {"tokens": core token count nearest the model's, "share": blocks x core median / model
+    median (a fraction), "bound": 1 / (1 - share), the speed-up a core that cost nothing would give},
+    or None when that run lacks either row. The model's geometry (blocks, heads, head_dim) must be
+    that of the cores' rows: DeiT-S's by default.
+    """
+    df = ok_rows(linear_kernels)
+    df = df[(df.hardware == hardware) & (df.dtype == dtype) & (df.batch_size == batch_size)]
+    core = df[(df.kind == "core") & (df.label == "softmax") & (df.heads == heads) & (df.head_dim == head_dim)]
+    whole = df[(df.kind == "model") & (df.model == model) & (df.label == "softmax") & (df.img_size == img_size)]
+    if core.empty or whole.empty:
+        return None
+    n_model = (img_size // 16) ** 2 + 1
+    n_core = int(min(core.tokens.unique(), key=lambda n: abs(n - n_model)))
+    share = blocks * float(core[core.tokens == n_core].median_ms.iloc[0]) / float(whole.median_ms.iloc[0])
+    return {"tokens": n_core, "share": share, "bound": 1 / (1 - share) if share < 1 else float("inf")}
+
+
+def faster_architecture(hybrids: pd.DataFrame, published_top1: Mapping[str, float], hardware: str, dtype: str,
+                        base: str = "deit_small_patch16_224", budget: float = 0.5,
+                        img_size: int = 224) -> dict[str, Any] | None:
+    """The fastest model of the hybrids chapter whose published top-1 is within ``budget`` points of
+    ``base``'s, at the smallest measured batch: {"model", "top1", "base_top1", "speedup" (base median /
+    its median), "noise" (the two medians' relative spread), "gmacs", "base_gmacs", "batch_size"};
+    None when ``base`` was not measured there or no model qualifies."""
+    df = ok_rows(hybrids)
+    df = df[(df.hardware == hardware) & (df.dtype == dtype) & (df.img_size == img_size)]
+    if df.empty:
+        return None
+    df = df[df.batch_size == df.batch_size.min()].set_index("model")
+    if base not in df.index or base not in published_top1:
+        return None
+    fine = [m for m in df.index if m != base and published_top1.get(m, float("nan")) >= published_top1[base] - budget]
+    if not fine:
+        return None
+    best = df.loc[fine].median_ms.idxmin()
+    a, b = df.loc[base], df.loc[best]
+    return {"model": best, "top1": published_top1[best], "base_top1": published_top1[base],
+            "speedup": float(a.median_ms / b.median_ms), "noise": noise(a.median_ms, a.iqr_ms, b.median_ms, b.iqr_ms),
+            "gmacs": float(b.gmacs), "base_gmacs": float(a.gmacs), "batch_size": int(df.batch_size.iloc[0])}
