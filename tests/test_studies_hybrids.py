@@ -81,6 +81,10 @@ def test_flops_fit_and_pairs():
     assert len(pairs) == 2  # one per batch size; the pair with an absent model is skipped
     p1 = pairs[pairs.batch_size == 1].iloc[0]
     assert p1.pair == "C / A" and p1.macs_ratio == 4.0 and p1.time_ratio == 2.0 and p1.time_per_macs == 0.5
+    assert math.isnan(p1.noise)  # no IQRs, no spread
+    with_iqr = _results().assign(iqr_ms=lambda d: 0.1 * d.median_ms)
+    p1 = H.pair_ratios(with_iqr, pairs=[("c", "a")]).iloc[0]
+    assert p1.noise == pytest.approx(0.1)  # half of 10% plus half of 10%
 
 
 def test_unknown_model_is_a_value_error():

@@ -68,3 +68,13 @@ def test_rows_noise_reads_two_rows():
 
     a, b = pd.Series({"median_ms": 100.0, "iqr_ms": 4.0}), {"median_ms": 50.0, "iqr_ms": 1.0}
     assert rows_noise(a, b) == noise(100.0, 4.0, 50.0, 1.0) == 0.5 * (0.04 + 0.02)
+
+
+def test_tied_names_the_rows_within_the_spread_of_the_best():
+    import pandas as pd
+
+    from vitspeed.studies.wording import tie_note, tied
+
+    rows = pd.DataFrame({"median_ms": [10.0, 10.3, 12.0], "iqr_ms": [1.0, 1.0, 0.1]}, index=["a", "b", "c"])
+    assert tied(rows, "a") == ["b"]  # 3% apart against a 9.8% spread; c is 20% slower against 5.4%
+    assert tie_note(tied(rows, "a")) == " (b within the spread of it)" and tie_note([]) == ""

@@ -155,14 +155,11 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    import datetime as _dt
-
-    from vitspeed.runner import load_preset, resume_hint, run_notebooks
+    from vitspeed.runner import call_run_id, load_preset, resume_hint, run_notebooks
 
     # the run id is fixed here, so that an interruption can say how to resume
     given = args.run_id
-    run_id = (given or load_preset(args.preset)["parameters"].get("run_id")
-              or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    run_id = call_run_id(load_preset(args.preset), given)
     args.interrupted_hint = resume_hint(run_id)
     # only an explicit --run-id overrides the run ids a preset gives single notebooks
     executed = run_notebooks(args.notebooks or None, preset=args.preset, output_dir=args.output_dir,

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["ResultsWriter", "config_key", "default_root", "load_env", "list_runs", "read_csv", "read_results",
-           "write_root", "check_run_id", "ENV_VAR"]
+           "write_root", "check_run_id", "new_run_id", "ENV_VAR"]
 
 ENV_VAR = "VITSPEED_RESULTS_DIR"
 _CHAPTER_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -43,6 +43,11 @@ def _check_chapter(chapter: str) -> str:
         raise ValueError(f"chapter name {chapter!r} is not filesystem-safe; use 1-64 characters from "
                          "a-z, 0-9, '_' and '-', starting with a letter or digit")
     return chapter
+
+
+def new_run_id() -> str:
+    """A run id for a run started now: the UTC time, ``YYYYMMDD-HHMMSS``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
 def check_run_id(run_id: str) -> str:
@@ -158,7 +163,7 @@ class ResultsWriter:
         self.chapter = _check_chapter(chapter)
         self.env_record = dict(env_record)
         self.hardware = _check_slug(hardware_slug(self.env_record))
-        self.run_id = check_run_id(run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+        self.run_id = check_run_id(run_id or new_run_id())
         self.root = Path(root) if root is not None else write_root()
         self.folder = self.root / self.chapter
         stem = f"{self.hardware}__{self.run_id}"

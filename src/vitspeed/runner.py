@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import yaml
 
 __all__ = ["repo_root", "list_presets", "load_preset", "list_notebooks", "run_notebooks", "strip_run_metadata",
-           "RunIncomplete", "resume_hint", "PARTIAL_PREFIX"]
+           "RunIncomplete", "resume_hint", "call_run_id", "PARTIAL_PREFIX"]
 
 
 class RunIncomplete(RuntimeError):
@@ -41,6 +41,14 @@ class RunIncomplete(RuntimeError):
 
 #: name prefix of a notebook being executed (renamed to its chapter when it completes)
 PARTIAL_PREFIX = ".partial-"
+
+
+def call_run_id(config: dict[str, Any], run_id: str | None = None) -> str:
+    """The run id of one call with preset ``config``: ``run_id`` if given, else the preset's shared one,
+    else a new one (:func:`vitspeed.results.new_run_id`); ``ValueError`` if it is not filesystem-safe."""
+    from vitspeed.results import check_run_id, new_run_id
+
+    return check_run_id(str(run_id or config["parameters"].get("run_id") or new_run_id()))
 
 
 def resume_hint(run_id: str) -> str:
@@ -183,12 +191,9 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
     before any notebook starts; a notebook that fails with a ``ValueError`` (bad input found inside)
     raises one ``ValueError`` naming the notebook.
     """
-    import datetime as _dt
-
     import nbformat
     import papermill as pm
 
-    from vitspeed.results import check_run_id
     from vitspeed.timing import DEADLINE_ENV
 
     root = root or repo_root()
@@ -196,9 +201,7 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
     stems = _resolve(names, root)
     declared_by = _check_parameters(config, preset, stems, root)
     explicit_run_id = run_id
-    run_id = (run_id or default_run_id or config["parameters"].get("run_id")
-              or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    check_run_id(str(run_id))
+    run_id = call_run_id(config, run_id or default_run_id)
     if time_budget_s is not None and not time_budget_s >= 0:
         raise ValueError(f"time budget must be a number of seconds >= 0; got {time_budget_s}")
     deadline = None if time_budget_s is None else time.time() + float(time_budget_s)

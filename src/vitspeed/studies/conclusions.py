@@ -65,13 +65,11 @@ def speedups(scaling: pd.DataFrame, reference: str | tuple[str, ...] = SOFTMAX_F
     two medians' relative spread (:func:`vitspeed.studies.wording.noise`), and ``clear``, whether the
     speedup differs from 1 by more than that.
     """
-    forms = (reference,) if isinstance(reference, str) else tuple(reference)
+    from vitspeed.studies.scaling import reference_latency
+
     df = ok_rows(scaling[scaling.level == "model"]).copy()
     keys = ["hardware", "dtype", "img_size", "batch_size"]
-    ref = df[df.attention.isin(forms)].sort_values("median_ms").groupby(keys, as_index=False).first()
-    ref = ref[keys + ["median_ms", "iqr_ms", "attention"]].rename(
-        columns={"median_ms": "reference_ms", "iqr_ms": "reference_iqr_ms", "attention": "reference_form"})
-    out = df.merge(ref, on=keys, how="inner")
+    out = df.merge(reference_latency(df, reference, by=keys), on=[*keys, "tokens"], how="inner")
     out["speedup"] = out.reference_ms / out.median_ms
     out["noise"] = noise(out.median_ms, out.iqr_ms, out.reference_ms, out.reference_iqr_ms)
     out["clear"] = [beyond_spread(r, n) for r, n in zip(out.speedup, out.noise)]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vitspeed.studies.compare import candidate, compare_models_finite, run_sweep
+from vitspeed.studies.wording import rows_noise
 
 __all__ = ["CHAPTER", "MODELS", "PUBLISHED", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn", "count_batchnorms",
            "batchnorms_left", "published_table", "hybrids_group", "run_hybrids", "spearman", "rank_correlation",
@@ -225,7 +226,8 @@ def pair_ratios(results: pd.DataFrame, pairs: Sequence[tuple[str, str]] = tuple(
 
     One row per (hardware, dtype, threads, batch, pair): ``macs_ratio`` = gmacs(model)/gmacs(reference),
     ``time_ratio`` = ms_per_image(model)/ms_per_image(reference), ``time_per_macs`` = time_ratio /
-    macs_ratio (> 1: the model is slower than its FLOPs predict relative to the reference).
+    macs_ratio (> 1: the model is slower than its FLOPs predict relative to the reference), ``noise``
+    (the two medians' relative spread, :func:`vitspeed.studies.wording.rows_noise`; nan without IQRs).
     """
     ok = results[results.status.fillna("ok") == "ok"]
     keys = [k for k in _GROUP if k in ok]
@@ -240,6 +242,7 @@ def pair_ratios(results: pd.DataFrame, pairs: Sequence[tuple[str, str]] = tuple(
             time_ratio = float(a.ms_per_image / b.ms_per_image)
             out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "model": model,
                         "reference": ref, "pair": f"{a.label} / {b.label}", "macs_ratio": macs_ratio,
-                        "time_ratio": time_ratio, "time_per_macs": time_ratio / macs_ratio})
+                        "time_ratio": time_ratio, "time_per_macs": time_ratio / macs_ratio,
+                        "noise": rows_noise(a, b) if "iqr_ms" in g else float("nan")})
     return pd.DataFrame(out, columns=[*keys, "model", "reference", "pair", "macs_ratio", "time_ratio",
-                                      "time_per_macs"])
+                                      "time_per_macs", "noise"])

@@ -35,6 +35,7 @@ from vitspeed import formulas as F
 from vitspeed.allocator import DEFAULT_LABEL, KEPT_LABEL, allocator_comparison, allocator_state
 from vitspeed.attention import get_attention, list_attentions
 from vitspeed.envinfo import resolve_device
+from vitspeed.results import new_run_id
 from vitspeed.roofline import measure_ceilings
 from vitspeed.studies.compare import candidate, compare_cores_finite, compare_models_finite, run_sweep
 from vitspeed.studies.wording import beyond_spread, noise, sig
@@ -166,7 +167,6 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
     Resumable with the same ``run_id``; a whole configuration that runs out of memory is recorded
     as ``status='oom'``.
     """
-    import datetime as _dt
 
     core_vs = resolve_variants(core_variants)
     model_vs = resolve_variants(model_variants)
@@ -175,7 +175,7 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
     _check_square(core_tokens, core_vs)
     for s in [*img_sizes, batch_img_size]:
         model_tokens(s)
-    run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id = run_id or new_run_id()
     configs: list[dict[str, Any]] = []
     for dt in dtypes:
         if ceilings:

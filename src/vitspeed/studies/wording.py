@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "said", "sig", "listed"]
+__all__ = ["times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "said", "sig", "listed", "tied",
+           "tie_note"]
 
 
 def times(ratio: float) -> float:
@@ -92,3 +93,16 @@ def listed(names: list[str], settings: list[str], values: list[str] | None = Non
     if values is not None:
         return _and([f"{n} ({v}) at {s}" for n, v, s in zip(names, values, settings)])
     return _and([f"{n} at {s}" for n, s in zip(names, settings)])
+
+
+def tied(rows: Any, best: str) -> list[str]:
+    """The names (``rows``' index; each row with ``median_ms`` and ``iqr_ms``) other than ``best`` whose
+    median is no different from ``best``'s within the two medians' spread, in ``rows``' order."""
+    ref = rows.loc[best]
+    return [str(name) for name in rows.index if name != best
+            and not beyond_spread(float(rows.loc[name, "median_ms"] / ref["median_ms"]), rows_noise(rows.loc[name], ref))]
+
+
+def tie_note(names: list[str]) -> str:
+    """" (a, b within the spread of it)" after the name of a fastest, or "" when nothing ties with it."""
+    return f" ({', '.join(names)} within the spread of it)" if names else ""
