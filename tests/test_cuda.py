@@ -57,6 +57,7 @@ def test_batch1_comparisons_carry_graph_timings_and_the_sdpa_kernel():
                           warmup=2, repeats=5, batch_size=2)
     assert "graph_median_ms" not in cores[0]  # batch 2: throughput, no graph replay by default
     assert cores[0]["bytes_moved"] == 4 * 2 * 6 * 1024 * 64 * 2
+    assert cores[0]["compute_dtype"] == "float16"  # placed under the float16 roof; an upcasting core under float32's
 
 
 def test_sdpa_kernel_follows_the_precision():

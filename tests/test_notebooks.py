@@ -31,3 +31,13 @@ def test_markdown_headings_stand_on_their_own_line(path):
             if line.startswith("#"):
                 title = line.lstrip("#").strip()
                 assert len(title) <= 80 and not title.endswith((",", " the", " and")), line
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_is_folded_in_the_book(path):
+    # the book reads as prose, tables and figures; each code cell is one click away (hide-input) or removed
+    from vitspeed.runner import DISPLAY_TAGS
+
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "code":
+            assert set(cell.metadata.get("tags", [])) & set(DISPLAY_TAGS), cell.source[:60]

@@ -84,3 +84,31 @@ def test_roof_summary_at_the_largest_token_count():
     assert s["best"] == s["worst"] == "a" and s["linear_intensity"] == (1.0, 1.0)
     with pytest.raises(ValueError, match="no roofline rows"):
         roof_summary(roof.iloc[0:0])
+
+
+def test_roofline_puts_an_upcasting_core_under_the_roof_of_the_dtype_it_computes_in():
+    ceil = [{"level": "ceiling", "attention": "matmul", "hardware": "hw", "dtype": "bfloat16", "flops_per_s": 1000.0},
+            {"level": "ceiling", "attention": "copy", "hardware": "hw", "dtype": "bfloat16", "bytes_per_s": 10.0},
+            {"level": "ceiling", "attention": "matmul", "hardware": "hw", "dtype": "float32", "flops_per_s": 50.0},
+            {"level": "ceiling", "attention": "copy", "hardware": "hw", "dtype": "float32", "bytes_per_s": 12.0}]
+    base = {"level": "core", "hardware": "hw", "dtype": "bfloat16", "tokens": 100, "elementwise": 0, "family": "linear"}
+    cores = [{**base, "attention": "native", "compute_dtype": "bfloat16", "macs": 1000, "bytes_moved": 20,
+              "median_ms": 10_000.0},
+             # products in float32: compute roof 50 FLOP/s (float32's matmul), bandwidth the bf16 copy's 10 B/s
+             {**base, "attention": "upcast", "compute_dtype": "float32", "macs": 1000, "bytes_moved": 20,
+              "median_ms": 100_000.0},
+             # a compute dtype with no ceiling measured falls back to its own dtype's roof
+             {**base, "attention": "odd", "compute_dtype": "float64", "macs": 1000, "bytes_moved": 20,
+              "median_ms": 10_000.0},
+             # rows from before compute_dtype was recorded: their own dtype
+             {**base, "attention": "old", "compute_dtype": float("nan"), "macs": 1000, "bytes_moved": 20,
+              "median_ms": 10_000.0}]
+    roof = roofline(pd.DataFrame(ceil + cores)).set_index("attention")
+    assert roof.roof_dtype.to_dict() == {"native": "bfloat16", "upcast": "float32", "odd": "bfloat16", "old": "bfloat16"}
+    up, native = roof.loc["upcast"], roof.loc["native"]
+    assert up.peak_flops_per_s == 50 and up.peak_bytes_per_s == 10 and up.ridge == 5
+    # I = 2000 / 20 = 100 FLOP/B, far right of float32's ridge (5): on float32's compute roof of 50 FLOP/s
+    assert up.bound == "compute" and up.attainable_flops_per_s == 50 and up.efficiency == pytest.approx(2000 / 100 / 50)
+    assert native.peak_flops_per_s == 1000 and native.ridge == 100 and native.attainable_flops_per_s == 1000
+    s = roof_summary(roof.reset_index())
+    assert s["ridge"] == 100 and s["upcast"] == ["upcast"]

@@ -39,6 +39,24 @@ def test_strip_run_metadata_drops_timings_and_hides_injected_cell_of_hidden_para
     assert '"duration"' not in nbformat.writes(out)
 
 
+def test_injected_parameters_cell_is_folded_like_the_parameters_cell():
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from vitspeed.runner import strip_run_metadata
+
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("x = 2"), new_code_cell("y = x")])
+    nb.cells[0].metadata.update(tags=["parameters", "hide-input"])
+    nb.cells[1].metadata.update(tags=["injected-parameters"])
+    out = strip_run_metadata(nb)
+    assert out.cells[1].metadata["tags"] == ["injected-parameters", "hide-input"]
+    assert "tags" not in out.cells[2].metadata  # other cells keep their own display
+
+    bare = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("x = 2")])
+    bare.cells[0].metadata.update(tags=["parameters"])
+    bare.cells[1].metadata.update(tags=["injected-parameters"])
+    assert strip_run_metadata(bare).cells[1].metadata["tags"] == ["injected-parameters"]
+
+
 def _toy_repo(root, cells, preset="parameters: {}\n"):
     """A repository root with one preset and one notebook made of ``cells`` (code sources)."""
     import nbformat

@@ -34,6 +34,7 @@ def test_compare_cores_times_every_candidate_and_counts_flops():
     assert rows[0]["bytes_moved"] == 4 * 2 * 32 * 8 * 4
     assert rows[1]["bytes_moved"] > rows[0]["bytes_moved"]
     assert rows[0]["sdpa_backend"] == "flash_cpu" and rows[1]["sdpa_backend"] == ""
+    assert rows[0]["compute_dtype"] == rows[1]["compute_dtype"] == "float32"
     # no CUDA-graph timing on the CPU, and no tf32 flag outside CUDA float32
     assert "graph_median_ms" not in rows[0] and rows[0]["tf32"] is None
 

@@ -53,3 +53,14 @@ def test_sdpa_backend_names_the_kernel_sdpa_chose():
         assert sdpa_backend(lambda: fused(q, k, v)) == "math"
     assert sdpa_backend(lambda: build_core("softmax_explicit", 16, 2)(q, k, v)) == ""
     assert sdpa_backend(lambda: build_core("linear_relu", 16, 2)(q, k, v)) == ""
+
+
+def test_product_dtype_is_the_dtype_the_matrix_products_ran_in():
+    q, k, v = (torch.randn(1, 2, 64, 16, dtype=torch.bfloat16) for _ in range(3))
+    # fused softmax multiplies in bfloat16; the linear kernels upcast bfloat16 to float32 for their sums
+    assert trace_traffic(lambda: build_core("softmax", 16, 2)(q, k, v)).product_dtype == "bfloat16"
+    assert trace_traffic(lambda: build_core("softmax_explicit", 16, 2)(q, k, v)).product_dtype == "bfloat16"
+    assert trace_traffic(lambda: build_core("linear_relu", 16, 2)(q, k, v)).product_dtype == "float32"
+    assert trace_traffic(lambda: build_core("taylor2_compact", 16, 2)(q, k, v)).product_dtype == "float32"
+    # no products at all: no compute dtype
+    assert trace_traffic(lambda: torch.relu(q)).product_dtype == ""

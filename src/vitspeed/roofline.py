@@ -96,11 +96,15 @@ def roofline(results: pd.DataFrame, level: str = "core",
     """Place every measured ``level`` row under the ceilings measured in the same ``by`` group.
 
     Needs rows with status ok of ``level`` (columns macs, elementwise, bytes_moved, median_ms) and
-    ceiling rows (:func:`measure_ceilings`). Adds: flops (2 x MACs + elementwise), intensity
-    (FLOPs per byte), achieved_flops_per_s, achieved_bytes_per_s, peak_flops_per_s,
-    peak_bytes_per_s, ridge (FLOPs per byte), attainable_flops_per_s, efficiency (achieved /
-    attainable), pct_peak_flops and pct_peak_bytes (percent of each ceiling), bound ('memory' or
-    'compute'). Groups without both ceilings, and rows without bytes_moved, are left out.
+    ceiling rows (:func:`measure_ceilings`). The compute roof is the matrix-product ceiling of the
+    dtype the row's products ran in (column compute_dtype, e.g. float32 for a bfloat16 linear core
+    that upcasts) when that ceiling was measured on the same hardware, else that of its own dtype;
+    the bandwidth roof is the copy ceiling of its own dtype. Adds: roof_dtype (whose matmul ceiling
+    is the compute roof), flops (2 x MACs + elementwise), intensity (FLOPs per byte),
+    achieved_flops_per_s, achieved_bytes_per_s, peak_flops_per_s, peak_bytes_per_s, ridge (FLOPs
+    per byte), attainable_flops_per_s, efficiency (achieved / attainable), pct_peak_flops and
+    pct_peak_bytes (percent of each ceiling), bound ('memory' or 'compute'). Groups without both
+    ceilings, and rows without bytes_moved, are left out.
     """
     status = results.status.fillna("ok") if "status" in results else pd.Series("ok", index=results.index)
     ok = results[status == "ok"]
@@ -109,11 +113,27 @@ def roofline(results: pd.DataFrame, level: str = "core",
     need = {"macs", "elementwise", "bytes_moved", "median_ms"}
     if ceil.empty or not need <= set(ok.columns):
         return pd.DataFrame()
-    peaks = (ceil[ceil.attention == MATMUL].groupby(by, dropna=False).flops_per_s.max().rename("peak_flops_per_s")
-             .to_frame().join(ceil[ceil.attention == COPY].groupby(by, dropna=False).bytes_per_s.max()
-                              .rename("peak_bytes_per_s"), how="inner").reset_index())
+    flops_peak = ceil[ceil.attention == MATMUL].groupby(by, dropna=False).flops_per_s.max()
+    bytes_peak = ceil[ceil.attention == COPY].groupby(by, dropna=False).bytes_per_s.max()
     df = ok[(ok.level == level) & ok.bytes_moved.notna() & (ok.bytes_moved > 0)].copy()
-    df = df.merge(peaks, on=by, how="inner")
+    if df.empty:
+        return df
+    own = df.dtype if "dtype" in df else pd.Series("", index=df.index)
+    computed = df.compute_dtype if "compute_dtype" in df else pd.Series(float("nan"), index=df.index)
+    computed = computed.where(computed.notna() & (computed.astype(str) != ""), own)
+
+    def key(row: pd.Series, dtype: Any) -> Any:
+        values = tuple(dtype if b == "dtype" else row[b] for b in by)
+        return values[0] if len(values) == 1 else values
+
+    roof_dtype, peak_f, peak_b = [], [], []
+    for (i, row), dt, own_dt in zip(df.iterrows(), computed, own):
+        dt = dt if "dtype" in by and key(row, dt) in flops_peak.index else own_dt
+        roof_dtype.append(dt)
+        peak_f.append(flops_peak.get(key(row, dt), math.nan))
+        peak_b.append(bytes_peak.get(key(row, own_dt), math.nan))
+    df["roof_dtype"], df["peak_flops_per_s"], df["peak_bytes_per_s"] = roof_dtype, peak_f, peak_b
+    df = df[df.peak_flops_per_s.notna() & df.peak_bytes_per_s.notna()]
     if df.empty:
         return df
     seconds = df.median_ms / 1e3
@@ -134,7 +154,8 @@ def roofline(results: pd.DataFrame, level: str = "core",
 def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, Any]:
     """What the roofline says at the largest token count of one group of :func:`roofline` rows.
 
-    Returns tokens, ridge (FLOPs per byte), n_cores, n_memory_bound, reference_efficiency and
+    Returns tokens, ridge (FLOPs per byte, of the group's own dtype), n_cores, upcast (the cores
+    placed under another dtype's compute roof because their products ran in it), n_memory_bound, reference_efficiency and
     reference_intensity (NaN if the reference was not measured), best / worst (the other cores
     closest to and furthest from their roof, with best_efficiency / worst_efficiency as fractions)
     and linear_intensity (min, max) over the linear family. Raises ValueError on an empty frame or
@@ -149,8 +170,11 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
     others = top.drop(index=reference, errors="ignore")
     linear = top[top.family == "linear"].intensity if "family" in top else pd.Series(dtype=float)
     ref = top.loc[reference] if reference in top.index else None
+    upcast = (top.roof_dtype != top.dtype) if {"roof_dtype", "dtype"} <= set(top.columns) else pd.Series(False, index=top.index)
+    own = top[~upcast] if (~upcast).any() else top
     return {
-        "tokens": int(top.tokens.iloc[0]), "ridge": float(top.ridge.iloc[0]), "n_cores": int(len(top)),
+        "tokens": int(top.tokens.iloc[0]), "ridge": float(own.ridge.iloc[0]), "n_cores": int(len(top)),
+        "upcast": sorted(top.index[upcast]),
         "n_memory_bound": int((top.bound == "memory").sum()),
         "reference_efficiency": float(ref.efficiency) if ref is not None else math.nan,
         "reference_intensity": float(ref.intensity) if ref is not None else math.nan,

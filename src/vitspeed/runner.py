@@ -116,20 +116,24 @@ def list_notebooks(root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (root / "notebooks").glob("*.ipynb"))
 
 
+DISPLAY_TAGS = ("remove-cell", "remove-input", "hide-cell", "hide-input")
+
+
 def strip_run_metadata(nb: Any) -> Any:
     """Remove papermill's timing/status metadata from a notebook object (in place, returned).
 
-    A parameters cell the book hides (tag ``remove-cell``) hides papermill's injected cell too.
+    Papermill's injected parameters cell is shown as the parameters cell is: it inherits that cell's
+    display tags (``remove-cell``, ``remove-input``, ``hide-cell``, ``hide-input``).
     """
     nb.metadata.pop("papermill", None)
-    hide = any("parameters" in c.metadata.get("tags", []) and "remove-cell" in c.metadata.get("tags", [])
-               for c in nb.cells)
+    shown_as = [t for c in nb.cells if "parameters" in c.metadata.get("tags", [])
+                for t in c.metadata.get("tags", []) if t in DISPLAY_TAGS]
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         tags = cell.metadata.get("tags", [])
-        if hide and "injected-parameters" in tags and "remove-cell" not in tags:
-            cell.metadata["tags"] = [*tags, "remove-cell"]
+        if "injected-parameters" in tags:
+            cell.metadata["tags"] = [*tags, *(t for t in shown_as if t not in tags)]
     return nb
 
 

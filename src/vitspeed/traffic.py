@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["Traffic", "count_traffic", "trace_traffic", "aten_kernels", "sdpa_backend", "SDPA_BACKENDS"]
+__all__ = ["Traffic", "PRODUCT_OPERATORS", "dtype_name", "count_traffic", "trace_traffic", "aten_kernels", "sdpa_backend", "SDPA_BACKENDS"]
 
 
 @dataclass
@@ -29,11 +29,20 @@ class Traffic:
     read: int = 0
     written: int = 0
     by_operator: dict[str, int] = field(default_factory=dict)
+    # bytes written by the matrix-product operators, per dtype of their first input
+    product_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         """Bytes read plus bytes written."""
         return self.read + self.written
+
+    @property
+    def product_dtype(self) -> str:
+        """The dtype the pass's matrix products ran in ('float32', 'bfloat16', ...): the one whose
+        products wrote the most bytes, or '' if it ran none. A core given bfloat16 inputs that
+        upcasts them computes under the float32 roof, not the bfloat16 one."""
+        return max(self.product_bytes, key=self.product_bytes.__getitem__) if self.product_bytes else ""
 
 
 def _tensors(tree: Any) -> list[torch.Tensor]:
@@ -42,6 +51,22 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+# aten matrix products, composite (as seen under inference mode) and decomposed
+PRODUCT_OPERATORS = frozenset({
+    "aten::matmul", "aten::einsum", "aten::linear", "aten::conv1d", "aten::conv2d",
+    "aten::scaled_dot_product_attention", "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::dot",
+    "aten::mv", "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_cudnn_attention",
+    "aten::_scaled_dot_product_fused_attention_overrideable", "aten::convolution", "aten::_convolution",
+    "aten::cudnn_convolution", "aten::mkldnn_convolution",
+})
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float32' for torch.float32: the study's name of a torch dtype."""
+    return str(dtype).removeprefix("torch.")
 
 
 class _TrafficMode(TorchDispatchMode):
@@ -61,6 +86,9 @@ class _TrafficMode(TorchDispatchMode):
         self.result.written += written
         name = func._schema.name
         self.result.by_operator[name] = self.result.by_operator.get(name, 0) + read + written
+        if name in PRODUCT_OPERATORS and inputs:
+            key = dtype_name(inputs[0].dtype)
+            self.result.product_bytes[key] = self.result.product_bytes.get(key, 0) + written
         return out
 
 

@@ -73,7 +73,9 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
         check_output(fn, name=label)
         extra["sdpa_backend"] = sdpa_backend(fn)
         if traffic:
-            extra["bytes_moved"] = trace_traffic(fn).total
+            moved = trace_traffic(fn)
+            extra["bytes_moved"] = moved.total
+            extra["compute_dtype"] = moved.product_dtype
     except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
         if not is_oom_error(err):
             raise
@@ -262,8 +264,8 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
 
     Row: label, attention, tokens, head_dim, heads, batch_size, device, dtype, threads, tf32,
     median_ms, iqr_ms, throughput (calls/s), peak_mem_mb, macs and elementwise (whole batch),
-    bytes_moved (one call, in the timed dtype; :func:`vitspeed.traffic.trace_traffic`),
-    sdpa_backend, status; graph_median_ms / graph_iqr_ms (or graph_error) as in :func:`compare_models`.
+    bytes_moved (one call, in the timed dtype; :func:`vitspeed.traffic.trace_traffic`), compute_dtype
+    (the dtype its matrix products ran in: float32 for a bfloat16 core that upcasts), sdpa_backend, status; graph_median_ms / graph_iqr_ms (or graph_error) as in :func:`compare_models`.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
