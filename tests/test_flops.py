@@ -67,6 +67,40 @@ def test_depthwise_and_grouped_conv():
     assert grouped.macs == 4 * 5 * 5 * 4
 
 
+def test_transposed_conv_counts_each_input_element_times_out_channels_per_group_and_kernel():
+    # a transposed conv scatters every input element to (C_out / groups) x k x k outputs
+    f = count_flops(nn.ConvTranspose2d(4, 6, 3, stride=2), torch.randn(2, 4, 5, 5))
+    assert f.macs == 2 * 4 * 5 * 5 * 6 * 9 and f.unhandled == {}
+    grouped = count_flops(nn.ConvTranspose2d(4, 6, 3, groups=2), torch.randn(1, 4, 5, 5))
+    assert grouped.macs == 4 * 5 * 5 * 3 * 9
+    # the same counts whatever the output size (stride, padding) makes it
+    strided = count_flops(nn.ConvTranspose2d(4, 6, 3, stride=3, padding=1), torch.randn(2, 4, 5, 5))
+    assert strided.macs == f.macs
+
+
+class _MaxMin(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x, row):
+        if self.kind == "pairwise":
+            return torch.max(row, x), torch.min(x, row)  # broadcast: one op per output element
+        if self.kind == "dim":
+            return x.max(dim=-1).values, x.min(dim=-1).values  # reductions: one op per input element
+        return x.max(), x.min()
+
+
+@pytest.mark.parametrize("kind, per_op", [("pairwise", B * H * N * D), ("dim", B * H * N * D), ("all", B * H * N * D)])
+def test_max_min_pairwise_per_output_reductions_per_input(kind, per_op):
+    x, row = torch.randn(B, H, N, D), torch.randn(D)
+    f = count_flops(_MaxMin(kind), (x, row))
+    assert f.macs == 0 and f.unhandled == {}
+    assert f.by_operator["max"]["elementwise"] == f.by_operator["min"]["elementwise"] == per_op
+    # pairwise with the small operand first: still per output (B H N D), not per first input (D)
+    assert f.elementwise == 2 * per_op
+
+
 class _Einsums(nn.Module):
     def forward(self, a, b, c):
         return (torch.einsum("bhnd,bhne->bhde", a, b), torch.einsum("ij,jk,kl->il", c, c, c),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vitspeed.attention import build_core, get_attention, list_attentions
-from vitspeed.attention.hallucinated import HallucinatedAttention, computed_heads
+from vitspeed.attention.hallucinated import HallucinatedAttention, HallucinatedCore, computed_heads
 from vitspeed.attention.shells import GlobalAttention, make_attention
 from vitspeed.flops import count_flops
 from vitspeed.formulas import attention_module_formula, core_formula
@@ -176,3 +176,21 @@ def test_symbolic_formula_saves_against_softmax():
     soft = core_formula("softmax", B, N, d, h)["macs"]
     # half the QK^T products gone, the mix of h/2 x h/2 maps added
     assert sp.simplify(soft - hal - (B * h * N**2 * d / 2 - B * h**2 * N**2 / 4)) == 0
+
+
+@pytest.mark.parametrize("heads, ratio", [(6, 0.5), (12, 0.25), (3, 1 / 3)])
+def test_initial_mix_lets_each_hallucinated_head_mostly_copy_one_computed_head(heads, ratio):
+    core = HallucinatedCore(head_dim=8, num_heads=heads, ratio=ratio)
+    w = core.mixing_weights()
+    hc, hh = core.num_computed, core.num_hallucinated
+    assert w.shape == (hh, hc)
+    torch.testing.assert_close(w.sum(-1), torch.ones(hh))  # softmax over the computed heads
+    for j in range(hh):
+        # head j copies computed head j mod h_c: the largest weight, well above the rest
+        assert int(w[j].argmax()) == j % hc
+        if hc > 1:
+            assert w[j, j % hc] > 2 * w[j].topk(2).values[1]
+    raw = HallucinatedCore(head_dim=8, num_heads=heads, ratio=ratio, normalize=False).mixing_weights()
+    expected = torch.zeros(hh, hc)
+    expected[torch.arange(hh), torch.arange(hh) % hc] = 1.0
+    torch.testing.assert_close(raw, expected)  # unnormalised: an exact copy at the start

@@ -166,3 +166,18 @@ def test_formulas_are_linear_in_tokens():
     for name in LINEAR:
         expr = core_formula(name, B, N, d, h)["macs"]
         assert sp.degree(sp.expand(expr), N) == 1, name
+
+
+def test_elu_plus_one_is_elu_plus_one_and_avoids_expm1_on_the_cpu():
+    from vitspeed.attention.linear import elu_plus_one
+    from vitspeed.traffic import aten_kernels
+
+    x = torch.cat([torch.linspace(-30, 30, 601, dtype=torch.float64), torch.tensor([0.0, -0.0, 1e-12, -1e-12])])
+    torch.testing.assert_close(elu_plus_one(x), F.elu(x) + 1, rtol=1e-12, atol=1e-15)
+    assert (elu_plus_one(x) > 0).all()  # a positive feature map: the normaliser never vanishes
+    x32 = x.float()
+    torch.testing.assert_close(elu_plus_one(x32), F.elu(x32) + 1)
+    cpu_ops = aten_kernels(lambda: elu_plus_one(x32))
+    assert not {"aten::elu", "aten::expm1"} & set(cpu_ops), cpu_ops
+    # elsewhere (meta stands in for CUDA here) the two-kernel elu + 1
+    assert "aten::elu" in aten_kernels(lambda: elu_plus_one(torch.empty(4, device="meta")))

@@ -1,4 +1,6 @@
 """Quadratic variants: fused forms equal explicit forms, finite in fp32 and bf16, bias honoured."""
+import math
+
 import pytest
 import torch
 
@@ -56,6 +58,22 @@ def test_jaccard_similarity_is_tanimoto():
     tanimoto = dots / ((q * q).sum(-1)[..., :, None] + (k * k).sum(-1)[..., None, :] - dots)
     assert tanimoto.min() >= -1 / 3 - 1e-9 and tanimoto.max() <= 1 + 1e-9
     torch.testing.assert_close(core(q, k, v), (10.0 * tanimoto).softmax(-1) @ v)
+
+
+@pytest.mark.parametrize("name", ["cosine", "jaccard"])
+def test_learned_temperature_is_per_head_and_clamped_at_100(name):
+    # Swin V2 clamps the logit scale at log(100): a scale trained past it must act as exactly 100
+    q, k, v = qkv()
+    core = build_core(name, 8, 3).double()
+    ref = build_core(name, 8, 3).double()
+    with torch.no_grad():
+        core.logit_scale.copy_(torch.tensor([math.log(5.0), math.log(100.0), math.log(1e4)]).view(3, 1, 1))
+        ref.logit_scale.copy_(torch.tensor([math.log(5.0), math.log(100.0), math.log(100.0)]).view(3, 1, 1))
+    torch.testing.assert_close(core.temperature().flatten(), torch.tensor([5.0, 100.0, 100.0], dtype=torch.float64))
+    torch.testing.assert_close(core(q, k, v), ref(q, k, v))
+    # and the temperature is applied per head: head 0 (tau 5) differs from the default tau 10
+    default = build_core(name, 8, 3).double()
+    assert not torch.allclose(core(q, k, v)[:, 0], default(q, k, v)[:, 0])
 
 
 @pytest.mark.parametrize("name", QUADRATIC)

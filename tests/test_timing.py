@@ -1,6 +1,7 @@
 """Tests for vitspeed.timing: the latency harness, output checks, model benchmark and OOM-tolerant sweep."""
 import math
 import time
+import warnings
 
 import pytest
 import torch
@@ -255,3 +256,27 @@ def test_progress_bars_respect_tqdm_disable(monkeypatch):
     assert _progress_bar(3, "x", enabled=False).disable
     monkeypatch.setenv("TQDM_DISABLE", "1")  # what the runner sets for executed chapters
     assert _progress_bar(3, "x", enabled=True).disable
+
+
+def test_set_threads_validates_warns_on_oversubscription_and_returns_the_old_count():
+    from vitspeed.timing import set_threads, usable_cpus
+
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        set_threads(0)
+    assert torch.get_num_threads() == before
+    try:
+        assert set_threads(1) == before and torch.get_num_threads() == 1
+        with pytest.warns(RuntimeWarning, match=f"exceeds the {usable_cpus()} CPUs"):
+            assert set_threads(usable_cpus() + 1) == 1
+        assert torch.get_num_threads() == usable_cpus() + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            set_threads(usable_cpus())  # every usable CPU: no warning
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_benchmark_model_rejects_zero_threads():
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        benchmark_model(nn.Linear(4, 4), (4,), threads=0, warmup=1, repeats=1)

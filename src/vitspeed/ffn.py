@@ -45,6 +45,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """fc2(GELU(fc1(x))) over the last dimension of ``x``."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -57,6 +58,7 @@ class _LinearBN(nn.Module):
         self.bn = nn.BatchNorm1d(out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm1d(Linear(x)) over the last dimension of ``x`` (..., in_features)."""
         y = self.linear(x)
         return self.bn(y.reshape(-1, y.shape[-1])).reshape(y.shape)
 
@@ -92,6 +94,7 @@ class RepFactorizedLinear(nn.Module):
         return self.reduce is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """expand(reduce(x)) once merged, else expand(sum of the training branches of x)."""
         if self.reduce is not None:
             return self.expand(self.reduce(x))
         y = self.branches[0](x)
@@ -144,6 +147,7 @@ class CompactFFN(nn.Module):
         return self.fc2.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """fc2(GELU(fc1(x))) with the factorized fc2, over the last dimension of ``x``."""
         return self.fc2(self.act(self.fc1(x)))
 
     def reparameterize(self) -> "CompactFFN":

@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,35 @@ from torch import nn
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_fp32, tf32_state
 
 __all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
-           "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable", "L2_FLUSH_BYTES"]
+           "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable", "L2_FLUSH_BYTES",
+           "usable_cpus", "set_threads"]
 
 _MAX_INNER = 1_000_000
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the OS has one, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op CPU thread count; returns the previous one.
+
+    Raises ValueError below 1. Warns (RuntimeWarning) above :func:`usable_cpus`: the threads then
+    share cores and the latency measured is that of oversubscription, not of more parallelism.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1 (or None for torch's default), got {threads}")
+    cpus = usable_cpus()
+    if threads > cpus:
+        warnings.warn(f"threads={threads} exceeds the {cpus} CPUs this process may use: the threads share cores "
+                      "and the timings measure oversubscription", RuntimeWarning, stacklevel=2)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return old
 
 
 @dataclass
@@ -419,8 +446,6 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
     dt = resolve_dtype(dtype, dev)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be at least 1 (or None for torch's default), got {threads}")
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got device {str(dev)!r}; valid choices: "
                          "cuda_graph=False on cpu, or a cuda device")
@@ -428,9 +453,7 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
     if channels_last and len(shape) != 4:
         raise ValueError(f"channels_last needs an image input (C, H, W); got input_shape {tuple(input_shape)}")
 
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    old_threads = set_threads(threads) if threads is not None else torch.get_num_threads()
     try:
         with _device_context(dev), strict_fp32():
             memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -112,6 +112,9 @@ class FocusedLinearAttention(nn.Module):
         return torch.cat([out[:, :, :prefix], out[:, :, prefix:] + conv], dim=2)
 
     def forward(self, q, k, v, bias=None, grid=None):
+        """Focused linear attention of (B, h, N, d) ``q``, ``k``, ``v`` (float32 inside, cast back), plus the
+        depthwise convolution of ``v`` laid out on ``grid`` (H, W) when the core has one (a square grid of
+        the last H W tokens if None). A ``bias`` raises ValueError."""
         check_no_bias(bias, "focused")
         dtype = v.dtype
         with no_autocast(q):

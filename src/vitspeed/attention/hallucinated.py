@@ -105,6 +105,9 @@ class HallucinatedCore(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
                 grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Softmax attention maps of the h_c computed heads of ``q``, ``k`` (B, h_c, N, d), the
+        hallucinated heads' maps as their mixtures (W A), each applied to its head of ``v`` (B, h, N, d);
+        returns (B, h, N, d). A ``bias`` raises ValueError; ``grid`` is unused."""
         if bias is not None:
             raise ValueError("hallucinated attention takes no score bias (global attention only)")
         B, hc, N, _ = q.shape

@@ -50,6 +50,8 @@ class SoftmaxAttention(nn.Module):
         self.scale = head_dim ** -0.5
 
     def forward(self, q, k, v, bias=None, grid=None):
+        """softmax(q k^T / sqrt(d) + bias) v of (B, h, N, d) ``q``, ``k``, ``v``; ``bias`` is an additive
+        (B or 1, h, N, N) score bias (Swin's relative positions and shift mask), ``grid`` is unused."""
         if self.fused:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=_match(bias, q))
         return softmax_attention_explicit(q, k, v, bias, self.scale)
@@ -68,6 +70,7 @@ class _LearnedTemperature(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(init)))
 
     def temperature(self) -> torch.Tensor:
+        """The per-head temperature tau_h = exp(min(logit_scale, log 100)), shape (h, 1, 1)."""
         return torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
 
 
@@ -79,6 +82,7 @@ class CosineAttention(_LearnedTemperature):
         self.fused = fused
 
     def forward(self, q, k, v, bias=None, grid=None):
+        """softmax(tau_h cos(q_i, k_j) + bias) v of (B, h, N, d) ``q``, ``k``, ``v``; ``grid`` is unused."""
         tau = self.temperature().to(q.dtype)
         qn = F.normalize(q, dim=-1) * tau
         kn = F.normalize(k, dim=-1)
@@ -101,6 +105,7 @@ class EuclideanAttention(nn.Module):
         self.scale = head_dim ** -0.5
 
     def forward(self, q, k, v, bias=None, grid=None):
+        """softmax(-|q_i - k_j|^2 / (2 sqrt d) + bias) v of (B, h, N, d) ``q``, ``k``, ``v``; ``grid`` is unused."""
         half = 0.5 * self.scale
         if self.fused:
             key_term = (k * k).sum(-1).unsqueeze(-2) * -half  # (B, h, 1, N)
@@ -127,6 +132,8 @@ class JaccardAttention(_LearnedTemperature):
         self.eps = eps
 
     def forward(self, q, k, v, bias=None, grid=None):
+        """softmax(tau_h Jaccard(q_i, k_j) + bias) v of (B, h, N, d) ``q``, ``k``, ``v``, computed explicitly
+        (N x N maps); ``grid`` is unused."""
         # Each N x N intermediate is released as soon as the next exists: at most three maps are
         # alive at once (four without the dels), which decides the largest N that fits in memory.
         dots = q @ k.transpose(-2, -1)

@@ -74,6 +74,8 @@ class GlobalAttention(nn.Module):
         return (side, side)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        """Multi-head attention over all N tokens of ``x`` (B, N, C): qkv projection, the core (with
+        ``attn_mask`` as its additive score bias, and the token grid), output projection; (B, N, C)."""
         B, N, C = x.shape
         q, k, v = self._split(self.qkv(x))
         out = self.core(q, k, v, bias=attn_mask, grid=self._grid(N))
@@ -154,6 +156,9 @@ class WindowAttention(nn.Module):
         return bias + mask.reshape(-1, self.num_heads, N, N)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention within each window of ``x`` (B * windows, N = window area, C), with the relative
+        position bias (and the shift ``mask`` (windows, N, N)) added to the scores for variants that take a
+        bias; a variant without one raises ValueError when given a mask. Returns (B * windows, N, C)."""
         B_, N, C = x.shape
         q, k, v = _split_heads(self.qkv(x), self.num_heads)
         if self.uses_bias:

@@ -74,6 +74,7 @@ class _TaylorKernel(nn.Module):
     eps: float = EPS
 
     def features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature maps (phi(q), phi(k)) of (B, h, N, d) inputs, (B, h, N, D) each."""
         raise NotImplementedError
 
     def _linear(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,9 @@ class _TaylorKernel(nn.Module):
         return kernel_attention(phi_q, phi_k, v, self.eps).to(dtype)
 
     def forward(self, q, k, v, bias=None, grid=None):
+        """phi(q_i) (sum_j phi(k_j)^T v_j) / (phi(q_i).sum_j phi(k_j) + eps) for (B, h, N, d) ``q``, ``k``,
+        ``v`` with this kernel's features, in float32 (autocast off), cast back to ``v``'s dtype. A
+        ``bias`` raises ValueError; ``grid`` is unused."""
         if bias is not None:
             raise ValueError(f"{type(self).__name__} is a linear kernel and takes no score bias")
         if not torch.jit.is_scripting() and v.device.type != "meta":

@@ -77,6 +77,8 @@ class QTLiteMLA(nn.Module):
         return pos.reshape(1, self.num_heads, self.dim, H * W).transpose(-1, -2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """EfficientViT's multi-scale linear attention on a feature map ``x`` (B, C, H, W), with this
+        module's kernel as core and the positional term added to the keys; returns (B, C, H, W)."""
         B, _, H, W = x.shape
         qkv = self.qkv(x)
         multi_scale = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
