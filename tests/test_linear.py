@@ -15,7 +15,8 @@ LINEAR = ["linear_relu", "linear_elu", "linear_cosine", "linear_mean", "linear_s
           "linear_angular", "taylor1", "efficient"]
 # every variant with its default options, plus the non-default normalisation switches
 CASES = [(name, {}) for name in LINEAR] + [("linear_cosine", {"normalize": True}),
-                                           ("linear_mean", {"normalize": True}), ("taylor1", {"eps": 0.0})]
+                                           ("linear_mean", {"normalize": True}), ("taylor1", {"eps": 0.0}),
+                                           ("linear_elu", {"form": "elu"}), ("linear_elu", {"form": "exp"})]
 
 
 def qkv(B=2, h=3, N=20, d=8, dtype=torch.float64, seed=0):
@@ -181,3 +182,10 @@ def test_elu_plus_one_is_elu_plus_one_and_avoids_expm1_on_the_cpu():
     assert not {"aten::elu", "aten::expm1"} & set(cpu_ops), cpu_ops
     # elsewhere (meta stands in for CUDA here) the two-kernel elu + 1
     assert "aten::elu" in aten_kernels(lambda: elu_plus_one(torch.empty(4, device="meta")))
+    # an explicit form wins over the device; the two forms agree
+    assert "aten::elu" in aten_kernels(lambda: elu_plus_one(x32, "elu"))
+    torch.testing.assert_close(elu_plus_one(x, "elu"), elu_plus_one(x, "exp"), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="unknown elu form 'fast'; valid choices: auto, exp, elu"):
+        elu_plus_one(x, "fast")
+    with pytest.raises(ValueError, match="valid choices: auto, exp, elu"):
+        build_core("linear_elu", 8, 2, form="fast")

@@ -136,3 +136,35 @@ def test_core_findings_survive_out_of_memory_rows_at_the_largest_size():
     assert L.core_findings(both, "float32")["n_faster_lo"] == 0
     with pytest.raises(ValueError, match="no fused softmax core measured in float16"):
         L.core_findings(both, "float16")
+
+
+def test_the_two_elu_forms_are_timed_at_the_largest_core_size_and_compared(results_dir):
+    rows = L.run_linear_kernels([16, 64], [], names=["softmax", "linear_elu"], head_dim=8, heads=2, warmup=0,
+                                repeats=3, run_id="f")
+    forms = rows[rows.kind == "form"]
+    assert sorted(forms.label) == sorted(L.ELU_FORMS) and (forms.tokens == 64).all() and (forms.status == "ok").all()
+    # the same core, so the same MACs; the exp form runs two more elementwise ops per element of q and k
+    assert forms.macs.nunique() == 1
+    by = forms.set_index("label")
+    exp_label, elu_label = "elu+1 as exp(min(x,0)) + relu(x)", "elu+1 as F.elu(x) + 1"
+    assert by.loc[exp_label, "elementwise"] - by.loc[elu_label, "elementwise"] == 2 * 2 * (2 * 64 * 8)
+    found = L.elu_form_finding(rows, "float32")
+    assert found["tokens"] == 64 and found["ratio"] == pytest.approx(found["elu_ms"] / found["exp_ms"])
+    assert "the exp form is" in found["sentence"] and found["faster"] in {"", "exp", "elu"}
+    # without linear_elu among the cores, no form rows; and no finding to state
+    plain = L.run_linear_kernels([16], [], names=["softmax", "linear_relu"], head_dim=8, heads=2, warmup=0,
+                                 repeats=1, run_id="g")
+    assert "form" not in set(plain.kind) and L.elu_form_finding(plain, "float32") == {}
+
+
+def test_elu_form_finding_says_which_form_is_faster_beyond_the_spread():
+    def row(label, ms, iqr):
+        return {"kind": "form", "dtype": "float32", "label": label, "tokens": 4096, "median_ms": ms, "iqr_ms": iqr}
+
+    labels = {form: label for label, form in L.ELU_FORMS.items()}
+    clear = pd.DataFrame([row(labels["elu"], 26.0, 0.5), row(labels["exp"], 7.0, 0.2)])
+    f = L.elu_form_finding(clear, "float32")
+    assert f["faster"] == "exp" and f["ratio"] == pytest.approx(26 / 7) and "3.71 times faster" in f["sentence"]
+    tie = pd.DataFrame([row(labels["elu"], 7.1, 1.0), row(labels["exp"], 7.0, 1.0)])
+    assert L.elu_form_finding(tie, "float32")["faster"] == ""
+    assert L.elu_form_finding(clear, "bfloat16") == {}

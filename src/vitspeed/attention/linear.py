@@ -10,7 +10,7 @@ Variants (the kernels of QT-ViT Table 2 plus two classics):
 - ``linear_relu``   phi = ReLU (EfficientViT), eps 1e-15.
 - ``linear_elu``    phi = elu(x) + 1 (Katharopoulos et al.), eps 1e-6. On the CPU it is computed as
   exp(min(x, 0)) + max(x, 0), the same function: PyTorch's CPU ``elu`` goes through ``expm1``, which
-  ran about ten times slower than the four cheap steps together on the study's CPU (AVX-512,
+  ran several times slower than the four cheap steps together on the study's CPU (AVX-512,
   torch 2.11); on CUDA ``elu`` + 1 is two kernels against four, so it stays.
 - ``linear_cosine`` phi = x / ||x|| (Hydra's kernel). By default Hydra's own form,
   phi(Q)(phi(K)^T V) with no normaliser, as its reference code computes it. The weights qhat.khat
@@ -62,6 +62,7 @@ __all__ = [
     "ReluLinearAttention",
     "EluLinearAttention",
     "elu_plus_one",
+    "ELU_FORMS",
     "CosineLinearAttention",
     "MeanLinearAttention",
     "SigmoidSoftmaxLinearAttention",
@@ -210,28 +211,37 @@ class ReluLinearAttention(LinearAttention):
         return F.relu(q), F.relu(k)
 
 
-def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+ELU_FORMS = ("auto", "exp", "elu")
+
+
+def elu_plus_one(x: torch.Tensor, form: str = "auto") -> torch.Tensor:
     """elu(x) + 1, elementwise: x + 1 for x > 0, exp(x) otherwise.
 
-    CPU: exp(min(x, 0)) + max(x, 0) (4 elementwise ops per element), which avoids the slow
-    ``expm1`` behind PyTorch's CPU ``elu``; other devices: ``F.elu(x) + 1`` (2 ops per element).
+    ``form``: 'exp' computes exp(min(x, 0)) + max(x, 0) (4 elementwise ops per element), avoiding the
+    slow ``expm1`` behind PyTorch's CPU ``elu``; 'elu' computes ``F.elu(x) + 1`` (2 ops); 'auto'
+    (default) takes 'exp' on the CPU and 'elu' elsewhere.
     """
-    if x.device.type == "cpu":
+    if form not in ELU_FORMS:
+        raise ValueError(f"unknown elu form {form!r}; valid choices: {', '.join(ELU_FORMS)}")
+    if form == "exp" or (form == "auto" and x.device.type == "cpu"):
         return torch.exp(x.clamp(max=0.0)) + F.relu(x)
     return F.elu(x) + 1.0
 
 
 class EluLinearAttention(LinearAttention):
-    """Katharopoulos et al.: phi = elu(x) + 1 (positive), eps 1e-6."""
+    """Katharopoulos et al.: phi = elu(x) + 1 (positive), eps 1e-6; ``form`` as in :func:`elu_plus_one`."""
 
     variant = "linear_elu"
 
-    def __init__(self, head_dim: int, num_heads: int, eps: float = 1e-6) -> None:
+    def __init__(self, head_dim: int, num_heads: int, eps: float = 1e-6, form: str = "auto") -> None:
         super().__init__(head_dim, num_heads)
+        if form not in ELU_FORMS:
+            raise ValueError(f"unknown elu form {form!r}; valid choices: {', '.join(ELU_FORMS)}")
         self.eps = eps
+        self.form = form
 
     def features(self, q, k):
-        return elu_plus_one(q), elu_plus_one(k)
+        return elu_plus_one(q, self.form), elu_plus_one(k, self.form)
 
 
 class CosineLinearAttention(LinearAttention):
@@ -370,6 +380,13 @@ def _with_features(feature_ops: Callable[[Any, Any, Any, Any], Any]):
     return formula
 
 
+def _elu_formula(B, N, d, h, normalize=True, eps=None, form="auto"):
+    # feature map on q and k: clamp, exp, relu, add (form 'exp', and 'auto' as counted on the CPU) or
+    # elu, add (form 'elu'; 'auto' runs it on CUDA, so counts traced there are that much lower)
+    per_element = 2 if form == "elu" else 4
+    return _with_features(lambda B, N, d, h: per_element * 2 * B * h * N * d)(B, N, d, h, normalize, eps)
+
+
 def _normalize_ops(B, N, d, h):
     # F.normalize on q and k: vector norm (input elements), clamp_min (per row), divide
     return 2 * (B * h * N * d + B * h * N + B * h * N * d)
@@ -410,10 +427,9 @@ register_attention(AttentionSpec(
     summary="EfficientViT ReLU linear attention, phi = ReLU, fp32, normaliser from a [V, 1] product",
     paper="cai2023efficientvit", formula=_with_features(lambda B, N, d, h: 2 * B * h * N * d), **_L))
 register_attention(AttentionSpec(
-    name="linear_elu", core=EluLinearAttention, options={"eps": 1e-6},
+    name="linear_elu", core=EluLinearAttention, options={"eps": 1e-6, "form": "auto"},
     summary="linear transformer kernel phi = elu(x) + 1 (Katharopoulos et al.)",
-    # feature map as counted on the CPU: clamp, exp, relu, add on q and k (elu, add on CUDA: half that)
-    paper="katharopoulos2020transformers", formula=_with_features(lambda B, N, d, h: 8 * B * h * N * d), **_L))
+    paper="katharopoulos2020transformers", formula=_elu_formula, **_L))
 register_attention(AttentionSpec(
     name="linear_cosine", core=CosineLinearAttention, options={"normalize": False, "eps": 1e-6},
     summary="Hydra cosine kernel phi = x/||x||, no normaliser as in Hydra (normalize=True: signed sum)",

@@ -10,7 +10,7 @@ Three measurements, all through :mod:`vitspeed.studies.compare`:
   with diagnostics of the implied attention matrix that explain the large errors of the kernels
   whose weights can be negative.
 
-Rows go to ``data/linear_kernels`` with a ``kind`` column (``core`` or ``model``).
+Rows go to ``data/linear_kernels`` with a ``kind`` column (``core``, ``form`` or ``model``).
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ import torch
 from vitspeed.attention import build_core, get_attention, validate_options
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, core_grid, implied_attention, ratio_of, run_sweep)
+from vitspeed.studies.wording import beyond_spread, rows_noise, said
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
-__all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL",
-           "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels", "kernel_diagnostics",
+__all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL", "ELU_FORMS",
+           "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels", "kernel_diagnostics", "elu_form_finding",
            "approximation_table", "core_findings"]
 
 CHAPTER = "linear_kernels"
@@ -36,6 +37,10 @@ REFERENCES = ("softmax", "softmax_explicit")
 KERNELS = ("linear_relu", "linear_cosine", "linear_mean", "linear_sigmoid_softmax", "linear_angular",
            "taylor1", "taylor2_compact", "linear_elu", "efficient", "focused")
 VARIANTS = REFERENCES + KERNELS
+
+# the two ways to compute elu + 1, timed against each other at the largest core size (kind 'form'):
+# label -> the linear_elu core's form option (see vitspeed.attention.linear.elu_plus_one)
+ELU_FORMS = {"elu+1 as F.elu(x) + 1": "elu", "elu+1 as exp(min(x,0)) + relu(x)": "exp"}
 
 # QT-ViT Table 2 (ImageNet top-1, %, each kernel trained in EfficientViT-B1); softmax is its baseline
 PUBLISHED_TOP1 = {"softmax": 79.8, "linear_relu": 79.4, "linear_cosine": 79.1, "linear_mean": 78.8,
@@ -76,7 +81,9 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
     (``kind='core'``): MACs and elementwise ops for the whole batch of ``core_batch_size`` (default
     ``batch_size``) x ``heads`` heads, latency per call (ms), peak memory (MB). Model rows
     (``kind='model'``, batch ``batch_size``): GMACs per image, params (millions), latency per batch
-    (ms), throughput (images/s). FLatten's ``focused`` core needs square token counts (its
+    (ms), throughput (images/s). With linear_elu among ``names``, rows of ``kind='form'`` time its two
+    ways of computing elu + 1 (:data:`ELU_FORMS`) as cores at the largest token count, interleaved.
+    FLatten's ``focused`` core needs square token counts (its
     depthwise conv runs on a sqrt(N) x sqrt(N) grid). Resumable by ``run_id``; returns this run's rows.
     """
     names = _check_names(VARIANTS if names is None else names)
@@ -84,13 +91,17 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
     dtypes = list(dtypes)
     configs = ([{"kind": "core", "model": None, "img_size": None, "tokens": int(n), "dtype": dt}
                 for dt in dtypes for n in tokens]
+               + [{"kind": "form", "model": None, "img_size": None, "tokens": int(max(tokens)), "dtype": dt}
+                  for dt in dtypes if "linear_elu" in names and len(tokens)]
                + [{"kind": "model", "model": m, "img_size": int(s), "tokens": None, "dtype": dt}
                   for dt in dtypes for m in models for s in img_sizes])
     core_batch = batch_size if core_batch_size is None else core_batch_size
 
     def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-        if cfg["kind"] == "core":
-            rows = compare_cores_finite(kernel_candidates(names), tokens=cfg["tokens"], head_dim=head_dim,
+        if cfg["kind"] in ("core", "form"):
+            cands = kernel_candidates(names) if cfg["kind"] == "core" else \
+                [candidate(label, attention="linear_elu", options={"form": form}) for label, form in ELU_FORMS.items()]
+            rows = compare_cores_finite(cands, tokens=cfg["tokens"], head_dim=head_dim,
                                         heads=heads, batch_size=core_batch, device=device, dtype=cfg["dtype"],
                                         warmup=warmup, repeats=repeats)
         else:
@@ -214,6 +225,35 @@ def approximation_table(names: Sequence[str] | None = None, tokens: int = 196, h
                 "row_sum": 1.0, "negative_share": 0.0, "max_weight": 1.0 / tokens,
                 "nonpositive_den": float("nan"), "small_den": float("nan"), "options": "", "published_top1": float("nan")})
     return pd.DataFrame(out)
+
+
+def elu_form_finding(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
+    """What timing the two ways of computing elu + 1 (``kind == 'form'`` rows of one run) says.
+
+    Returns tokens, elu_ms and exp_ms (median ms of the linear_elu core with ``F.elu(x) + 1`` and with
+    ``exp(min(x, 0)) + relu(x)``), ratio (elu_ms / exp_ms: > 1, the exp form is faster), noise (the
+    two medians' relative spread), faster (the form that is faster beyond the spread, or '' when
+    within it) and sentence. An empty dict when the run has no such rows in ``dtype``.
+    """
+    if "kind" not in rows:
+        return {}
+    ok = rows[(rows.kind == "form") & (rows.dtype == dtype)]
+    if "status" in ok:
+        ok = ok[ok.status.fillna("ok") == "ok"]
+    by = ok.set_index("label")
+    label_of = {form: label for label, form in ELU_FORMS.items()}
+    elu_label, exp_label = label_of["elu"], label_of["exp"]
+    if elu_label not in by.index or exp_label not in by.index:
+        return {}
+    elu, exp = by.loc[elu_label], by.loc[exp_label]
+    ratio = float(elu.median_ms / exp.median_ms)
+    rel = rows_noise(elu, exp)
+    faster = ("exp" if ratio > 1 else "elu") if beyond_spread(ratio, rel) else ""
+    sentence = (f"At {int(elu.tokens)} tokens in {dtype} the linear_elu core takes {elu.median_ms:.3g} ms with "
+                f"F.elu(x) + 1 and {exp.median_ms:.3g} ms with exp(min(x, 0)) + relu(x): the exp form is "
+                f"{said(ratio, rel)}.")
+    return {"tokens": int(elu.tokens), "elu_ms": float(elu.median_ms), "exp_ms": float(exp.median_ms),
+            "ratio": ratio, "noise": rel, "faster": faster, "sentence": sentence}
 
 
 def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
