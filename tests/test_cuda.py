@@ -81,3 +81,15 @@ def test_ceilings_are_those_of_a_modern_gpu():
     # any data-centre GPU since Volta: > 50 TFLOP/s bf16-or-fp16 tensor cores, > 500 GB/s copy
     assert rows["matmul"]["flops_per_s"] > 50e12
     assert rows["copy"]["bytes_per_s"] > 500e9
+
+
+def test_elu_kernel_runs_elu_on_cuda_and_bf16_linear_cores_multiply_in_float32():
+    from vitspeed.attention import build_core
+    from vitspeed.traffic import aten_kernels, trace_traffic
+
+    q, k, v = (torch.randn(1, 6, 256, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    core = build_core("linear_elu", 64, 6).cuda()
+    assert "aten::elu" in aten_kernels(lambda: core(q, k, v))  # 'auto': two kernels on CUDA, not the CPU's four
+    assert trace_traffic(lambda: core(q, k, v)).product_dtype == "float32"  # under the float32 roof
+    fused = build_core("softmax", 64, 6).cuda()
+    assert trace_traffic(lambda: fused(q, k, v)).product_dtype == "bfloat16"

@@ -142,3 +142,15 @@ def test_counted_cost_equals_the_closed_form(options, N, d, h, prefix):
     assert fc.unhandled == {}
     assert fc.macs == int(expected["macs"])
     assert fc.elementwise == int(expected["elementwise"])
+
+
+def test_l2_norm_is_the_euclidean_norm_and_avoids_the_strided_vector_norm_on_the_cpu():
+    from vitspeed.attention.focused import l2_norm
+    from vitspeed.traffic import aten_kernels
+
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(l2_norm(x, (1, 3)), torch.linalg.vector_norm(x, dim=(1, 3), keepdim=True))
+    torch.testing.assert_close(l2_norm(x, -1), x.norm(dim=-1, keepdim=True))
+    assert "aten::linalg_vector_norm" not in aten_kernels(lambda: l2_norm(x, (1, 3)))
+    # other devices (meta stands in for CUDA): one vector_norm kernel
+    assert "aten::linalg_vector_norm" in aten_kernels(lambda: l2_norm(torch.empty(2, 3, 5, 4, device="meta"), (1, 3)))
