@@ -9,9 +9,9 @@ Variants (the kernels of QT-ViT Table 2 plus two classics):
 
 - ``linear_relu``   phi = ReLU (EfficientViT), eps 1e-15.
 - ``linear_elu``    phi = elu(x) + 1 (Katharopoulos et al.), eps 1e-6. On the CPU it is computed as
-  exp(min(x, 0)) + max(x, 0), the same function: PyTorch's CPU ``elu`` goes through ``expm1``, which
-  ran several times slower than the four cheap steps together on the study's CPU (AVX-512,
-  torch 2.11); on CUDA ``elu`` + 1 is two kernels against four, so it stays.
+  exp(min(x, 0)) + max(x, 0), the same function: PyTorch's CPU ``elu`` goes through ``expm1``, whose
+  AVX-512 kernel (torch 2.11; the AVX2 one is fast) ran several times slower than the four cheap
+  steps together on the study's CPU; on CUDA ``elu`` + 1 is two kernels against four, so it stays.
 - ``linear_cosine`` phi = x / ||x|| (Hydra's kernel). By default Hydra's own form,
   phi(Q)(phi(K)^T V) with no normaliser, as its reference code computes it. The weights qhat.khat
   are signed, so the section-4 normaliser qhat . sum khat can be zero or negative: on random inputs
