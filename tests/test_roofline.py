@@ -104,7 +104,8 @@ def test_roofline_puts_an_upcasting_core_under_the_roof_of_the_dtype_it_computes
              {**base, "attention": "old", "compute_dtype": float("nan"), "macs": 1000, "bytes_moved": 20,
               "median_ms": 10_000.0}]
     roof = roofline(pd.DataFrame(ceil + cores)).set_index("attention")
-    assert roof.roof_dtype.to_dict() == {"native": "bfloat16", "upcast": "float32", "odd": "bfloat16", "old": "bfloat16"}
+    assert roof.roof_dtype.to_dict() == {"native": "bfloat16", "upcast": "float32", "odd": "bfloat16",
+                                         "old": "bfloat16"}
     up, native = roof.loc["upcast"], roof.loc["native"]
     assert up.peak_flops_per_s == 50 and up.peak_bytes_per_s == 10 and up.ridge == 5
     # I = 2000 / 20 = 100 FLOP/B, far right of float32's ridge (5): on float32's compute roof of 50 FLOP/s

@@ -122,12 +122,12 @@ def roofline(results: pd.DataFrame, level: str = "core",
     computed = df.compute_dtype if "compute_dtype" in df else pd.Series(float("nan"), index=df.index)
     computed = computed.where(computed.notna() & (computed.astype(str) != ""), own)
 
-    def key(row: pd.Series, dtype: Any) -> Any:
+    def key(row: dict[str, Any], dtype: Any) -> Any:
         values = tuple(dtype if b == "dtype" else row[b] for b in by)
         return values[0] if len(values) == 1 else values
 
     roof_dtype, peak_f, peak_b = [], [], []
-    for (i, row), dt, own_dt in zip(df.iterrows(), computed, own):
+    for row, dt, own_dt in zip(df.to_dict("records"), computed, own):
         dt = dt if "dtype" in by and key(row, dt) in flops_peak.index else own_dt
         roof_dtype.append(dt)
         peak_f.append(flops_peak.get(key(row, dt), math.nan))
@@ -155,7 +155,8 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
     """What the roofline says at the largest token count of one group of :func:`roofline` rows.
 
     Returns tokens, ridge (FLOPs per byte, of the group's own dtype), n_cores, upcast (the cores
-    placed under another dtype's compute roof because their products ran in it), n_memory_bound, reference_efficiency and
+    placed under another dtype's compute roof because their products ran in it), n_memory_bound,
+    reference_efficiency and
     reference_intensity (NaN if the reference was not measured), best / worst (the other cores
     closest to and furthest from their roof, with best_efficiency / worst_efficiency as fractions)
     and linear_intensity (min, max) over the linear family. Raises ValueError on an empty frame or
@@ -170,7 +171,8 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
     others = top.drop(index=reference, errors="ignore")
     linear = top[top.family == "linear"].intensity if "family" in top else pd.Series(dtype=float)
     ref = top.loc[reference] if reference in top.index else None
-    upcast = (top.roof_dtype != top.dtype) if {"roof_dtype", "dtype"} <= set(top.columns) else pd.Series(False, index=top.index)
+    upcast = (top.roof_dtype != top.dtype) if {"roof_dtype", "dtype"} <= set(top.columns) \
+        else pd.Series(False, index=top.index)
     own = top[~upcast] if (~upcast).any() else top
     return {
         "tokens": int(top.tokens.iloc[0]), "ridge": float(own.ridge.iloc[0]), "n_cores": int(len(top)),

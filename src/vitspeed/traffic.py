@@ -19,7 +19,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["Traffic", "PRODUCT_OPERATORS", "dtype_name", "count_traffic", "trace_traffic", "aten_kernels", "sdpa_backend", "SDPA_BACKENDS"]
+__all__ = ["Traffic", "PRODUCT_OPERATORS", "count_traffic", "trace_traffic", "aten_kernels", "sdpa_backend",
+           "SDPA_BACKENDS"]
 
 
 @dataclass
@@ -53,19 +54,8 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-# aten matrix products, composite (as seen under inference mode) and decomposed
-PRODUCT_OPERATORS = frozenset({
-    "aten::matmul", "aten::einsum", "aten::linear", "aten::conv1d", "aten::conv2d",
-    "aten::scaled_dot_product_attention", "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::dot",
-    "aten::mv", "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention",
-    "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_cudnn_attention",
-    "aten::_scaled_dot_product_fused_attention_overrideable", "aten::convolution", "aten::_convolution",
-    "aten::cudnn_convolution", "aten::mkldnn_convolution",
-})
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """'float32' for torch.float32: the study's name of a torch dtype."""
+def _dtype_name(dtype: torch.dtype) -> str:
+    # not envinfo.dtype_name, which accepts only the study's three dtypes: a trace can meet any
     return str(dtype).removeprefix("torch.")
 
 
@@ -87,7 +77,7 @@ class _TrafficMode(TorchDispatchMode):
         name = func._schema.name
         self.result.by_operator[name] = self.result.by_operator.get(name, 0) + read + written
         if name in PRODUCT_OPERATORS and inputs:
-            key = dtype_name(inputs[0].dtype)
+            key = _dtype_name(inputs[0].dtype)
             self.result.product_bytes[key] = self.result.product_bytes.get(key, 0) + written
         return out
 
@@ -146,6 +136,15 @@ SDPA_BACKENDS = {
     "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
     "aten::_scaled_dot_product_attention_math": "math",
 }
+
+
+# aten matrix products whose input dtype is the dtype a pass computes in: composite (as seen under
+# inference mode) and decomposed, and every fused SDPA kernel
+PRODUCT_OPERATORS = frozenset({
+    "aten::matmul", "aten::einsum", "aten::linear", "aten::conv1d", "aten::conv2d", "aten::convolution",
+    "aten::_convolution", "aten::cudnn_convolution", "aten::mkldnn_convolution", "aten::mm", "aten::bmm",
+    "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::dot", "aten::mv", "aten::scaled_dot_product_attention",
+}) | frozenset(SDPA_BACKENDS)
 
 
 class _SdpaMode(TorchFunctionMode):

@@ -214,6 +214,12 @@ class ReluLinearAttention(LinearAttention):
 ELU_FORMS = ("auto", "exp", "elu")
 
 
+def _check_elu_form(form: str) -> str:
+    if form not in ELU_FORMS:
+        raise ValueError(f"unknown elu form {form!r}; valid choices: {', '.join(ELU_FORMS)}")
+    return form
+
+
 def elu_plus_one(x: torch.Tensor, form: str = "auto") -> torch.Tensor:
     """elu(x) + 1, elementwise: x + 1 for x > 0, exp(x) otherwise.
 
@@ -221,8 +227,7 @@ def elu_plus_one(x: torch.Tensor, form: str = "auto") -> torch.Tensor:
     slow ``expm1`` behind PyTorch's CPU ``elu``; 'elu' computes ``F.elu(x) + 1`` (2 ops); 'auto'
     (default) takes 'exp' on the CPU and 'elu' elsewhere.
     """
-    if form not in ELU_FORMS:
-        raise ValueError(f"unknown elu form {form!r}; valid choices: {', '.join(ELU_FORMS)}")
+    _check_elu_form(form)
     if form == "exp" or (form == "auto" and x.device.type == "cpu"):
         return torch.exp(x.clamp(max=0.0)) + F.relu(x)
     return F.elu(x) + 1.0
@@ -235,10 +240,8 @@ class EluLinearAttention(LinearAttention):
 
     def __init__(self, head_dim: int, num_heads: int, eps: float = 1e-6, form: str = "auto") -> None:
         super().__init__(head_dim, num_heads)
-        if form not in ELU_FORMS:
-            raise ValueError(f"unknown elu form {form!r}; valid choices: {', '.join(ELU_FORMS)}")
         self.eps = eps
-        self.form = form
+        self.form = _check_elu_form(form)
 
     def features(self, q, k):
         return elu_plus_one(q, self.form), elu_plus_one(k, self.form)

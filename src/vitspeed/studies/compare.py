@@ -265,7 +265,8 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
     Row: label, attention, tokens, head_dim, heads, batch_size, device, dtype, threads, tf32,
     median_ms, iqr_ms, throughput (calls/s), peak_mem_mb, macs and elementwise (whole batch),
     bytes_moved (one call, in the timed dtype; :func:`vitspeed.traffic.trace_traffic`), compute_dtype
-    (the dtype its matrix products ran in: float32 for a bfloat16 core that upcasts), sdpa_backend, status; graph_median_ms / graph_iqr_ms (or graph_error) as in :func:`compare_models`.
+    (the dtype its matrix products ran in: float32 for a bfloat16 core that upcasts), sdpa_backend,
+    status; graph_median_ms / graph_iqr_ms (or graph_error) as in :func:`compare_models`.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)

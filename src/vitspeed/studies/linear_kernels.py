@@ -27,8 +27,9 @@ from vitspeed.studies.wording import beyond_spread, rows_noise, said
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
-__all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL", "ELU_FORMS",
-           "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels", "kernel_diagnostics", "elu_form_finding",
+__all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL",
+           "ELU_FORM_LABELS", "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels",
+           "kernel_diagnostics", "elu_form_finding",
            "approximation_table", "core_findings"]
 
 CHAPTER = "linear_kernels"
@@ -40,7 +41,7 @@ VARIANTS = REFERENCES + KERNELS
 
 # the two ways to compute elu + 1, timed against each other at the largest core size (kind 'form'):
 # label -> the linear_elu core's form option (see vitspeed.attention.linear.elu_plus_one)
-ELU_FORMS = {"elu+1 as F.elu(x) + 1": "elu", "elu+1 as exp(min(x,0)) + relu(x)": "exp"}
+ELU_FORM_LABELS = {"elu+1 as F.elu(x) + 1": "elu", "elu+1 as exp(min(x,0)) + relu(x)": "exp"}
 
 # QT-ViT Table 2 (ImageNet top-1, %, each kernel trained in EfficientViT-B1); softmax is its baseline
 PUBLISHED_TOP1 = {"softmax": 79.8, "linear_relu": 79.4, "linear_cosine": 79.1, "linear_mean": 78.8,
@@ -82,7 +83,7 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
     ``batch_size``) x ``heads`` heads, latency per call (ms), peak memory (MB). Model rows
     (``kind='model'``, batch ``batch_size``): GMACs per image, params (millions), latency per batch
     (ms), throughput (images/s). With linear_elu among ``names``, rows of ``kind='form'`` time its two
-    ways of computing elu + 1 (:data:`ELU_FORMS`) as cores at the largest token count, interleaved.
+    ways of computing elu + 1 (:data:`ELU_FORM_LABELS`) as cores at the largest token count, interleaved.
     FLatten's ``focused`` core needs square token counts (its
     depthwise conv runs on a sqrt(N) x sqrt(N) grid). Resumable by ``run_id``; returns this run's rows.
     """
@@ -100,7 +101,8 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
     def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if cfg["kind"] in ("core", "form"):
             cands = kernel_candidates(names) if cfg["kind"] == "core" else \
-                [candidate(label, attention="linear_elu", options={"form": form}) for label, form in ELU_FORMS.items()]
+                [candidate(label, attention="linear_elu", options={"form": form})
+                 for label, form in ELU_FORM_LABELS.items()]
             rows = compare_cores_finite(cands, tokens=cfg["tokens"], head_dim=head_dim,
                                         heads=heads, batch_size=core_batch, device=device, dtype=cfg["dtype"],
                                         warmup=warmup, repeats=repeats)
@@ -241,7 +243,7 @@ def elu_form_finding(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     if "status" in ok:
         ok = ok[ok.status.fillna("ok") == "ok"]
     by = ok.set_index("label")
-    label_of = {form: label for label, form in ELU_FORMS.items()}
+    label_of = {form: label for label, form in ELU_FORM_LABELS.items()}
     elu_label, exp_label = label_of["elu"], label_of["exp"]
     if elu_label not in by.index or exp_label not in by.index:
         return {}
