@@ -113,26 +113,23 @@ def roofline(results: pd.DataFrame, level: str = "core",
     need = {"macs", "elementwise", "bytes_moved", "median_ms"}
     if ceil.empty or not need <= set(ok.columns):
         return pd.DataFrame()
-    flops_peak = ceil[ceil.attention == MATMUL].groupby(by, dropna=False).flops_per_s.max()
-    bytes_peak = ceil[ceil.attention == COPY].groupby(by, dropna=False).bytes_per_s.max()
-    df = ok[(ok.level == level) & ok.bytes_moved.notna() & (ok.bytes_moved > 0)].copy()
+    flops_peak = (ceil[ceil.attention == MATMUL].groupby(by, dropna=False).flops_per_s.max()
+                  .rename("peak_flops_per_s").reset_index())
+    bytes_peak = (ceil[ceil.attention == COPY].groupby(by, dropna=False).bytes_per_s.max()
+                  .rename("peak_bytes_per_s").reset_index())
+    df = ok[(ok.level == level) & ok.bytes_moved.notna() & (ok.bytes_moved > 0)]
     if df.empty:
-        return df
-    own = df.dtype if "dtype" in df else pd.Series("", index=df.index)
-    computed = df.compute_dtype if "compute_dtype" in df else pd.Series(float("nan"), index=df.index)
-    computed = computed.where(computed.notna() & (computed.astype(str) != ""), own)
-
-    def key(row: dict[str, Any], dtype: Any) -> Any:
-        values = tuple(dtype if b == "dtype" else row[b] for b in by)
-        return values[0] if len(values) == 1 else values
-
-    roof_dtype, peak_f, peak_b = [], [], []
-    for row, dt, own_dt in zip(df.to_dict("records"), computed, own):
-        dt = dt if "dtype" in by and key(row, dt) in flops_peak.index else own_dt
-        roof_dtype.append(dt)
-        peak_f.append(flops_peak.get(key(row, dt), math.nan))
-        peak_b.append(bytes_peak.get(key(row, own_dt), math.nan))
-    df["roof_dtype"], df["peak_flops_per_s"], df["peak_bytes_per_s"] = roof_dtype, peak_f, peak_b
+        return df.copy()
+    df = df.merge(flops_peak, on=by, how="left").merge(bytes_peak, on=by, how="left")
+    df["roof_dtype"] = df.dtype if "dtype" in df else ""
+    if "dtype" in by and "compute_dtype" in df:
+        # the matmul ceiling of the dtype the products ran in, where one was measured on the same hardware
+        other = flops_peak.rename(columns={"dtype": "compute_dtype", "peak_flops_per_s": "_computed_peak"})
+        df = df.merge(other, on=[b if b != "dtype" else "compute_dtype" for b in by], how="left")
+        found = df._computed_peak.notna()
+        df["roof_dtype"] = df.compute_dtype.where(found, df.roof_dtype)
+        df["peak_flops_per_s"] = df._computed_peak.where(found, df.peak_flops_per_s)
+        df = df.drop(columns="_computed_peak")
     df = df[df.peak_flops_per_s.notna() & df.peak_bytes_per_s.notna()]
     if df.empty:
         return df
