@@ -114,6 +114,13 @@ def test_read_merges_hardware_and_latest_only(tmp_path):
     latest = read_results("ch2", roots=[tmp_path], latest_only=True)
     assert sorted(zip(latest["hardware"], latest["run_id"], latest["median_ms"])) == [
         ("cpu-amd-epyc-7b13-2t", "20250201-000000", 4.0), ("cpu-intel-xeon-8t", "20240101-000000", 9.0)]
+    # a later setup check (smoke preset) does not hide the real run; alone, it is shown
+    smoke = ResultsWriter("ch2", _env(date="2025-03-01T00:00:00+00:00"), run_id="gpu-smoke", root=tmp_path)
+    smoke.add({"model": "a", "median_ms": 1.0})
+    lonely = ResultsWriter("ch2", _env(cpu="Other", threads=4), run_id="smoke", root=tmp_path)
+    lonely.add({"model": "a", "median_ms": 2.0})
+    latest = read_results("ch2", roots=[tmp_path], latest_only=True).set_index("hardware").run_id
+    assert latest["cpu-amd-epyc-7b13-2t"] == "20250201-000000" and latest["cpu-other-4t"] == "smoke"
 
 
 def test_read_gives_back_the_floats_written(tmp_path):

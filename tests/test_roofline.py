@@ -113,3 +113,23 @@ def test_roofline_puts_an_upcasting_core_under_the_roof_of_the_dtype_it_computes
     assert native.peak_flops_per_s == 1000 and native.ridge == 100 and native.attainable_flops_per_s == 1000
     s = roof_summary(roof.reset_index())
     assert s["ridge"] == 100 and s["upcast"] == ["upcast"]
+
+
+def test_fp32_sdpa_on_tensor_cores_is_held_to_the_tf32_roof():
+    from vitspeed.roofline import TF32, roof_compute_dtype
+
+    # the memory-efficient kernel runs float32 on the tensor cores whatever the TF32 flags say
+    assert roof_compute_dtype("cuda", "float32", "float32", "mem_efficient") == TF32
+    assert roof_compute_dtype("cuda", "float32", "float32", "math") == "float32"
+    assert roof_compute_dtype("cuda", "bfloat16", "bfloat16", "mem_efficient") == "bfloat16"
+    assert roof_compute_dtype("cpu", "float32", "float32", "mem_efficient") == "float32"
+    assert roof_compute_dtype("cuda", "float32", None, None) is None
+    ceil = [{"level": "ceiling", "attention": "matmul", "hardware": "gpu", "dtype": "float32", "flops_per_s": 50.0},
+            {"level": "ceiling", "attention": "matmul", "hardware": "gpu", "dtype": TF32, "flops_per_s": 400.0},
+            {"level": "ceiling", "attention": "copy", "hardware": "gpu", "dtype": "float32", "bytes_per_s": 10.0}]
+    base = {"level": "core", "hardware": "gpu", "dtype": "float32", "tokens": 100, "elementwise": 0, "macs": 1000,
+            "bytes_moved": 20, "median_ms": 10_000.0}
+    cores = [{**base, "attention": "softmax", "compute_dtype": TF32}, {**base, "attention": "relu", "compute_dtype": "float32"}]
+    roof = roofline(pd.DataFrame(ceil + cores)).set_index("attention")
+    assert roof.loc["softmax", "peak_flops_per_s"] == 400 and roof.loc["softmax", "roof_dtype"] == TF32
+    assert roof.loc["relu", "peak_flops_per_s"] == 50 and roof.loc["relu", "roof_dtype"] == "float32"

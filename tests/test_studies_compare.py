@@ -67,6 +67,7 @@ def test_compare_models_records_out_of_memory_per_candidate(oom_on_call):
 def test_graph_timing_logic_records_replays_and_capture_failures(monkeypatch):
     # the CUDA-graph branch of the comparison, driven on the CPU: capture is faked, timing is real
     import vitspeed.studies.compare as compare
+    import vitspeed.timing as timing
 
     def fake_capture(fn, dev):
         if fn is fns["bad"]:
@@ -74,8 +75,9 @@ def test_graph_timing_logic_records_replays_and_capture_failures(monkeypatch):
         return fn, None
 
     monkeypatch.setattr(compare, "cuda_graph_callable", fake_capture)
-    monkeypatch.setattr(compare, "_GRAPHS_DISABLED", [])
+    monkeypatch.setattr(timing, "GRAPHS_DISABLED", [])
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     x = torch.randn(64, 64)
@@ -93,6 +95,14 @@ def test_graph_timing_logic_records_replays_and_capture_failures(monkeypatch):
     compare._time_all({"good": fns["good"]}, rows2, torch.device("cpu"), warmup=1, repeats=3, items_per_call=1,
                       graphs=True)
     assert "graph_median_ms" not in rows2["good"] and rows2["good"]["graph_error"].startswith("not captured")
+    # calls longer than GRAPH_MAX_MS are not captured at all: launch overhead is negligible there
+    monkeypatch.setattr(timing, "GRAPHS_DISABLED", [])
+    monkeypatch.setattr(compare, "GRAPH_MAX_MS", 0.0)
+    rows3 = {"good": {}}
+    compare._time_all({"good": fns["good"]}, rows3, torch.device("cpu"), warmup=1, repeats=3, items_per_call=1,
+                      graphs=True)
+    assert "graph_median_ms" not in rows3["good"] and "launch overhead negligible" in rows3["good"]["graph_error"]
+    assert not timing.GRAPHS_DISABLED  # a skipped capture is not a failed one
 
 
 def test_a_candidate_out_of_memory_while_timed_is_dropped_and_the_rest_timed():

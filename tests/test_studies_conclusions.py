@@ -81,6 +81,11 @@ def test_same_models_finds_one_stock_model_per_chapter():
     assert (rows.model == "DeiT-S").all() and (rows.dtype == "float32").all() and (rows.hardware == "hw").all()
     assert rows.loc["time_share", "median_ms"] == 60.0 and rows.loc["time_share", "iqr_ms"] == 1.2  # whole model
     assert rows.loc["scaling", "median_ms"] == 63.0  # softmax, not the swapped attention
+    # the Taylor chapter's EfficientViT-B1 keeps its BatchNorms (the hybrids chapter folds them): not the same model
+    unfolded = pd.DataFrame([{"kind": "model", "label": "EfficientViT-B1 (timm)", "model": "efficientvit_b1",
+                              "img_size": 224, "batch_size": 1, "median_ms": 20.0, "iqr_ms": 1.0, "hardware": "hw",
+                              "dtype": "float32", "status": "ok"}])
+    assert "taylor" not in set(C.same_models({**_chapter_frames(), "taylor": unfolded}).chapter)
 
 
 def test_agreement_reports_the_spread_between_chapters():

@@ -97,7 +97,8 @@ def _core_rows(times: dict[int, dict[str, float]], dtype: str = "float32", oom: 
     for n, by_label in times.items():
         for label, ms in by_label.items():
             rows.append({"kind": "core", "dtype": dtype, "tokens": n, "label": label, "median_ms": ms,
-                         "macs": (2 * n * n * 64 if "softmax" in label else 2 * n * 64 * 65), "status": "ok"})
+                         "macs": (2 * n * n * 64 if "softmax" in label else 2 * n * 64 * 65), "status": "ok",
+                         "iqr_ms": 0.02 * ms})
         for label in (oom or {}).get(n, []):
             rows.append({"kind": "core", "dtype": dtype, "tokens": n, "label": label, "median_ms": float("nan"),
                          "macs": float("nan"), "status": "oom"})
@@ -109,7 +110,7 @@ def test_core_findings_state_what_the_rows_say():
              3136: {"softmax": 10.0, "softmax_explicit": 20.0, "linear_relu": 4.0, "focused": 12.5}}
     f = L.core_findings(_core_rows(times), "float32")
     assert (f["n_lo"], f["n_hi"], f["n_kernels"]) == (196, 3136, 2)
-    assert (f["n_faster_lo"], f["n_faster_hi"]) == (0, 1)
+    assert (f["n_faster_lo"], f["n_faster_hi"]) == (0, 1) and (f["n_tied_lo"], f["n_tied_hi"]) == (0, 0)
     assert f["fastest_hi"] == "linear_relu" and f["fastest_hi_ratio"] == 2.5 and f["fastest_hi_word"] == "faster"
     assert f["relu_crossing"] == "from N = 3136"
     assert f["relu_macs_hi"] == round(3136 / 65, 1) and f["relu_gain_word"] == "smaller"
@@ -120,6 +121,9 @@ def test_core_findings_state_what_the_rows_say():
     f = L.core_findings(_core_rows(times), "float32")
     assert f["relu_crossing"] == "at every measured N (from N = 196 on)"
     assert f["fastest_hi_ratio"] == 2.5 and f["focused_hi_ratio"] == 1.25
+    times[196]["linear_relu"] = 0.99  # 1% faster, inside the 2% spread: tied, not faster
+    f = L.core_findings(_core_rows(times), "float32")
+    assert (f["n_faster_lo"], f["n_tied_lo"]) == (0, 1)
 
 
 def test_core_findings_survive_out_of_memory_rows_at_the_largest_size():
@@ -169,3 +173,17 @@ def test_elu_form_finding_says_which_form_is_faster_beyond_the_spread():
     tie = pd.DataFrame([row(labels["elu"], 7.1, 1.0), row(labels["exp"], 7.0, 1.0)])
     assert L.elu_form_finding(tie, "float32")["faster"] == ""
     assert L.elu_form_finding(clear, "bfloat16") == {}
+
+
+def test_model_verdicts_name_only_differences_beyond_the_spread():
+    rows = pd.DataFrame([
+        {"kind": "model", "model": "m", "dtype": "float32", "img_size": 224, "status": "ok", "label": label,
+         "median_ms": ms, "iqr_ms": iqr}
+        for label, ms, iqr in [("softmax", 100.0, 2.0), ("linear_relu", 80.0, 2.0), ("focused", 120.0, 2.0),
+                               ("taylor1", 99.0, 2.0), ("efficient", 95.0, 30.0)]]
+        + [{"kind": "core", "model": None, "dtype": "float32", "img_size": float("nan"), "status": "ok",
+            "label": "softmax", "median_ms": 1.0, "iqr_ms": 0.1}])  # core rows have no image size
+    text = L.model_verdicts(rows, "m", 224, "float32")
+    assert "faster: linear_relu (1.25 times)" in text and "slower: focused (1.2 times)" in text
+    assert text.endswith("2 of 4 within the spread")  # taylor1: 1% apart; efficient: 5% inside a 16% spread
+    assert "not measured" in L.model_verdicts(rows[rows.label != "softmax"], "m", 224, "float32")

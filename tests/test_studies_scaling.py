@@ -251,3 +251,40 @@ def test_crossovers_from_graph_replay_times():
     assert graph.crossover_tokens < eager.crossover_tokens  # 1.2 -> 0.18 crosses earlier than 4 -> 0.33
     assert S.latency_ratios(df, graph=True).ratio.tolist() == pytest.approx([1.0, 1.2, 1.0, 0.05 / 0.28])
     assert S.crossovers(df.drop(columns=["graph_median_ms", "graph_iqr_ms"]), graph=True).empty
+
+
+def test_level_comparison_says_where_model_and_core_crossovers_differ():
+    def table(rows):
+        return pd.DataFrame([{"attention": a, "crossover_tokens": n, "status": st} for a, n, st in rows])
+
+    core = table([("linear_relu", 130.0, S.CROSSES), ("taylor2_compact", 1024.0, S.FASTER_BY),
+                  ("linear_mean", 100.0, S.CROSSES), ("focused", math.nan, S.NOT_IN_RANGE)])
+    model = table([("linear_relu", 250.0, S.CROSSES), ("taylor2_compact", 262.0, S.CROSSES),
+                   ("linear_mean", 110.0, S.CROSSES), ("focused", 300.0, S.CROSSES)])
+    text = S.level_comparison(core, model)
+    assert text.startswith("Of the 3 variants whose crossover is placed at both levels, 1 cross at about the same")
+    assert "earlier in the whole model than as a core: taylor2_compact (262 in the model, by 1024 as a core)" in text
+    assert "later in the whole model: linear_relu (250 in the model, 130 as a core)" in text
+    assert "focused" not in text  # not placed at the core level
+    assert S.level_comparison(core.iloc[3:], model).startswith("No variant's crossover is placed at both levels")
+
+
+def test_gemm_shapes_time_the_models_token_count_and_one_fewer(one_thread):
+    rows = S.gemm_shapes([32, 48], warmup=1, repeats=3)  # DeiT-S: 4 + 1 and 9 + 1 tokens
+    assert sorted(r["size"] for r in rows) == [4, 5, 9, 10]
+    for r in rows:
+        assert r["level"] == "gemm" and r["status"] == "ok" and r["flops"] == 2 * r["size"] * 384 * 1536
+        assert r["flops_per_s"] == pytest.approx(r["flops"] / (r["median_ms"] / 1e3))
+    table = S.gemm_shape_table(pd.DataFrame(rows).assign(hardware="hw"))
+    assert table.img_size.tolist() == [32, 48] and table.tokens.tolist() == [5, 10]
+
+
+def test_gemm_shape_finding_names_slow_shapes_beyond_the_spread():
+    table = pd.DataFrame([
+        {"hardware": "hw", "dtype": "bfloat16", "img_size": 384, "tokens": 577, "rate_ratio": 0.75, "beyond_spread": True},
+        {"hardware": "hw", "dtype": "bfloat16", "img_size": 512, "tokens": 1025, "rate_ratio": 0.8, "beyond_spread": False},
+        {"hardware": "hw", "dtype": "float32", "img_size": 384, "tokens": 577, "rate_ratio": 0.98, "beyond_spread": False}])
+    text = S.gemm_shape_finding(table, "hw")
+    assert "bfloat16 at 384 px (577 tokens: 75% of the rate at 576)" in text and "1025" not in text
+    assert S.gemm_shape_finding(table[table.dtype == "float32"], "hw").startswith("At every measured image size")
+    assert "not measured" in S.gemm_shape_finding(table, "other")

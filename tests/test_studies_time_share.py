@@ -26,3 +26,23 @@ def test_token_count_comes_from_the_model():
     assert rows[0]["tokens"] == (64 // 32) ** 2 + 1  # not the 16 px patch of DeiT
     swin = T.time_share("swin_tiny_patch4_window7_224", 224, warmup=0, repeats=1)
     assert swin[0]["tokens"] == (224 // 4) ** 2  # Swin's first stage, no class token
+
+
+def _rows(component, median, iqr, share, macs_share, total=100.0, total_iqr=4.0, size=224):
+    return {"model": "m", "img_size": size, "dtype": "float32", "component": component, "median_ms": median,
+            "iqr_ms": iqr, "total_ms": total, "total_iqr_ms": total_iqr, "time_share": share,
+            "macs_share": macs_share}
+
+
+def test_rest_spread_adds_the_three_iqrs_in_quadrature():
+    import pandas as pd
+
+    df = pd.DataFrame([_rows("attention", 40, 3.0, 0.40, 0.38), _rows("ffn", 50, 12.0, 0.50, 0.60),
+                       _rows("rest", 10, float("nan"), 0.10, 0.02)])
+    out = T.with_spread(df).set_index("component")
+    assert out.loc["attention", "spread_ms"] == 3.0 and out.loc["ffn", "spread_ms"] == 12.0
+    assert out.loc["rest", "spread_ms"] == pytest.approx(13.0)  # sqrt(3^2 + 12^2 + 4^2)
+    assert out.loc["rest", "spread_pct"] == pytest.approx(13.0)
+    gaps = T.share_gaps(df)
+    assert gaps.loc["attention", "max_pp"] == pytest.approx(2.0)
+    assert gaps.loc["ffn", "max_pp"] == pytest.approx(10.0) and gaps.loc["rest", "max_pp"] == pytest.approx(8.0)

@@ -133,7 +133,7 @@ def test_benchmark_model_row():
     assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
     assert row["throughput"] == pytest.approx(2 / (row["median_ms"] / 1e3))
     assert row["peak_mem_mb"] is not None and row["peak_mem_mb"] >= 0
-    assert row["mem_method"] in {"rss_hwm", "rss_sampled"}
+    assert row["mem_method"] == "cpu_tensor_peak"
     assert row["tf32"] is None
 
 
@@ -280,3 +280,28 @@ def test_set_threads_validates_warns_on_oversubscription_and_returns_the_old_cou
 def test_benchmark_model_rejects_zero_threads():
     with pytest.raises(ValueError, match="threads must be at least 1"):
         benchmark_model(nn.Linear(4, 4), (4,), threads=0, warmup=1, repeats=1)
+
+
+def test_cpu_peak_memory_counts_live_tensors_whatever_ran_before():
+    from vitspeed.timing import forward_peak_memory
+
+    cpu = torch.device("cpu")
+    x = torch.randn(512, 1024)  # 2 MiB, allocated before the call: not counted
+
+    def two_alive():
+        a = x * 2  # 2 MiB
+        b = a + 1  # 2 MiB more while a is alive
+        del a
+        return b.sum()
+
+    def one_at_a_time():
+        return (x * 2).sum() + (x + 1).sum()
+
+    out, both, method = forward_peak_memory(two_alive, cpu)
+    assert method == "cpu_tensor_peak" and float(out) == pytest.approx(float((x * 2 + 1).sum()), rel=1e-4)
+    assert 4.0 <= both < 4.1  # two 2 MiB buffers alive at once, plus the scalars
+    _, single, _ = forward_peak_memory(one_at_a_time, cpu)
+    assert 2.0 <= single < 2.1
+    big = torch.empty(64 * 2**20, dtype=torch.uint8)  # the heap grows and keeps this once freed
+    del big
+    assert forward_peak_memory(two_alive, cpu)[1] == pytest.approx(both)

@@ -34,11 +34,20 @@ python=${PYTHON:-python3}
 
 site=/tmp/vitspeed-site
 if compgen -G "$repo/.whl/*.whl" >/dev/null; then
+  rm -rf "$site"  # a fresh target: pip --target keeps an older version's metadata beside the new one
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
       "$repo"/.whl/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+elif ! "$python" -c "import papermill, nbformat, timm, fvcore, sympy" 2>/dev/null; then
+  echo "gpu_run.sh: no wheels in $repo/.whl and this python lacks papermill/timm/fvcore/sympy;" \
+       "run tools/gpu_wheels.sh where the package index is reachable and bring .whl/ along" >&2
+  exit 2
 fi
-export PYTHONPATH="$repo/src:${PYTHONPATH:-}"
+export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
+# Jupyter, IPython and matplotlib write state under $HOME, which a bare machine may not let us write
+scratch=/tmp/vitspeed-home
+mkdir -p "$scratch"
+export JUPYTER_RUNTIME_DIR="$scratch/jupyter-runtime" IPYTHONDIR="$scratch/ipython" MPLCONFIGDIR="$scratch/mpl"
 export VITSPEED_RESULTS_DIR="$out/data" PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_DISABLE=1
 
 if [ "${VITSPEED_ALLOW_CPU:-0}" != 1 ]; then

@@ -134,7 +134,7 @@ def _cmd_flops(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype
+    from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, strict_fp32
     from vitspeed.timing import benchmark_model
 
     device = resolve_device(args.device)
@@ -145,12 +145,14 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     row = benchmark_model(model, (3, args.img_size, args.img_size), device=str(device), dtype=args.dtype,
                           batch_size=args.batch_size, threads=args.threads, warmup=args.warmup,
                           repeats=args.repeats, cuda_graph=args.cuda_graph)
+    with strict_fp32():  # the flags the timing ran under (benchmark_model times inside strict_fp32)
+        env = environment_record(str(device), args.dtype, args.threads)
     result = {"model": args.model, "attention": args.attention, "ffn": args.ffn, "img_size": args.img_size,
-              **row, "environment": environment_record(str(device), args.dtype, args.threads)}
+              **row, "environment": env}
     if not args.json:
         print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}, {args.dtype} on {device}: "
               f"median {row['median_ms']:.3f} ms (IQR {row['iqr_ms']:.3f} ms, n={row['n']}), "
-              f"{row['throughput']:.1f} img/s, peak memory {row.get('peak_mem_mb', float('nan')):.1f} MB")
+              f"{row['throughput']:.1f} img/s, peak memory {row.get('peak_mem_mb', float('nan')):.1f} MiB")
     return result
 
 

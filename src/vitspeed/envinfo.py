@@ -245,6 +245,8 @@ def environment_record(device: str = "cpu", dtype: str = "float32", threads: int
         record["gpu_name"] = props.name
         record["gpu_memory_gb"] = round(props.total_memory / 2**30, 2)
         record["gpu_capability"] = f"{props.major}.{props.minor}"
+        l2 = getattr(props, "L2_cache_size", None)  # bytes; older torch builds do not expose it
+        record["gpu_l2_mb"] = round(l2 / 1e6, 1) if l2 else None
         record.update(_nvidia_smi(dev.index or 0))
     return record
 

@@ -280,14 +280,20 @@ def read_results(chapter: str, roots: Sequence[str | os.PathLike] | None = None,
     """All rows of a chapter, every run of every machine, with added columns ``hardware`` and ``run_id``.
 
     ``latest_only`` keeps, per hardware, only the newest run: latest environment-record date, ties
-    broken by the greater run id.  Returns an empty frame (columns hardware, run_id) when there is none.
+    broken by the greater run id; a setup check (run id ending in ``smoke``, the smoke presets' tiny
+    sizes) is kept only where the hardware has no other run, so checking a setup again after a real
+    run does not replace its results.  Returns an empty frame (columns hardware, run_id) when there is
+    none.
     """
     runs = list_runs(chapter, roots)
     if latest_only:
+        def rank(run: dict[str, Any]) -> tuple[bool, str, str]:
+            return (not str(run["run_id"]).endswith("smoke"), run["date"], run["run_id"])
+
         newest: dict[str, dict[str, Any]] = {}
         for run in runs:
             best = newest.get(run["hardware"])
-            if best is None or (run["date"], run["run_id"]) > (best["date"], best["run_id"]):
+            if best is None or rank(run) > rank(best):
                 newest[run["hardware"]] = run
         runs = list(newest.values())
     frames = []

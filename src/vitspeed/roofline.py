@@ -18,7 +18,7 @@ A core measured at median latency t, doing F = 2 x MACs + elementwise FLOPs and 
 
 Caveats the book states with the figure: the matmul peak is the tensor-core roof, which elementwise
 work (exp, division) cannot reach; B counts every operator's inputs and outputs, so data that stays
-in cache (the H200 has 60 MB of L2) makes B an upper bound on DRAM traffic and the verdict
+in cache (the H200 has 50 MB of L2; the environment record gives the card's own size) makes B an upper bound on DRAM traffic and the verdict
 conservative (a core called memory-bound here may be less so).
 Units: FLOP/s and bytes/s (rows), ms (latencies).
 """
@@ -31,12 +31,29 @@ import pandas as pd
 import torch
 
 from vitspeed.envinfo import resolve_device, resolve_dtype, tf32_state
-from vitspeed.timing import measure
+from vitspeed.timing import empty_cuda_cache, measure
 
-__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY"]
+__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY",
+           "TF32", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
 
 MATMUL = "matmul"
 COPY = "copy"
+#: The pseudo-dtype of a float32 ceiling measured with TF32 tensor-core products allowed: the roof of
+#: float32 work that runs on the tensor cores whatever ``allow_tf32`` says (see
+#: :data:`TENSOR_CORE_FP32_BACKENDS`).
+TF32 = "tfloat32"
+#: SDPA kernels that compute float32 attention on the tensor cores on a CUDA device of compute
+#: capability 8.0 and up regardless of the TF32 flags: the memory-efficient (CUTLASS) kernel uses
+#: three TF32 products per float32 product (near-float32 accuracy, about a third of the TF32 rate).
+TENSOR_CORE_FP32_BACKENDS = frozenset({"mem_efficient"})
+
+
+def roof_compute_dtype(device: str, dtype: str, product_dtype: str | None, sdpa_backend: str | None) -> str | None:
+    """The dtype whose matmul ceiling is a core's compute roof: :data:`TF32` for float32 SDPA on CUDA in a
+    kernel of :data:`TENSOR_CORE_FP32_BACKENDS`, else the dtype its matrix products ran in."""
+    if device == "cuda" and dtype == "float32" and sdpa_backend in TENSOR_CORE_FP32_BACKENDS:
+        return TF32
+    return product_dtype
 
 
 def default_sizes(device: str) -> tuple[int, int]:
@@ -53,7 +70,9 @@ def measure_ceilings(device: str = "cpu", dtype: str = "float32", matmul_size: i
     Rows: level='ceiling', attention ('matmul' | 'copy'), label, device, dtype, threads, tf32,
     size (matmul side n, or bytes copied one way), median_ms / iqr_ms / n, flops (matmul: 2 n^3)
     or bytes_moved (copy: 2 x size), flops_per_s or bytes_per_s (at the median), status='ok'.
-    The two are timed interleaved, with warm-up (see :func:`vitspeed.timing.measure`).
+    The two are timed interleaved, with warm-up (see :func:`vitspeed.timing.measure`). On CUDA in
+    float32 a third row, a matmul with TF32 allowed (dtype :data:`TF32`), is the roof of the SDPA
+    kernels that use the tensor cores for float32 anyway.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
@@ -69,8 +88,17 @@ def measure_ceilings(device: str = "cpu", dtype: str = "float32", matmul_size: i
     elems = max(1, nbytes // torch.empty((), dtype=dt).element_size())
     src = torch.ones(elems, device=dev, dtype=dt)
     dst = torch.empty_like(src)
-    timings = measure({MATMUL: lambda: torch.mm(a, b, out=c), COPY: lambda: dst.copy_(src)},
-                      device=str(dev), warmup=warmup, repeats=repeats)
+    fns = {MATMUL: lambda: torch.mm(a, b, out=c), COPY: lambda: dst.copy_(src)}
+    if dev.type == "cuda" and dt == torch.float32:
+        def mm_tf32() -> None:  # the same product with TF32 tensor-core math, for TENSOR_CORE_FP32_BACKENDS
+            before = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                torch.mm(a, b, out=c)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = before
+        fns[TF32] = mm_tf32
+    timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
     tf32 = tf32_state(dev, dt)
     base = {"level": "ceiling", "family": "ceiling", "device": dev.type, "dtype": dtype,
             "threads": torch.get_num_threads(), "tf32": tf32, "status": "ok"}
@@ -79,15 +107,17 @@ def measure_ceilings(device: str = "cpu", dtype: str = "float32", matmul_size: i
         r = t.row()
         row = {**base, "label": name, "attention": name, "median_ms": r["median_ms"], "iqr_ms": r["iqr_ms"],
                "n": r["n"]}
-        if name == MATMUL:
+        if name == TF32:  # a matmul ceiling of its own pseudo-dtype, so roofline() can pick it by compute dtype
+            row.update(label="matmul (TF32)", attention=MATMUL, dtype=TF32, tf32=True)
+        if name in (MATMUL, TF32):
             row.update(size=n, flops=2.0 * n ** 3, flops_per_s=2.0 * n ** 3 / t.median_s)
         else:
             moved = 2.0 * elems * src.element_size()
             row.update(size=elems * src.element_size(), bytes_moved=moved, bytes_per_s=moved / t.median_s)
         rows.append(row)
-    del a, b, c, src, dst
+    del a, b, c, src, dst, fns
     if dev.type == "cuda":
-        torch.cuda.empty_cache()
+        empty_cuda_cache()
     return rows
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_fp32, tf32_state
 
-__all__ = ["Timing", "measure", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
+__all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
            "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable", "L2_FLUSH_BYTES",
            "usable_cpus", "set_threads"]
 
@@ -143,7 +143,8 @@ def _calibrate(fn: Callable[[], Any], dev: torch.device, min_sample_s: float) ->
     return _MAX_INNER
 
 
-#: bytes overwritten before each CUDA sample to evict the L2 cache (several times an H200's 60 MB)
+#: bytes overwritten before each CUDA sample to evict the L2 cache (several times the 50 MB of an
+#: H100/H200; the environment record states the card's own size as ``gpu_l2_mb``)
 L2_FLUSH_BYTES = 256 * 2**20
 
 
@@ -162,7 +163,7 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.
     Callables should not allocate their inputs: everything they do is timed. ``flush_cache`` (default:
     on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so that no
-    sample finds the previous one's inputs and weights in the GPU's L2 cache (60 MB on an H200 holds a
+    sample finds the previous one's inputs and weights in the GPU's L2 cache (50 MB on an H200 holds a
     bfloat16 DeiT-S); the device is idle again before the sample starts.
     """
     if not fns:
@@ -352,17 +353,47 @@ class _RssSampler:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, float | None, str]:
-    """Run ``fn`` once (twice on CUDA); return (output, peak memory increase in MB, method).
+def _cpu_tensor_peak(fn: Callable[[], Any]) -> tuple[Any, int | None]:
+    """Run ``fn`` once under the profiler's memory tracking; return (output, peak bytes).
 
-    CUDA: ``max_memory_allocated`` during a second call minus ``memory_allocated`` before it (tensors
-    allocated by the caching allocator; activations and per-call workspaces, not the weights already
+    The peak is the highest running sum, in time order, of the sizes of the CPU tensor allocations
+    (positive) and frees (negative) PyTorch's allocator reports during the call: the CPU counterpart
+    of ``max_memory_allocated - memory_allocated``, independent of what the C heap kept from earlier
+    work. ``None`` where the profiler gives no allocation records.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Pp]rofiler.*")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = fn()
+    try:
+        records = sorted((ev.start_ns(), ev.nbytes()) for ev in prof.profiler.kineto_results.events()
+                         if ev.name() == "[memory]")
+    except AttributeError:  # a profiler without kineto's raw events
+        return out, None
+    if not records:
+        return out, None
+    level = peak = 0
+    for _, nbytes in records:
+        level += nbytes
+        peak = max(peak, level)
+    return out, peak
+
+
+def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, float | None, str]:
+    """Run ``fn`` once (twice on CUDA); return (output, peak memory increase in MiB, method).
+
+    Both devices count tensor memory, not pages, so variants compare regardless of what ran before.
+    CUDA (``cuda_max_allocated``): ``max_memory_allocated`` during a second call minus
+    ``memory_allocated`` before it (activations and per-call workspaces, not the weights already
     there, nor the library workspaces the first call allocates once per process).
-    CPU: rise of the process's peak resident set size (VmHWM, reset just before) over the RSS before
-    the call; where VmHWM cannot be reset, RSS sampled every 1 ms by a thread (can miss short peaks).
-    CPU figures come from the first forward of the model, after the C heap's free memory was given
-    back to the OS (``malloc_trim``), so memory the allocator kept from earlier work does not hide
-    the rise; still an indication (the resident set counts pages, not tensors).
+    CPU (``cpu_tensor_peak``): the highest level, above the level before the call, of the bytes held
+    by tensors PyTorch's allocator handed out during the call (its allocation and free records under
+    ``torch.profiler``); memory a library allocates on its own (oneDNN's weight caches) is not seen.
+    Where the profiler gives no records, the rise of the process's peak resident set (``rss_hwm``,
+    VmHWM reset just before, after ``malloc_trim``) or of its sampled RSS (``rss_sampled``): those
+    count pages and depend on what the C heap kept, an indication only.
     """
     if dev.type == "cuda":
         with torch.inference_mode():
@@ -374,6 +405,10 @@ def forward_peak_memory(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, 
             out = fn()
         torch.cuda.synchronize(dev)
         return out, (torch.cuda.max_memory_allocated(dev) - before) / 2**20, "cuda_max_allocated"
+    with torch.inference_mode():
+        out, peak_bytes = _cpu_tensor_peak(fn)
+    if peak_bytes is not None:
+        return out, peak_bytes / 2**20, "cpu_tensor_peak"
     import psutil
     proc = psutil.Process()
     gc.collect()
@@ -512,10 +547,25 @@ def is_oom_error(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+#: Set (to a note of what failed) after a CUDA-graph capture failed: with torch 2.11 a capture that
+#: fails in capture_end can leave the caching allocator believing a capture is under way, and
+#: ``torch.cuda.empty_cache`` then raises an internal assert. Every caller empties the cache through
+#: :func:`empty_cuda_cache`, which does nothing once this is set.
+GRAPHS_DISABLED: list[str] = []
+
+
+def empty_cuda_cache() -> bool:
+    """``torch.cuda.empty_cache()`` unless a failed CUDA-graph capture may have left the allocator
+    mid-capture (:data:`GRAPHS_DISABLED`); returns whether the cache was emptied."""
+    if GRAPHS_DISABLED or not torch.cuda.is_available():
+        return False
+    torch.cuda.empty_cache()
+    return True
+
+
 def _free_memory() -> None:
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    empty_cuda_cache()
 
 
 DEADLINE_ENV = "VITSPEED_DEADLINE"

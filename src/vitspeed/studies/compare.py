@@ -20,8 +20,10 @@ from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, 
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter, read_csv
-from vitspeed.timing import (check_output, cuda_graph_callable, deadline_from_env, forward_peak_memory, is_oom_error,
-                             measure, sweep)
+from vitspeed import timing as _timing
+from vitspeed.timing import (check_output, cuda_graph_callable, deadline_from_env, empty_cuda_cache,
+                             forward_peak_memory, is_oom_error, measure, sweep)
+from vitspeed.roofline import roof_compute_dtype
 from vitspeed.traffic import sdpa_backend, trace_traffic
 
 __all__ = ["Candidate", "compare_models", "compare_models_finite", "compare_cores", "compare_cores_finite",
@@ -75,7 +77,8 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
         if traffic:
             moved = trace_traffic(fn)
             extra["bytes_moved"] = moved.total
-            extra["compute_dtype"] = moved.product_dtype
+            extra["compute_dtype"] = roof_compute_dtype(dev.type, base.get("dtype", ""), moved.product_dtype,
+                                                        extra["sdpa_backend"])
     except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
         if not is_oom_error(err):
             raise
@@ -115,10 +118,10 @@ def _tagged(label: str, fn):
     return call
 
 
-# set after a CUDA-graph capture failed: with torch 2.11 a capture that fails in capture_end can leave
-# the caching allocator believing a capture is under way, and empty_cache (which every new capture
-# calls) then raises; the eager timings stand for the rest of the process
-_GRAPHS_DISABLED: list[str] = []
+#: Graph replay removes launch overhead, which matters only for short calls: a candidate whose eager
+#: median exceeds this (ms) is not captured (its eager time is kept; ``graph_error`` says why). This
+#: also keeps large-N groups from holding several N x N graph pools at once.
+GRAPH_MAX_MS = 5.0
 
 
 def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: int, items_per_call: int,
@@ -140,7 +143,7 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
             del fns[err.label]
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-                torch.cuda.empty_cache()
+                empty_cuda_cache()
     else:
         return
     for label, t in timings.items():
@@ -149,13 +152,20 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
                            p90_ms=r["p90_ms"], n=r["n"], throughput=items_per_call / t.median_s, status="ok")
     if not graphs:
         return
-    if _GRAPHS_DISABLED:
+    if _timing.GRAPHS_DISABLED:
         for label in fns:
-            rows[label]["graph_error"] = f"not captured: an earlier capture failed ({_GRAPHS_DISABLED[0]})"
+            rows[label]["graph_error"] = f"not captured: an earlier capture failed ({_timing.GRAPHS_DISABLED[0]})"
         return
     replays = {}
-    torch.cuda.empty_cache()  # hand the eager runs' cached blocks back: each graph keeps its own pool
+    empty_cuda_cache()  # hand the eager runs' cached blocks back: each graph keeps its own pool
+    short = {}
     for label, fn in fns.items():
+        if rows[label]["median_ms"] > GRAPH_MAX_MS:
+            rows[label]["graph_error"] = (f"not captured: {rows[label]['median_ms']:.1f} ms eager, launch overhead "
+                                          f"negligible above {GRAPH_MAX_MS:g} ms")
+        else:
+            short[label] = fn
+    for label, fn in short.items():
         try:
             replays[label], _ = cuda_graph_callable(fn, dev)
         except RuntimeError as err:  # an op that syncs with the host cannot be captured; nor can a
@@ -164,21 +174,20 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
             rows[label]["graph_error"] = message
             torch.cuda.synchronize(dev)
             if not is_oom_error(err):  # the allocator may be left mid-capture: no empty_cache, no more captures
-                _GRAPHS_DISABLED.append(f"{label}: {message}")
+                _timing.GRAPHS_DISABLED.append(f"{label}: {message}")
                 warnings.warn(f"CUDA-graph capture of {label} failed ({message}); graph replay is off for the "
                               "rest of this process, eager timings are kept", RuntimeWarning, stacklevel=2)
                 break
-            torch.cuda.empty_cache()
+            empty_cuda_cache()
     if replays:
         for label, t in measure(replays, device=str(dev), warmup=warmup, repeats=repeats).items():
             rows[label].update(graph_median_ms=t.median_s * 1e3, graph_iqr_ms=t.iqr_s * 1e3)
     for label in fns:
         if label not in replays and "graph_error" not in rows[label]:
-            rows[label]["graph_error"] = f"not captured: an earlier capture failed ({_GRAPHS_DISABLED[0]})"
+            rows[label]["graph_error"] = f"not captured: an earlier capture failed ({_timing.GRAPHS_DISABLED[0]})"
     del replays
     torch.cuda.synchronize(dev)
-    if not _GRAPHS_DISABLED:
-        torch.cuda.empty_cache()
+    empty_cuda_cache()
 
 
 def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_size: int = 1,

@@ -266,7 +266,10 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     softmax (the reference) was measured; a kernel missing at the largest (out of memory) is left out
     of the counts there and named in ``missing_sentence``. Ratios are softmax time / kernel time (> 1: the
     kernel is faster), said the way round that is at least 1 with a word (``*_word``: faster/slower).
-    Keys: n_lo, n_hi, n_kernels, n_faster_lo, n_faster_hi, fastest_hi, fastest_hi_ratio,
+    A kernel counts as faster (``n_faster_*``) only when the difference exceeds the two medians' spread
+    (:func:`vitspeed.studies.wording.noise`); ``n_tied_*`` counts those within it (with no IQRs in
+    ``rows``, every difference is within the spread).
+    Keys: n_lo, n_hi, n_kernels, n_faster_lo, n_tied_lo, n_faster_hi, n_tied_hi, fastest_hi, fastest_hi_ratio,
     fastest_hi_word, relu_hi_ratio, relu_hi_word, relu_macs_hi, relu_gain_word, relu_crossing,
     explicit_hi_ratio, explicit_sentence, focused_hi_ratio, focused_hi_word, missing_sentence.
     """
@@ -275,9 +278,26 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     measured = [k for k in KERNELS if k in ms.columns]
     kernels_hi = [k for k in measured if k in hi.index]
     kernels_lo = [k for k in measured if k in lo.index]
-    out: dict[str, Any] = {"n_lo": n_lo, "n_hi": n_hi, "n_kernels": len(measured),
-                           "n_faster_lo": int((lo[kernels_lo] < lo["softmax"]).sum()),
-                           "n_faster_hi": int((hi[kernels_hi] < hi["softmax"]).sum())}
+    ok = rows[(rows.kind == "core") & (rows.dtype == dtype) & (rows.status.fillna("ok") == "ok")]
+    iqr = (ok.assign(tokens=ok.tokens.astype(int))
+           .pivot_table(index="tokens", columns="label", values="iqr_ms", aggfunc="median")
+           if "iqr_ms" in ok else ms * math.nan)
+
+    def faster_and_tied(n: int, kernels: list[str]) -> tuple[int, int]:
+        """(kernels faster than fused softmax beyond the two medians' spread, kernels within it) at n."""
+        ref = {"median_ms": ms.loc[n, "softmax"], "iqr_ms": iqr.loc[n].get("softmax", math.nan)}
+        faster = tied = 0
+        for k in kernels:
+            row = {"median_ms": ms.loc[n, k], "iqr_ms": iqr.loc[n].get(k, math.nan)}
+            if not beyond_spread(ref["median_ms"] / row["median_ms"], rows_noise(row, ref)):
+                tied += 1
+            elif row["median_ms"] < ref["median_ms"]:
+                faster += 1
+        return faster, tied
+
+    (f_lo, t_lo), (f_hi, t_hi) = faster_and_tied(n_lo, kernels_lo), faster_and_tied(n_hi, kernels_hi)
+    out: dict[str, Any] = {"n_lo": n_lo, "n_hi": n_hi, "n_kernels": len(measured), "n_faster_lo": f_lo,
+                           "n_tied_lo": t_lo, "n_faster_hi": f_hi, "n_tied_hi": t_hi}
     missing = [k for k in measured if k not in kernels_hi]
     out["missing_sentence"] = (f"Not measured at N = {n_hi} for lack of memory: {', '.join(missing)}." if missing
                                else f"Every kernel ran at N = {n_hi}.")
@@ -313,3 +333,29 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     focused = ratio_of(hi, "softmax", "focused")
     out.update(focused_hi_ratio=_times(focused), focused_hi_word=_word(focused))
     return out
+
+
+def model_verdicts(rows: pd.DataFrame, model: str, img_size: int, dtype: str) -> str:
+    """One sentence on the whole-model rows (``kind == 'model'``) of ``model`` at ``img_size`` px in
+    ``dtype``: which variants are faster or slower than the same model with fused softmax beyond the
+    two medians' spread (with the ratio of medians), and how many are within it."""
+    m = rows[(rows.kind == "model") & (rows.model == model) & (rows.dtype == dtype)
+             & (rows.status.fillna("ok") == "ok")]
+    m = m[m.img_size.astype(int) == int(img_size)]
+    m = m.drop_duplicates("label", keep="last").set_index("label")
+    if "softmax" not in m.index:
+        return f"{model} at {img_size} px was not measured with fused softmax in {dtype}."
+    ref = m.loc["softmax"]
+    faster, slower, within = [], [], 0
+    for label in (k for k in m.index if k != "softmax"):
+        speed = float(ref["median_ms"] / m.loc[label, "median_ms"])
+        if not beyond_spread(speed, rows_noise(m.loc[label], ref)):
+            within += 1
+        elif speed > 1:
+            faster.append(f"{label} ({_times(speed)} times)")
+        else:
+            slower.append(f"{label} ({_times(speed)} times)")
+    parts = [f"faster: {', '.join(faster)}" if faster else "none faster",
+             f"slower: {', '.join(slower)}" if slower else "none slower"]
+    return (f"{model} at {img_size} px against fused softmax, beyond the spread: {'; '.join(parts)}; "
+            f"{within} of {len(m) - 1} within the spread")

@@ -43,7 +43,8 @@ from vitspeed.studies.wording import beyond_spread, noise, sig
 __all__ = ["REFERENCE", "BACKBONE", "resolve_variants", "model_tokens", "core_group", "model_group",
            "run_scaling", "crossover_point", "crossovers", "crossover_label", "predicted_crossovers",
            "latency_ratios", "reference_latency", "SOFTMAX_FORMS",
-           "ALLOCATOR_VARIANTS", "allocator_effect", "allocator_finding"]
+           "ALLOCATOR_VARIANTS", "allocator_effect", "allocator_finding", "level_comparison", "gemm_shapes",
+           "gemm_shape_table", "gemm_shape_finding"]
 
 CHAPTER = "scaling"
 REFERENCE = "softmax"  # fused SDPA, the fastest honest softmax baseline
@@ -135,6 +136,85 @@ def model_group(variants: Sequence[str], img_size: int, batch_size: int = 1, dev
     return rows
 
 
+def gemm_shapes(img_sizes: Iterable[int], device: str = "cpu", dtype: str = "float32", model: str = BACKBONE,
+                warmup: int = 3, repeats: int = 10) -> list[dict[str, Any]]:
+    """The backbone's first FFN product (tokens x C by C x 4C) at each image size's token count n and at
+    n - 1, timed interleaved: does the matrix library run the model's shapes (patches plus a class
+    token: an odd n) as fast as its neighbours? Rows: level='gemm', attention='fc1', label 'M=<rows>',
+    tokens (M), img_size, device, dtype, threads, median_ms / iqr_ms / n, flops (2 M C 4C),
+    flops_per_s (at the median), status='ok'."""
+    import timm
+    import torch
+    import torch.nn.functional as Fn
+
+    from vitspeed.envinfo import resolve_dtype
+    from vitspeed.timing import measure
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev.type)
+    fc1 = timm.create_model(model, pretrained=False).blocks[0].mlp.fc1
+    c_in, c_out = fc1.in_features, fc1.out_features
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(c_out, c_in, generator=g).to(dev, dt)
+    b = torch.randn(c_out, generator=g).to(dev, dt)
+    sizes = {}
+    for s in img_sizes:
+        n = model_tokens(int(s))
+        for m in (n - 1, n):
+            sizes.setdefault(m, int(s))
+    xs = {m: torch.randn(1, m, c_in, generator=g).to(dev, dt) for m in sizes}
+    fns = {f"M={m}": (lambda x=xs[m]: Fn.linear(x, w, b)) for m in sizes}
+    timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+    rows = []
+    for m, s in sizes.items():
+        r = timings[f"M={m}"].row()
+        flops = 2.0 * m * c_in * c_out
+        rows.append({"level": "gemm", "family": "gemm", "attention": "fc1", "label": f"M={m}", "size": m,
+                     "model_img_size": s, "device": dev.type, "dtype": dtype, "threads": torch.get_num_threads(),
+                     "median_ms": r["median_ms"], "iqr_ms": r["iqr_ms"], "n": r["n"], "flops": flops,
+                     "flops_per_s": flops / (r["median_ms"] / 1e3), "status": "ok"})
+    return rows
+
+
+def gemm_shape_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per hardware, dtype and image size: the FFN product's rate (GFLOP/s) at the model's token count n
+    and at n - 1, their ratio (``rate_ratio`` < 1: the model's own shape runs slower) and
+    ``beyond_spread`` (the ratio of the two medians per row exceeds their spread)."""
+    g = results[(results.level == "gemm") & (results.status.fillna("ok") == "ok")]
+    out = []
+    for (hw, dt, s), grp in g.groupby(["hardware", "dtype", "model_img_size"]):
+        grp = grp.set_index("size").sort_index()
+        if len(grp) < 2:
+            continue
+        lo, hi = grp.iloc[0], grp.iloc[-1]  # n - 1, n
+        rate = hi.flops_per_s / lo.flops_per_s
+        per_row = (hi.median_ms / hi.flops) / (lo.median_ms / lo.flops)
+        out.append({"hardware": hw, "dtype": dt, "img_size": int(s), "tokens": int(grp.index[-1]),
+                    "gflops_at_n": hi.flops_per_s / 1e9, "gflops_at_n_minus_1": lo.flops_per_s / 1e9,
+                    "rate_ratio": rate,
+                    "beyond_spread": beyond_spread(per_row, noise(hi.median_ms, hi.iqr_ms, lo.median_ms, lo.iqr_ms))})
+    return pd.DataFrame(out)
+
+
+def gemm_shape_finding(table: pd.DataFrame, hardware: str, threshold: float = 0.9) -> str:
+    """One sentence from :func:`gemm_shape_table` for ``hardware``: the (dtype, image size) points where the
+    model's own token count runs its FFN product at less than ``threshold`` of the rate one token
+    fewer gets, beyond the spread, or that there are none."""
+    t = table[table.hardware == hardware]
+    if t.empty:
+        return "The matrix-product shapes were not measured on this hardware."
+    slow = t[(t.rate_ratio < threshold) & t.beyond_spread]
+    if slow.empty:
+        return (f"At every measured image size and precision the FFN's product runs at the model's token count "
+                f"within {100 * (1 - threshold):.0f}% of the rate one token fewer gets (lowest: "
+                f"{100 * t.rate_ratio.min():.0f}%).")
+    parts = [f"{r.dtype} at {r.img_size} px ({r.tokens} tokens: {100 * r.rate_ratio:.0f}% of the rate at "
+             f"{r.tokens - 1})" for r in slow.itertuples()]
+    return ("The model's own token count (the patches plus a class token) is a slow shape for the matrix library "
+            f"in {'; '.join(parts)}: there the whole model runs slower than its MACs suggest, beside every other "
+            "size, whatever its attention.")
+
+
 def _check_square(tokens: Iterable[int], variants: Sequence[str]) -> None:
     if "focused" not in variants:
         return
@@ -152,7 +232,7 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
                 caps: dict[str, int] | None = None, run_id: str | None = None,
                 model: str = BACKBONE, ceilings: bool = True,
                 ceiling_sizes: tuple[int, int] | None = None, allocator_tokens: int | None = None,
-                allocator_variants: Sequence[str] = ALLOCATOR_VARIANTS) -> pd.DataFrame:
+                allocator_variants: Sequence[str] = ALLOCATOR_VARIANTS, gemm: bool = True) -> pd.DataFrame:
     """Sweep both levels into data/scaling as ONE run (one file per hardware): this run's rows.
 
     Core level: ``core_tokens`` x dtypes at ``core_batch_size``. Model level: ``img_sizes`` at
@@ -180,6 +260,8 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
     for dt in dtypes:
         if ceilings:
             configs.append({"level": "ceiling", "tokens": None, "img_size": None, "batch_size": None, "dtype": dt})
+        if gemm:
+            configs.append({"level": "gemm", "tokens": None, "img_size": None, "batch_size": None, "dtype": dt})
         configs += [{"level": "core", "tokens": n, "img_size": None, "batch_size": core_batch_size, "dtype": dt}
                     for n in core_tokens]
         points = [(s, model_batch_size) for s in img_sizes]
@@ -197,6 +279,9 @@ def run_scaling(core_variants: str | Iterable[str] = "all", core_tokens: Iterabl
             n, nbytes = ceiling_sizes or (None, None)
             return measure_ceilings(device, cfg["dtype"], matmul_size=n, copy_bytes=nbytes, warmup=warmup,
                                     repeats=repeats)
+        if cfg["level"] == "gemm":
+            return gemm_shapes(img_sizes, device=device, dtype=cfg["dtype"], model=model, warmup=warmup,
+                               repeats=repeats)
         if cfg["level"] == "allocator":
             rows = allocator_comparison(alloc_vs, cfg["tokens"], cfg["dtype"], head_dim=head_dim, heads=heads,
                                         warmup=warmup, repeats=repeats, settings=(cfg["allocator"],))
@@ -451,3 +536,40 @@ def allocator_finding(results: pd.DataFrame, dtype: str, current: str | None = N
             + ". With the defaults every large tensor is mapped, page-faulted and unmapped on each call, and "
               f"the explicit form's N x N map pays it most. The other rows of this run used the {current} "
               "setting" + (" (the cpu preset's)." if current == KEPT_LABEL else "."))
+
+
+def level_comparison(core: pd.DataFrame, model: pd.DataFrame) -> str:
+    """Whether the whole model's crossovers (``model``: :func:`crossovers` at level 'model') come at the
+    core-level ones (``core``) or not, as one sentence. Only variants placed at both levels count: an
+    interpolated crossover, or a "faster by N" bound (taken as N; the true crossover is at or below
+    it). Token counts within 25% of each other count as the same place, since neither level samples
+    N finely; the sentence names each variant that differs, with both values."""
+    placed = {CROSSES, FASTER_BY}
+
+    def where(df: pd.DataFrame) -> dict[str, tuple[float, str]]:
+        ok = df[df.status.isin(placed)]
+        return {r.attention: (float(r.crossover_tokens), crossover_label(r.status, r.crossover_tokens))
+                for r in ok.itertuples()}
+
+    c, m = where(core), where(model)
+    both = [v for v in c if v in m]
+    if not both:
+        return "No variant's crossover is placed at both levels in this run, so the two cannot be compared."
+    earlier, later, same = [], [], []
+    for v in both:
+        (nc, lc), (nm, lm) = c[v], m[v]
+        text = f"{v} ({lm} in the model, {lc} as a core)"
+        if nm < nc / 1.25:
+            earlier.append(text)
+        elif nm > nc * 1.25:
+            later.append(text)
+        else:
+            same.append(v)
+    parts = []
+    if earlier:
+        parts.append(f"earlier in the whole model than as a core: {', '.join(earlier)}")
+    if later:
+        parts.append(f"later in the whole model: {', '.join(later)}")
+    head = (f"Of the {len(both)} variants whose crossover is placed at both levels, {len(same)} cross at about the "
+            f"same token count")
+    return head + ("; " + "; ".join(parts) if parts else "") + "."

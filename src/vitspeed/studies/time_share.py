@@ -20,7 +20,7 @@ from vitspeed.flops import count_flops
 from vitspeed.models import create_model
 from vitspeed.timing import check_output, measure
 
-__all__ = ["record_component_inputs", "time_share", "run_time_share"]
+__all__ = ["record_component_inputs", "time_share", "run_time_share", "with_spread", "share_gaps"]
 
 Call = tuple[nn.Module, tuple, dict]
 
@@ -131,3 +131,27 @@ def run_time_share(models: Iterable[str], img_sizes: Iterable[int], device: str 
 
     return run_sweep("time_share", configs, run_one, key_fields=("model", "img_size", "dtype"),
                      device=device, dtypes=dtypes, run_id=run_id)
+
+
+_KEYS = ["dtype", "model", "img_size"]
+
+
+def with_spread(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` with ``spread_ms``: the IQR of attention and FFN (ms), and for *rest* (whole minus
+    the two parts, not timed on its own) the three IQRs added in quadrature, as for a difference of
+    independent measurements. ``spread_pct`` is the spread as a share of the whole, in percent."""
+    keys = [k for k in ["hardware", *_KEYS] if k in results.columns]
+    out = results.copy()
+    parts = out[out.component != "rest"].groupby(keys).iqr_ms.apply(lambda s: float((s ** 2).sum()))
+    part_var = pd.Series(out.set_index(keys).index.map(parts), index=out.index, dtype=float)
+    rest_spread = (part_var + out.total_iqr_ms.astype(float) ** 2) ** 0.5
+    out["spread_ms"] = out.iqr_ms.where(out.component != "rest", rest_spread)
+    out["spread_pct"] = 100 * out.spread_ms / out.total_ms
+    return out
+
+
+def share_gaps(results: pd.DataFrame) -> pd.DataFrame:
+    """Per component: the largest and the mean absolute gap between time share and MACs share, in
+    percentage points, over every model, size and dtype in ``results``."""
+    gap = (100 * (results.time_share - results.macs_share)).abs()
+    return gap.groupby(results.component).agg(max_pp="max", mean_pp="mean")
