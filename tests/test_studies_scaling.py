@@ -263,8 +263,13 @@ def test_level_comparison_says_where_model_and_core_crossovers_differ():
                    ("linear_mean", 110.0, S.CROSSES), ("focused", 300.0, S.CROSSES)])
     text = S.level_comparison(core, model)
     assert text.startswith("Of the 3 variants whose crossover is placed at both levels, 1 cross at about the same")
-    assert "earlier in the whole model than as a core: taylor2_compact (262 in the model, by 1024 as a core)" in text
     assert "later in the whole model: linear_relu (250 in the model, 130 as a core)" in text
+    # a core bound (at or below 1024) above the model's 262 cannot order the two
+    assert "1 cannot be ordered, a bound at the measured sizes being too coarse (taylor2_compact)" in text
+    model2 = table([("linear_relu", 577.0, S.FASTER_BY), ("linear_mean", 60.0, S.FASTER_BY)])
+    text2 = S.level_comparison(core, model2)  # by 577 vs 130: unordered; by 60 vs 100: clearly earlier
+    assert "earlier in the whole model than as a core: linear_mean (by 60 in the model, 100 as a core)" in text2
+    assert "1 cannot be ordered" in text2 and "(linear_relu)" in text2
     assert "focused" not in text  # not placed at the core level
     assert S.level_comparison(core.iloc[3:], model).startswith("No variant's crossover is placed at both levels")
 
@@ -286,5 +291,6 @@ def test_gemm_shape_finding_names_slow_shapes_beyond_the_spread():
         {"hardware": "hw", "dtype": "float32", "img_size": 384, "tokens": 577, "rate_ratio": 0.98, "beyond_spread": False}])
     text = S.gemm_shape_finding(table, "hw")
     assert "bfloat16 at 384 px (577 tokens: 75% of the rate at 576)" in text and "1025" not in text
-    assert S.gemm_shape_finding(table[table.dtype == "float32"], "hw").startswith("At every measured image size")
+    assert S.gemm_shape_finding(table[table.dtype == "float32"], "hw").startswith("No image size and precision")
+    assert "the lowest ratio, 80% in bfloat16 at 512 px, is within it" in S.gemm_shape_finding(table.iloc[1:], "hw")
     assert "not measured" in S.gemm_shape_finding(table, "other")

@@ -353,6 +353,28 @@ class _RssSampler:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
+@contextlib.contextmanager
+def _quiet_stderr_fd() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the duration: silences C++ libraries' logging (Python's
+    own warnings and exceptions are unaffected, as are writes outside the block)."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_tensor_peak(fn: Callable[[], Any]) -> tuple[Any, int | None]:
     """Run ``fn`` once under the profiler's memory tracking; return (output, peak bytes).
 
@@ -363,10 +385,16 @@ def _cpu_tensor_peak(fn: Callable[[], Any]) -> tuple[Any, int | None]:
     """
     from torch.profiler import ProfilerActivity, profile
 
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Pp]rofiler.*")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_stderr_fd():  # kineto logs a CUDA probe error on a machine without a GPU
+            prof.__enter__()
+        try:
             out = fn()
+        finally:
+            with _quiet_stderr_fd():
+                prof.__exit__(None, None, None)
     try:
         records = sorted((ev.start_ns(), ev.nbytes()) for ev in prof.profiler.kineto_results.events()
                          if ev.name() == "[memory]")

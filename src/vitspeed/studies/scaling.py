@@ -199,15 +199,17 @@ def gemm_shape_table(results: pd.DataFrame) -> pd.DataFrame:
 def gemm_shape_finding(table: pd.DataFrame, hardware: str, threshold: float = 0.9) -> str:
     """One sentence from :func:`gemm_shape_table` for ``hardware``: the (dtype, image size) points where the
     model's own token count runs its FFN product at less than ``threshold`` of the rate one token
-    fewer gets, beyond the spread, or that there are none."""
+    fewer gets, beyond the spread, or that there are none (with the lowest ratio measured)."""
     t = table[table.hardware == hardware]
     if t.empty:
         return "The matrix-product shapes were not measured on this hardware."
     slow = t[(t.rate_ratio < threshold) & t.beyond_spread]
     if slow.empty:
-        return (f"At every measured image size and precision the FFN's product runs at the model's token count "
-                f"within {100 * (1 - threshold):.0f}% of the rate one token fewer gets (lowest: "
-                f"{100 * t.rate_ratio.min():.0f}%).")
+        low = t.loc[t.rate_ratio.idxmin()]
+        return (f"No image size and precision runs the FFN's product at the model's token count more than "
+                f"{100 * (1 - threshold):.0f}% below the rate one token fewer gets, beyond the spread (the lowest "
+                f"ratio, {100 * low['rate_ratio']:.0f}% in {low['dtype']} at {int(low['img_size'])} px, is "
+                f"{'beyond' if low['beyond_spread'] else 'within'} it).")  # low['dtype']: a Series has .dtype
     parts = [f"{r.dtype} at {r.img_size} px ({r.tokens} tokens: {100 * r.rate_ratio:.0f}% of the rate at "
              f"{r.tokens - 1})" for r in slow.itertuples()]
     return ("The model's own token count (the patches plus a class token) is a slow shape for the matrix library "
@@ -541,35 +543,41 @@ def allocator_finding(results: pd.DataFrame, dtype: str, current: str | None = N
 def level_comparison(core: pd.DataFrame, model: pd.DataFrame) -> str:
     """Whether the whole model's crossovers (``model``: :func:`crossovers` at level 'model') come at the
     core-level ones (``core``) or not, as one sentence. Only variants placed at both levels count: an
-    interpolated crossover, or a "faster by N" bound (taken as N; the true crossover is at or below
-    it). Token counts within 25% of each other count as the same place, since neither level samples
-    N finely; the sentence names each variant that differs, with both values."""
+    interpolated crossover (``crosses``) or a bound (``faster by N``: at or below N). Two interpolated
+    values within 25% of each other count as the same place, since neither level samples N finely;
+    a bound orders two crossovers only when it lies below the other value by more than that, else
+    the pair is counted as not ordered. The sentence names each variant found earlier or later."""
     placed = {CROSSES, FASTER_BY}
 
-    def where(df: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    def where(df: pd.DataFrame) -> dict[str, tuple[float, bool, str]]:
         ok = df[df.status.isin(placed)]
-        return {r.attention: (float(r.crossover_tokens), crossover_label(r.status, r.crossover_tokens))
-                for r in ok.itertuples()}
+        return {r.attention: (float(r.crossover_tokens), r.status == FASTER_BY,
+                              crossover_label(r.status, r.crossover_tokens)) for r in ok.itertuples()}
 
     c, m = where(core), where(model)
     both = [v for v in c if v in m]
     if not both:
         return "No variant's crossover is placed at both levels in this run, so the two cannot be compared."
-    earlier, later, same = [], [], []
+    earlier, later, same, unordered = [], [], [], []
     for v in both:
-        (nc, lc), (nm, lm) = c[v], m[v]
+        (nc, bc, lc), (nm, bm, lm) = c[v], m[v]
         text = f"{v} ({lm} in the model, {lc} as a core)"
-        if nm < nc / 1.25:
+        if nm < nc / 1.25 and not bc:  # the model's crossover (or its upper bound) lies clearly below
             earlier.append(text)
-        elif nm > nc * 1.25:
+        elif nc < nm / 1.25 and not bm:  # the core's crossover (or its upper bound) lies clearly below
             later.append(text)
-        else:
+        elif not (bc or bm) and nc / 1.25 <= nm <= nc * 1.25:
             same.append(v)
+        else:
+            unordered.append(v)
     parts = []
     if earlier:
         parts.append(f"earlier in the whole model than as a core: {', '.join(earlier)}")
     if later:
         parts.append(f"later in the whole model: {', '.join(later)}")
+    if unordered:
+        parts.append(f"{len(unordered)} cannot be ordered, a bound at the measured sizes being too coarse "
+                     f"({', '.join(unordered)})")
     head = (f"Of the {len(both)} variants whose crossover is placed at both levels, {len(same)} cross at about the "
             f"same token count")
     return head + ("; " + "; ".join(parts) if parts else "") + "."
