@@ -123,3 +123,15 @@ def test_faster_architecture_within_the_accuracy_budget():
     assert out["speedup"] == pytest.approx(4.0) and out["noise"] == pytest.approx(0.5 * (0.02 + 0.02))
     assert C.faster_architecture(rows, top1, "h", "float32", budget=0.1) is None
     assert C.faster_architecture(rows, top1, "other", "float32") is None
+
+
+def test_tied_with_names_the_variants_within_the_spread_of_a_row():
+    speed = pd.DataFrame([
+        {"attention": a, "median_ms": ms, "iqr_ms": iqr, "hardware": "h", "dtype": dt, "img_size": 224, "batch_size": 1}
+        for a, ms, iqr, dt in [("softmax", 10.0, 0.2, "float32"), ("linear_relu", 8.0, 0.2, "float32"),
+                               ("linear_mean", 8.1, 0.2, "float32"), ("focused", 9.5, 0.2, "float32"),
+                               ("linear_mean", 5.0, 0.1, "bfloat16")]])
+    best = speed.iloc[1]  # a Series: its dtype attribute must not be taken for the dtype column
+    assert C.tied_with(speed, best) == ["linear_mean"]  # not softmax (a reference form), not bfloat16's row
+    assert C.tied_with(speed, speed.iloc[3]) == []
+    assert C.tied_with(speed, {**best.to_dict(), "attention": "absent"}) == []

@@ -1,6 +1,7 @@
 """Re-execute notebook sources in place with their default parameters, for nbval's reference outputs.
 
-Only the outputs of cells marked ``# NBVAL_CHECK_OUTPUT`` (deterministic: FLOPs, params, formulas)
+Results the notebooks write go to a scratch folder ($VITSPEED_RESULTS_DIR, a new temporary one by
+default), as under nbval: never into the committed data/. Only the outputs of cells marked ``# NBVAL_CHECK_OUTPUT`` (deterministic: FLOPs, params, formulas)
 are kept (with their execution counts); every other output and papermill metadata are stripped, so the committed
 sources stay small and free of timings. nbval --nbval-lax then compares exactly those cells.
 """
@@ -39,6 +40,8 @@ def refresh(path: Path) -> None:
 
 
 if __name__ == "__main__":
+    # results of these default-sized runs go to a scratch folder, never into the committed data/
+    os.environ.setdefault("VITSPEED_RESULTS_DIR", tempfile.mkdtemp(prefix="vitspeed-refresh-"))
     for arg in sys.argv[1:]:
         print(f"refreshing {arg}", flush=True)
         refresh(Path(arg))

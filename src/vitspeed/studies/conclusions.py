@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from vitspeed.studies.wording import beyond_spread, noise
+from vitspeed.studies.wording import beyond_spread, noise, tied
 
-__all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "swin_sets", "SEED_SETS",
-           "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share", "faster_architecture"]
+__all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "tied_with", "swin_sets",
+           "SEED_SETS", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share", "faster_architecture"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -120,6 +120,18 @@ def fastest(speed: pd.DataFrame, min_top1_drop: float | None = None) -> pd.DataF
         df = df[df.attention.isin(keep)]
     idx = df.groupby(["hardware", "dtype", "img_size", "batch_size"]).median_ms.idxmin()
     return df.loc[idx].reset_index(drop=True)
+
+
+def tied_with(speed: pd.DataFrame, row: Mapping[str, Any]) -> list[str]:
+    """The variants of :func:`speedups` rows (softmax forms excepted) measured with ``row`` (same
+    hardware, dtype, image size and batch size) whose median is within the two medians' spread of
+    ``row``'s attention's, in ``speed``'s order; [] when ``row``'s attention is not among them."""
+    keys = [k for k in ("hardware", "dtype", "img_size", "batch_size") if k in speed.columns]
+    grp = speed[~speed.attention.isin(SOFTMAX_FORMS)]
+    for k in keys:  # row[k], not row.dtype: a pandas Series has a dtype attribute of its own
+        grp = grp[grp[k] == row[k]]
+    grp = grp.set_index("attention")
+    return tied(grp, row["attention"]) if row["attention"] in grp.index else []
 
 
 def swin_sets(swin: pd.DataFrame) -> pd.DataFrame:
