@@ -135,3 +135,18 @@ def test_tied_with_names_the_variants_within_the_spread_of_a_row():
     assert C.tied_with(speed, best) == ["linear_mean"]  # not softmax (a reference form), not bfloat16's row
     assert C.tied_with(speed, speed.iloc[3]) == []
     assert C.tied_with(speed, {**best.to_dict(), "attention": "absent"}) == []
+
+
+def test_hmhsa_in_two_chapters_pairs_each_chapters_own_reference():
+    common = {"hardware": "h", "dtype": "float32", "img_size": 224, "batch_size": 1, "status": "ok"}
+    red = pd.DataFrame([{**common, "base": "deit_small_patch16_224", "variant": "stock", "median_ms": 60.0, "iqr_ms": 0.6},
+                        {**common, "base": "deit_small_patch16_224", "variant": "hmhsa", "median_ms": 57.0, "iqr_ms": 0.6},
+                        {**common, "base": "deit_tiny_patch16_224", "variant": "hmhsa", "median_ms": 10.0, "iqr_ms": 0.1}])
+    sca = pd.DataFrame([{**common, "level": "model", "attention": "softmax", "median_ms": 66.0, "iqr_ms": 3.3},
+                        {**common, "level": "model", "attention": "hallucinated", "median_ms": 65.0, "iqr_ms": 3.3},
+                        {**common, "level": "core", "attention": "hallucinated", "median_ms": 1.0, "iqr_ms": 0.1}])
+    out = C.hmhsa_in_two_chapters(red, sca, "h").set_index("chapter")
+    assert out.loc["redundancy", "speedup"] == pytest.approx(60 / 57) and bool(out.loc["redundancy", "clear"])
+    assert out.loc["scaling", "speedup"] == pytest.approx(66 / 65) and not out.loc["scaling", "clear"]
+    assert C.hmhsa_in_two_chapters(red, sca.iloc[:0], "h").chapter.tolist() == ["redundancy"]
+    assert C.hmhsa_in_two_chapters(red, sca, "other").empty

@@ -16,7 +16,7 @@ import pandas as pd
 from vitspeed.studies.wording import beyond_spread, noise, tied
 
 __all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "tied_with", "swin_sets",
-           "SEED_SETS", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share", "faster_architecture"]
+           "SEED_SETS", "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share", "faster_architecture"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -132,6 +132,41 @@ def tied_with(speed: pd.DataFrame, row: Mapping[str, Any]) -> list[str]:
         grp = grp[grp[k] == row[k]]
     grp = grp.set_index("attention")
     return tied(grp, row["attention"]) if row["attention"] in grp.index else []
+
+
+def hmhsa_in_two_chapters(redundancy: pd.DataFrame, scaling: pd.DataFrame, hardware: str, dtype: str = "float32",
+                          img_size: int = 224, batch_size: int = 1) -> pd.DataFrame:
+    """One comparison two chapters make, each in its own interleaved run: DeiT-S with hallucinated
+    attention against DeiT-S with softmax (the redundancy chapter's ``hmhsa`` variant against its stock
+    model, the scaling chapter's ``hallucinated`` against fused ``softmax``). One row per chapter that
+    measured it: chapter, speedup (softmax median / hMHSA median, > 1: hMHSA faster), noise (the two
+    medians' relative spread) and clear (the speedup differs from 1 by more than that)."""
+    def pair(df: pd.DataFrame, where: dict[str, Any], ref: dict[str, Any], var: dict[str, Any]):
+        df = ok_rows(df)
+        for k, v in {"hardware": hardware, "dtype": dtype, "img_size": img_size, "batch_size": batch_size,
+                     **where}.items():
+            if k not in df:
+                return None
+            df = df[df[k] == v]
+        a, b = df, df
+        for k, v in ref.items():
+            a = a[a[k] == v]
+        for k, v in var.items():
+            b = b[b[k] == v]
+        return (a.iloc[-1], b.iloc[-1]) if len(a) and len(b) else None
+
+    found = {"redundancy": pair(redundancy, {"base": "deit_small_patch16_224"}, {"variant": "stock"},
+                                {"variant": "hmhsa"}),
+             "scaling": pair(scaling, {"level": "model"}, {"attention": "softmax"}, {"attention": "hallucinated"})}
+    rows = []
+    for chapter, p in found.items():
+        if p is None:
+            continue
+        ref, var = p
+        speedup = float(ref["median_ms"] / var["median_ms"])
+        z = noise(var["median_ms"], var["iqr_ms"], ref["median_ms"], ref["iqr_ms"])
+        rows.append({"chapter": chapter, "speedup": speedup, "noise": z, "clear": beyond_spread(speedup, z)})
+    return pd.DataFrame(rows, columns=["chapter", "speedup", "noise", "clear"])
 
 
 def swin_sets(swin: pd.DataFrame) -> pd.DataFrame:
