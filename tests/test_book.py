@@ -99,3 +99,25 @@ def test_tidy_names_missing_cells_and_keeps_fractional_counts():
     assert out.tokens.tolist() == ["1.5", "2.0"]  # not whole numbers: not cast to integers
     assert out.seed_s.tolist() == ["0.0092", "-"] and "NaN" not in out.to_html()
     assert out.speedup.tolist() == ["1.20", "0.85"]  # one number of decimals per column
+
+
+def test_legend_below_puts_the_legend_under_the_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    data = pd.DataFrame({"x": [1, 2, 1, 2], "y": [1, 2, 2, 3], "v": ["a", "a", "b", "b"]})
+    g = sns.relplot(data=data, x="x", y="y", hue="v", kind="line")
+    book.legend_below(g, ncol=2)
+    g.figure.canvas.draw()
+    legend_box = g.legend.get_window_extent()
+    axes_box = g.axes.flat[0].get_window_extent()
+    assert legend_box.y1 <= axes_box.y0  # below the panel, not beside it
+    assert g.legend._ncols == 2
+    plt.close(g.figure)
+    bare = sns.FacetGrid(data)
+    book.legend_below(bare)  # no legend: nothing to move, no error
+    plt.close(bare.figure)

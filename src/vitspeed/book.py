@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from typing import Any, Sequence
 
-__all__ = ["glue", "figure_png", "measured_ticks", "tidy", "FIGURE_DPI", "INTEGER_FIELDS"]
+__all__ = ["glue", "figure_png", "measured_ticks", "legend_below", "tidy", "FIGURE_DPI", "INTEGER_FIELDS"]
 
 FIGURE_DPI = 110
 RECORD_PREFIX = "application/papermill.record/"  # myst-nb's prefix for glued values not shown
@@ -45,6 +45,16 @@ def measured_ticks(grid: Any, values: Any, rotation: int = 45) -> None:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(t) for t in ticks], rotation=rotation)
+
+
+def legend_below(grid: Any, ncol: int = 5) -> None:
+    """Move a seaborn grid's legend under its panels in ``ncol`` columns: with one entry per attention
+    variant (and its family and size keys) a legend beside the panels is taller than they are."""
+    import seaborn as sns
+
+    if getattr(grid, "_legend", None) is None:
+        return
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False)
 
 
 #: Fields that count things: shown as integers even when a missing value made pandas read them as floats.
