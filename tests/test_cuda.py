@@ -22,7 +22,7 @@ def test_cuda_event_timing_sees_work_grow():
 
 
 def test_l2_flush_makes_a_cache_resident_read_slower():
-    # 32 MiB fits in the H200's 60 MB L2: re-reading it is a cache hit unless the cache is flushed first
+    # 32 MiB fits in the H200's 50 MB L2: re-reading it is a cache hit unless the cache is flushed first
     x = torch.randn(8 * 2**20, device="cuda")
     warm = measure({"sum": lambda: x.sum()}, "cuda", warmup=3, repeats=30, flush_cache=False)["sum"]
     cold = measure({"sum": lambda: x.sum()}, "cuda", warmup=3, repeats=30, flush_cache=True)["sum"]
@@ -46,7 +46,10 @@ def test_models_run_and_graph_replay_in_every_precision(dtype):
     assert row["tf32"] == (False if dtype == "float32" else None)  # strict fp32: no TF32 in matmuls or convolutions
 
 
-def test_batch1_comparisons_carry_graph_timings_and_the_sdpa_kernel():
+def test_batch1_comparisons_carry_graph_timings_and_the_sdpa_kernel(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    monkeypatch.setattr(compare, "GRAPH_MAX_MS", float("inf"))  # capture whatever the eager time
     rows = compare_models([candidate("fused", model="deit_tiny_patch16_224", attention="softmax"),
                            candidate("relu", model="deit_tiny_patch16_224", attention="linear_relu")],
                           device="cuda", dtype="bfloat16", warmup=2, repeats=5)
@@ -93,3 +96,23 @@ def test_elu_kernel_runs_elu_on_cuda_and_bf16_linear_cores_multiply_in_float32()
     assert trace_traffic(lambda: core(q, k, v)).product_dtype == "float32"  # under the float32 roof
     fused = build_core("softmax", 64, 6).cuda()
     assert trace_traffic(lambda: fused(q, k, v)).product_dtype == "bfloat16"
+
+
+def test_fp32_fused_softmax_on_tensor_cores_is_placed_under_the_tf32_roof():
+    from vitspeed.roofline import TF32
+
+    rows = {(r["attention"], r["dtype"]): r for r in measure_ceilings("cuda", "float32", warmup=2, repeats=5)}
+    assert rows[("matmul", TF32)]["tf32"] is True and rows[("matmul", "float32")]["tf32"] is False
+    assert rows[("matmul", TF32)]["flops_per_s"] > rows[("matmul", "float32")]["flops_per_s"]
+    core = compare_cores([candidate("fused", attention="softmax")], tokens=1024, device="cuda", dtype="float32",
+                         warmup=1, repeats=3, batch_size=2)[0]
+    assert core["compute_dtype"] == (TF32 if core["sdpa_backend"] == "mem_efficient" else "float32")
+
+
+def test_graph_replay_is_skipped_for_calls_that_are_not_launch_bound(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    monkeypatch.setattr(compare, "GRAPH_MAX_MS", 0.0)
+    row = compare_cores([candidate("fused", attention="softmax")], tokens=256, device="cuda", dtype="bfloat16",
+                        warmup=1, repeats=3)[0]
+    assert "graph_median_ms" not in row and "launch overhead negligible" in row["graph_error"]
