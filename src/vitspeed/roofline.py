@@ -18,7 +18,8 @@ A core measured at median latency t, doing F = 2 x MACs + elementwise FLOPs and 
 
 Caveats the book states with the figure: the matmul peak is the tensor-core roof, which elementwise
 work (exp, division) cannot reach; B counts every operator's inputs and outputs, so data that stays
-in cache (the H200 has 50 MB of L2; the environment record gives the card's own size) makes B an upper bound on DRAM traffic and the verdict
+in cache (the H200 has 50 MB of L2; the environment record gives the card's own size) makes B an
+upper bound on DRAM traffic and the verdict
 conservative (a core called memory-bound here may be less so).
 Units: FLOP/s and bytes/s (rows), ms (latencies).
 """

@@ -34,8 +34,9 @@ from torch import nn
 
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_fp32, tf32_state
 
-__all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep", "is_oom_error", "forward_peak_memory",
-           "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env", "cuda_graph_callable", "L2_FLUSH_BYTES",
+__all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep",
+           "is_oom_error", "forward_peak_memory", "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env",
+           "cuda_graph_callable", "L2_FLUSH_BYTES",
            "usable_cpus", "set_threads"]
 
 _MAX_INNER = 1_000_000

@@ -16,7 +16,8 @@ import pandas as pd
 from vitspeed.studies.wording import beyond_spread, noise, tied
 
 __all__ = ["PUBLISHED_TOP1", "published_accuracy", "ok_rows", "speedups", "fastest", "tied_with", "swin_sets",
-           "SEED_SETS", "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share", "faster_architecture"]
+           "SEED_SETS", "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS",
+           "core_share", "faster_architecture"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -141,28 +142,24 @@ def hmhsa_in_two_chapters(redundancy: pd.DataFrame, scaling: pd.DataFrame, hardw
     model, the scaling chapter's ``hallucinated`` against fused ``softmax``). One row per chapter that
     measured it: chapter, speedup (softmax median / hMHSA median, > 1: hMHSA faster), noise (the two
     medians' relative spread) and clear (the speedup differs from 1 by more than that)."""
-    def pair(df: pd.DataFrame, where: dict[str, Any], ref: dict[str, Any], var: dict[str, Any]):
+    def row(df: pd.DataFrame, **where: Any) -> pd.Series | None:
+        """The last ok row of ``df`` matching ``where`` and the common setting, or None."""
         df = ok_rows(df)
         for k, v in {"hardware": hardware, "dtype": dtype, "img_size": img_size, "batch_size": batch_size,
                      **where}.items():
             if k not in df:
                 return None
             df = df[df[k] == v]
-        a, b = df, df
-        for k, v in ref.items():
-            a = a[a[k] == v]
-        for k, v in var.items():
-            b = b[b[k] == v]
-        return (a.iloc[-1], b.iloc[-1]) if len(a) and len(b) else None
+        return df.iloc[-1] if len(df) else None
 
-    found = {"redundancy": pair(redundancy, {"base": "deit_small_patch16_224"}, {"variant": "stock"},
-                                {"variant": "hmhsa"}),
-             "scaling": pair(scaling, {"level": "model"}, {"attention": "softmax"}, {"attention": "hallucinated"})}
+    small = "deit_small_patch16_224"
+    found = {"redundancy": (row(redundancy, base=small, variant="stock"), row(redundancy, base=small, variant="hmhsa")),
+             "scaling": (row(scaling, level="model", attention="softmax"),
+                         row(scaling, level="model", attention="hallucinated"))}
     rows = []
-    for chapter, p in found.items():
-        if p is None:
+    for chapter, (ref, var) in found.items():
+        if ref is None or var is None:
             continue
-        ref, var = p
         speedup = float(ref["median_ms"] / var["median_ms"])
         z = noise(var["median_ms"], var["iqr_ms"], ref["median_ms"], ref["iqr_ms"])
         rows.append({"chapter": chapter, "speedup": speedup, "noise": z, "clear": beyond_spread(speedup, z)})

@@ -23,7 +23,7 @@ import torch
 from vitspeed.attention import build_core, get_attention, validate_options
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, core_grid, implied_attention, ratio_of, run_sweep)
-from vitspeed.studies.wording import beyond_spread, rows_noise, said
+from vitspeed.studies.wording import beyond_spread, rows_noise, said, verdict
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
@@ -258,6 +258,12 @@ def elu_form_finding(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
             "ratio": ratio, "noise": rel, "faster": faster, "sentence": sentence}
 
 
+def _speed_verdict(ref: Any, row: Any) -> str:
+    """``row`` against the reference ``ref`` (each with median_ms and iqr_ms): "faster" or "slower" beyond
+    the two medians' spread, else "no different within the spread"."""
+    return verdict(float(ref["median_ms"] / row["median_ms"]), rows_noise(row, ref), above="faster", below="slower")
+
+
 def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     """The numbers the chapter states about the cores of one run in ``dtype``, ready to glue.
 
@@ -286,14 +292,9 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     def faster_and_tied(n: int, kernels: list[str]) -> tuple[int, int]:
         """(kernels faster than fused softmax beyond the two medians' spread, kernels within it) at n."""
         ref = {"median_ms": ms.loc[n, "softmax"], "iqr_ms": iqr.loc[n].get("softmax", math.nan)}
-        faster = tied = 0
-        for k in kernels:
-            row = {"median_ms": ms.loc[n, k], "iqr_ms": iqr.loc[n].get(k, math.nan)}
-            if not beyond_spread(ref["median_ms"] / row["median_ms"], rows_noise(row, ref)):
-                tied += 1
-            elif row["median_ms"] < ref["median_ms"]:
-                faster += 1
-        return faster, tied
+        said = [_speed_verdict(ref, {"median_ms": ms.loc[n, k], "iqr_ms": iqr.loc[n].get(k, math.nan)})
+                for k in kernels]
+        return said.count("faster"), len(said) - said.count("faster") - said.count("slower")
 
     (f_lo, t_lo), (f_hi, t_hi) = faster_and_tied(n_lo, kernels_lo), faster_and_tied(n_hi, kernels_hi)
     out: dict[str, Any] = {"n_lo": n_lo, "n_hi": n_hi, "n_kernels": len(measured), "n_faster_lo": f_lo,
@@ -348,13 +349,12 @@ def model_verdicts(rows: pd.DataFrame, model: str, img_size: int, dtype: str) ->
     ref = m.loc["softmax"]
     faster, slower, within = [], [], 0
     for label in (k for k in m.index if k != "softmax"):
-        speed = float(ref["median_ms"] / m.loc[label, "median_ms"])
-        if not beyond_spread(speed, rows_noise(m.loc[label], ref)):
+        said = _speed_verdict(ref, m.loc[label])
+        if said not in ("faster", "slower"):
             within += 1
-        elif speed > 1:
-            faster.append(f"{label} ({_times(speed)} times)")
         else:
-            slower.append(f"{label} ({_times(speed)} times)")
+            (faster if said == "faster" else slower).append(
+                f"{label} ({_times(float(ref['median_ms'] / m.loc[label, 'median_ms']))} times)")
     parts = [f"faster: {', '.join(faster)}" if faster else "none faster",
              f"slower: {', '.join(slower)}" if slower else "none slower"]
     return (f"{model} at {img_size} px against fused softmax, beyond the spread: {'; '.join(parts)}; "

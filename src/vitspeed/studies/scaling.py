@@ -141,8 +141,10 @@ def gemm_shapes(img_sizes: Iterable[int], device: str = "cpu", dtype: str = "flo
     """The backbone's first FFN product (tokens x C by C x 4C) at each image size's token count n and at
     n - 1, timed interleaved: does the matrix library run the model's shapes (patches plus a class
     token: an odd n) as fast as its neighbours? Rows: level='gemm', attention='fc1', label 'M=<rows>',
-    tokens (M), img_size, device, dtype, threads, median_ms / iqr_ms / n, flops (2 M C 4C),
-    flops_per_s (at the median), status='ok'."""
+    size (M, the product's rows), model_img_size (the image size whose token count M is, or is one
+    above), device, dtype, threads, median_ms / iqr_ms / n, flops (2 M C 4C), flops_per_s (at the
+    median), status='ok'. No tokens or img_size: the sweep keys its configurations by those, and all
+    of this is one configuration."""
     import timm
     import torch
     import torch.nn.functional as Fn
@@ -188,11 +190,10 @@ def gemm_shape_table(results: pd.DataFrame) -> pd.DataFrame:
             continue
         lo, hi = grp.iloc[0], grp.iloc[-1]  # n - 1, n
         rate = hi.flops_per_s / lo.flops_per_s
-        per_row = (hi.median_ms / hi.flops) / (lo.median_ms / lo.flops)
         out.append({"hardware": hw, "dtype": dt, "img_size": int(s), "tokens": int(grp.index[-1]),
                     "gflops_at_n": hi.flops_per_s / 1e9, "gflops_at_n_minus_1": lo.flops_per_s / 1e9,
                     "rate_ratio": rate,
-                    "beyond_spread": beyond_spread(per_row, noise(hi.median_ms, hi.iqr_ms, lo.median_ms, lo.iqr_ms))})
+                    "beyond_spread": beyond_spread(1 / rate, noise(hi.median_ms, hi.iqr_ms, lo.median_ms, lo.iqr_ms))})
     return pd.DataFrame(out)
 
 

@@ -133,14 +133,11 @@ def run_time_share(models: Iterable[str], img_sizes: Iterable[int], device: str 
                      device=device, dtypes=dtypes, run_id=run_id)
 
 
-_KEYS = ["dtype", "model", "img_size"]
-
-
 def with_spread(results: pd.DataFrame) -> pd.DataFrame:
     """``results`` with ``spread_ms``: the IQR of attention and FFN (ms), and for *rest* (whole minus
     the two parts, not timed on its own) the three IQRs added in quadrature, as for a difference of
     independent measurements. ``spread_pct`` is the spread as a share of the whole, in percent."""
-    keys = [k for k in ["hardware", *_KEYS] if k in results.columns]
+    keys = [k for k in ["hardware", "dtype", "model", "img_size"] if k in results.columns]
     out = results.copy()
     parts = out[out.component != "rest"].groupby(keys).iqr_ms.apply(lambda s: float((s ** 2).sum()))
     part_var = pd.Series(out.set_index(keys).index.map(parts), index=out.index, dtype=float)
