@@ -116,3 +116,15 @@ def test_graph_replay_is_skipped_for_calls_that_are_not_launch_bound(monkeypatch
     row = compare_cores([candidate("fused", attention="softmax")], tokens=256, device="cuda", dtype="bfloat16",
                         warmup=1, repeats=3)[0]
     assert "graph_median_ms" not in row and "launch overhead negligible" in row["graph_error"]
+
+
+def test_compiled_cores_run_on_cuda_in_bfloat16_and_match_eager():
+    # Inductor generates Triton kernels here: the gpu preset's compiled group needs them to work
+    cands = [candidate("relu", attention="linear_relu"), candidate("relu+c", attention="linear_relu", compile=True),
+             candidate("softmax+c", attention="softmax", compile=True)]
+    rows = {r["label"]: r for r in compare_cores(cands, tokens=256, head_dim=64, heads=2, device="cuda",
+                                                 dtype="bfloat16", warmup=1, repeats=3, cuda_graph=False)}
+    for label in ("relu+c", "softmax+c"):
+        assert rows[label]["status"] == "ok", rows[label].get("error")
+        assert rows[label]["compile_rel_err"] < 2e-2 and rows[label]["median_ms"] > 0
+    assert rows["softmax+c"]["sdpa_backend"] in ("flash", "cudnn", "mem_efficient")

@@ -147,3 +147,40 @@ def test_run_sweep_measures_fp32_as_ieee_fp32_and_records_it(results_dir):
     assert seen == [(False, False), (False, False)] and list(df.x) == [1, 2]
     env = json.loads(next((results_dir / "unit").glob("*__t.env.json")).read_text())
     assert env["tf32_matmul"] is False and env["tf32_cudnn"] is False
+
+
+def test_compiled_candidates_are_timed_beside_their_eager_twins():
+    cands = [candidate("softmax", attention="softmax"), candidate("softmax+c", attention="softmax", compile=True),
+             candidate("relu", attention="linear_relu"), candidate("relu+c", attention="linear_relu", compile=True)]
+    rows = {r["label"]: r for r in compare_cores(cands, tokens=16, head_dim=8, heads=2, warmup=0, repeats=2)}
+    assert [rows[k]["compiled"] for k in ("softmax", "softmax+c", "relu", "relu+c")] == [False, True, False, True]
+    for label in ("softmax+c", "relu+c"):
+        r = rows[label]
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["compile_s"] > 0
+        assert r["compile_rel_err"] < 1e-5
+        assert "bytes_moved" not in r  # the eager ops' traffic is not what a fused loop moves
+        assert r["macs"] == rows[label[:-2]]["macs"]  # the same computation, counted on the eager core
+    assert rows["softmax+c"]["sdpa_backend"] == rows["softmax"]["sdpa_backend"] != ""  # read off the eager twin
+    assert rows["relu"]["bytes_moved"] > 0 and "compile_s" not in rows["relu"]
+
+
+def test_a_core_the_compiler_fails_on_is_recorded_and_the_rest_timed(monkeypatch):
+    import vitspeed.studies.compare as compare
+    from vitspeed.compiling import CompileFailed
+
+    def fail(module, *inputs):
+        raise CompileFailed(f"torch.compile failed for {type(module).__name__}: no C++ compiler")
+
+    monkeypatch.setattr(compare, "compile_module", fail)
+    cands = [candidate("softmax", attention="softmax"), candidate("relu+c", attention="linear_relu", compile=True)]
+    with pytest.warns(RuntimeWarning, match="relu\\+c not timed"):
+        rows = compare_cores(cands, tokens=16, head_dim=8, heads=2, warmup=0, repeats=1)
+    assert rows[0]["status"] == "ok" and rows[0]["median_ms"] > 0
+    assert rows[1]["status"] == "compile_error" and "no C++ compiler" in rows[1]["error"]
+    assert "median_ms" not in rows[1]
+
+
+def test_cores_without_compiled_candidates_have_no_compile_columns():
+    (row,) = compare_cores([candidate("relu", attention="linear_relu")], tokens=16, head_dim=8, heads=2,
+                           warmup=0, repeats=1)
+    assert "compiled" not in row and "compile_s" not in row

@@ -187,3 +187,57 @@ def test_model_verdicts_name_only_differences_beyond_the_spread():
     assert "faster: linear_relu (1.25 times)" in text and "slower: focused (1.2 times)" in text
     assert text.endswith("2 of 4 within the spread")  # taylor1: 1% apart; efficient: 5% inside a 16% spread
     assert "not measured" in L.model_verdicts(rows[rows.label != "softmax"], "m", 224, "float32")
+
+
+def test_sweep_times_compiled_twins_last_and_always_against_fused_softmax(results_dir):
+    rows = L.run_linear_kernels([16], [], names=["softmax", "linear_relu"], model_names=[], head_dim=8, heads=2,
+                                warmup=0, repeats=1, compile_tokens=[16], compile_names=["linear_relu"], run_id="c")
+    assert list(rows.kind) == ["core", "core"] + ["compiled"] * 4  # compiled groups run after the rest
+    comp = rows[rows.kind == "compiled"]
+    assert list(comp.label) == ["softmax", "softmax (compiled)", "linear_relu", "linear_relu (compiled)"]
+    assert list(comp.compiled.astype(bool)) == [False, True, False, True] and (comp.status == "ok").all()
+    with pytest.raises(ValueError, match="compile_dtypes bfloat16 not among the chapter's dtypes; valid choices: float32"):
+        L.run_linear_kernels([16], [], names=["softmax"], compile_tokens=[16], compile_dtypes=["bfloat16"])
+
+
+def _compiled_rows(**times):
+    """kind 'compiled' rows: label -> (median_ms, iqr_ms) or a status string."""
+    out = []
+    for label, value in times.items():
+        label = label.replace("__c", L.COMPILED_SUFFIX)
+        row = {"kind": "compiled", "label": label, "tokens": 196, "dtype": "float32", "device": "cpu",
+               "hardware": "cpu-x", "threads": 2, "compiled": label.endswith(L.COMPILED_SUFFIX)}
+        if isinstance(value, str):
+            row.update(status=value, error="boom")
+        else:
+            row.update(status="ok", median_ms=value[0], iqr_ms=value[1])
+            if row["compiled"]:
+                row.update(compile_s=1.5, compile_rel_err=1e-7)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def test_compiled_table_and_findings_judge_gains_by_the_spread():
+    rows = _compiled_rows(softmax=(1.0, 0.02), softmax__c=(1.1, 0.02),
+                          linear_relu=(0.5, 0.01), linear_relu__c=(0.49, 0.05),
+                          focused=(2.0, 0.04), focused__c=(0.8, 0.02),
+                          taylor1=(0.6, 0.01), taylor1__c="compile_error")
+    t = L.compiled_table(rows).set_index("variant")
+    assert list(t.index) == ["softmax", "linear_relu", "focused", "taylor1"]
+    assert t.loc["focused", "speedup"] == pytest.approx(2.5)
+    assert t.loc["focused", "compiled_vs_softmax"] == pytest.approx(1.25)  # eager softmax 1.0 / 0.8
+    assert t.loc["focused", "vs_softmax"] == pytest.approx(0.5)
+    assert t.loc["linear_relu", "speedup_said"].endswith("within their spread")
+    assert t.loc["taylor1", "status"] == "compile_error" and math.isnan(t.loc["taylor1", "compiled_ms"])
+    f = L.compile_findings(rows, "float32")
+    assert f["tokens"] == [196]
+    assert f["gain_sentence"] == ("At N = 196, faster when compiled: focused (2.5 times); slower: softmax "
+                                  "(1.1 times); 1 of 3 within the spread.")
+    assert f["softmax_sentence"] == "Compiling fused softmax made it 1.1 times slower at N = 196."
+    # eager: relu beats softmax (2x), focused does not (0.5x); compiled: both do
+    assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat fused softmax eagerly and 2 compiled."
+    assert f["failed_sentence"] == "The compiler failed on taylor1 (compile_error)."
+    assert f["compile_s_median"] == 1.5 and f["max_rel_err"] == pytest.approx(1e-7)
+    assert f["softmax_overhead_us"] == pytest.approx(100.0) and f["overhead_tokens"] == 196
+    assert L.compile_findings(rows, "bfloat16") == {}
+    assert L.compiled_table(rows[rows.kind == "core"]).empty

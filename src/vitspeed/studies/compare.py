@@ -7,6 +7,7 @@ parameters and peak memory beside median latency and IQR. Sweeps write tidy rows
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any, Iterable, Sequence
@@ -15,6 +16,7 @@ import pandas as pd
 import torch
 
 from vitspeed.attention import build_core
+from vitspeed.compiling import CompileFailed, compile_module, no_recompiles
 from vitspeed.disturbance import disturbance_between, read_counters
 from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.flops import count_flops, count_params
@@ -29,12 +31,13 @@ from vitspeed.traffic import sdpa_backend, trace_traffic
 __all__ = ["Candidate", "compare_models", "compare_models_finite", "compare_cores", "compare_cores_finite",
            "implied_attention", "approximation", "run_sweep", "candidate", "core_grid", "ratio_of"]
 
-Candidate = dict[str, Any]  # {"label", "model" | "attention", "options", "ffn", "ffn_options", "prepare"}
+Candidate = dict[str, Any]  # {"label", "model" | "attention", "options", "ffn", "ffn_options", "prepare", "compile"}
 
 
 def candidate(label: str, **spec: Any) -> Candidate:
     """A candidate for :func:`compare_models` (model=..., attention=..., options=...) or
-    :func:`compare_cores` (attention=..., options=...)."""
+    :func:`compare_cores` (attention=..., options=..., and compile=True to time it compiled by
+    :func:`vitspeed.compiling.compile_module`)."""
     return {"label": label, **spec}
 
 
@@ -65,20 +68,28 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
     """Build the timed callable (``make_fn()`` moves weights and inputs to the device), count its
     FLOPs there (``counts()`` -> columns), measure its peak memory, check its output and record the
     SDPA backend it uses (and, with ``traffic``, the bytes one call moves, in the timed dtype); a
-    candidate that runs out of memory becomes an OOM row."""
+    candidate that runs out of memory becomes an OOM row, one that cannot be compiled a
+    ``compile_error`` row. A compiled callable carries its eager twin as ``fn.eager``: the SDPA
+    backend is read off that (the compiled code is opaque to dispatch tracing), and no traffic is
+    traced (a fused loop moves less than the eager ops it replaces; what it moves is not counted)."""
     extra: dict[str, Any] = {}
     try:
         fn = make_fn()
+        extra.update(getattr(fn, "compile_info", {}))
         extra.update(counts() if counts is not None else {})  # kept in the row if the forward runs out of memory
         out, peak, _ = forward_peak_memory(fn, dev)
         del out
         check_output(fn, name=label)
-        extra["sdpa_backend"] = sdpa_backend(fn)
-        if traffic:
+        extra["sdpa_backend"] = sdpa_backend(getattr(fn, "eager", fn))
+        if traffic and not hasattr(fn, "eager"):
             moved = trace_traffic(fn)
             extra["bytes_moved"] = moved.total
             extra["compute_dtype"] = roof_compute_dtype(dev.type, base.get("dtype", ""), moved.product_dtype,
                                                         extra["sdpa_backend"])
+    except CompileFailed as err:
+        rows[label] = {**base, **extra, "status": "compile_error", "error": str(err)[:200]}
+        warnings.warn(f"{label} not timed: {err}", RuntimeWarning, stacklevel=2)
+        return
     except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
         if not is_oom_error(err):
             raise
@@ -276,10 +287,17 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
     bytes_moved (one call, in the timed dtype; :func:`vitspeed.traffic.trace_traffic`), compute_dtype
     (the dtype its matrix products ran in: float32 for a bfloat16 core that upcasts), sdpa_backend,
     status; graph_median_ms / graph_iqr_ms (or graph_error) as in :func:`compare_models`.
+
+    When any candidate has ``compile=True``, every row also has ``compiled`` (bool), and compiled
+    rows have ``compile_s`` (seconds of the first, compiling call; :func:`vitspeed.compiling.compile_module`)
+    and ``compile_rel_err`` (max |compiled - eager| / max |eager| on the timed inputs); a core the
+    compiler fails on gets ``status='compile_error'`` and the others are timed. No compiled core may
+    compile again while timed (:func:`vitspeed.compiling.no_recompiles`).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
     graphs = _use_graphs(cuda_graph, dev, batch_size)
+    any_compiled = any(c.get("compile") for c in candidates)
     g = torch.Generator().manual_seed(seed)
     fns, rows = {}, {}
     # every candidate gets the same q, k, v (per role and shape), drawn once and placed on the device once
@@ -301,6 +319,8 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
         base = {"label": label, "attention": cand["attention"], "tokens": tokens, "head_dim": head_dim,
                 "heads": heads, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
                 "threads": torch.get_num_threads(), "tf32": tf32_state(dev, dt)}
+        if any_compiled:
+            base["compiled"] = bool(cand.get("compile"))
         core = build_core(cand["attention"], head_dim=head_dim, num_heads=heads, **(cand.get("options") or {}))
         hq = getattr(core, "num_computed", heads)
         # q and k of the computed heads (hallucinated attention computes fewer), v of all heads
@@ -310,10 +330,22 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
             input_(role, shape)  # drawn in candidate order, so the values do not depend on which ran first
         key = (cand["attention"], repr(cand.get("options")), tokens, head_dim, heads, batch_size)
 
-        def make_fn(core=core, roles=roles):
-            c = core.to(dev, dt)
+        def make_fn(core=core, roles=roles, compiled=bool(cand.get("compile"))):
+            c = core.to(dev, dt).eval()
             q, k, v = (input_(role, shape, on_device=True) for role, shape in roles)
-            return lambda: c(q, k, v)
+            if not compiled:
+                return lambda: c(q, k, v)
+            fn, seconds = compile_module(c, q, k, v)
+            with torch.inference_mode():
+                got, want = fn(q, k, v).float(), c(q, k, v).float()
+                err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+            del got, want
+
+            def call():
+                return fn(q, k, v)
+            call.eager = lambda: c(q, k, v)
+            call.compile_info = {"compile_s": seconds, "compile_rel_err": err}
+            return call
 
         def counts(core=core, roles=roles, key=key) -> dict[str, int]:
             # traced on the timing device (where make_fn put the core); counts do not depend on the
@@ -324,7 +356,8 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
             return _CORE_COUNT_CACHE[key]
 
         _prepare(fns, rows, label, base, make_fn, dev, counts=counts, traffic=True)
-    _time_all(fns, rows, dev, warmup, repeats, items_per_call=1, graphs=graphs)
+    with no_recompiles() if any_compiled else contextlib.nullcontext():
+        _time_all(fns, rows, dev, warmup, repeats, items_per_call=1, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 
 

@@ -8,9 +8,10 @@ Three measurements, all through :mod:`vitspeed.studies.compare`:
   millions, latency per batch);
 - how closely each kernel reproduces softmax attention on the same q, k, v (float64, fixed seed),
   with diagnostics of the implied attention matrix that explain the large errors of the kernels
-  whose weights can be negative.
+  whose weights can be negative;
+- what ``torch.compile`` changes: each core eager and compiled, interleaved in one measurement.
 
-Rows go to ``data/linear_kernels`` with a ``kind`` column (``core``, ``form`` or ``model``).
+Rows go to ``data/linear_kernels`` with a ``kind`` column (``core``, ``form``, ``model`` or ``compiled``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from vitspeed.studies.wording import word as _word
 __all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL",
            "ELU_FORM_LABELS", "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels",
            "kernel_diagnostics", "elu_form_finding",
-           "approximation_table", "core_findings"]
+           "approximation_table", "core_findings", "COMPILED_SUFFIX", "compile_candidates", "compiled_table",
+           "compile_findings"]
 
 CHAPTER = "linear_kernels"
 REFERENCES = ("softmax", "softmax_explicit")
@@ -42,6 +44,9 @@ VARIANTS = REFERENCES + KERNELS
 # the two ways to compute elu + 1, timed against each other at the largest core size (kind 'form'):
 # label -> the linear_elu core's form option (see vitspeed.attention.linear.elu_plus_one)
 ELU_FORM_LABELS = {"elu+1 as F.elu(x) + 1": "elu", "elu+1 as exp(min(x,0)) + relu(x)": "exp"}
+
+# label of a variant's compiled twin in the kind 'compiled' groups
+COMPILED_SUFFIX = " (compiled)"
 
 # QT-ViT Table 2 (ImageNet top-1, %, each kernel trained in EfficientViT-B1); softmax is its baseline
 PUBLISHED_TOP1 = {"softmax": 79.8, "linear_relu": 79.4, "linear_cosine": 79.1, "linear_mean": 78.8,
@@ -70,11 +75,20 @@ def kernel_candidates(names: Sequence[str] | None = None, model: str | None = No
     return [candidate(n, attention=n, **extra) for n in names]
 
 
+def compile_candidates(names: Sequence[str]) -> list[Candidate]:
+    """Each variant twice, eager (labelled by its name) and compiled (name + :data:`COMPILED_SUFFIX`),
+    for :func:`vitspeed.studies.compare.compare_cores`."""
+    names = _check_names(names)
+    return [c for n in names for c in (candidate(n, attention=n), candidate(n + COMPILED_SUFFIX, attention=n, compile=True))]
+
+
 def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequence[str] | None = None,
                        model_names: Sequence[str] | None = None, img_sizes: Sequence[int] = (224,),
                        head_dim: int = 64, heads: int = 6, batch_size: int = 1, core_batch_size: int | None = None,
                        device: str = "cpu", dtypes: Sequence[str] = ("float32",), warmup: int = 3,
-                       repeats: int = 10, run_id: str | None = None) -> pd.DataFrame:
+                       repeats: int = 10, compile_tokens: Sequence[int] = (),
+                       compile_names: Sequence[str] | None = None, compile_dtypes: Sequence[str] | None = None,
+                       run_id: str | None = None) -> pd.DataFrame:
     """Time every kernel as a core (per token count) and in every model; rows to data/linear_kernels.
 
     ``names`` are the variants timed as cores (default all of :data:`VARIANTS`), ``model_names``
@@ -84,28 +98,48 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
     (``kind='model'``, batch ``batch_size``): GMACs per image, params (millions), latency per batch
     (ms), throughput (images/s). With linear_elu among ``names``, rows of ``kind='form'`` time its two
     ways of computing elu + 1 (:data:`ELU_FORM_LABELS`) as cores at the largest token count, interleaved.
+    Rows of ``kind='compiled'`` time each of ``compile_names`` (default ``names``; fused softmax is
+    always added as the reference) eager and compiled
+    (:func:`compile_candidates`; CUDA-graph replay off) at each of ``compile_tokens`` in each of
+    ``compile_dtypes`` (default ``dtypes``), after everything else, so that a compiler failure
+    (a ``compile_error`` row) cannot touch the other groups.
     FLatten's ``focused`` core needs square token counts (its
     depthwise conv runs on a sqrt(N) x sqrt(N) grid). Resumable by ``run_id``; returns this run's rows.
     """
     names = _check_names(VARIANTS if names is None else names)
     model_names = _check_names(names if model_names is None else model_names)
+    compile_names = _check_names(names if compile_names is None else compile_names)
+    if "softmax" not in compile_names:  # the reference every compiled kernel is compared with
+        compile_names.insert(0, "softmax")
     dtypes = list(dtypes)
+    compile_dtypes = dtypes if compile_dtypes is None else list(compile_dtypes)
+    stray = [dt for dt in compile_dtypes if dt not in dtypes]
+    if stray:
+        raise ValueError(f"compile_dtypes {', '.join(stray)} not among the chapter's dtypes; "
+                         f"valid choices: {', '.join(dtypes)}")
     configs = ([{"kind": "core", "model": None, "img_size": None, "tokens": int(n), "dtype": dt}
                 for dt in dtypes for n in tokens]
                + [{"kind": "form", "model": None, "img_size": None, "tokens": int(max(tokens)), "dtype": dt}
                   for dt in dtypes if "linear_elu" in names and len(tokens)]
                + [{"kind": "model", "model": m, "img_size": int(s), "tokens": None, "dtype": dt}
-                  for dt in dtypes for m in models for s in img_sizes])
+                  for dt in dtypes for m in models for s in img_sizes]
+               + [{"kind": "compiled", "model": None, "img_size": None, "tokens": int(n), "dtype": dt}
+                  for dt in compile_dtypes for n in compile_tokens])
     core_batch = batch_size if core_batch_size is None else core_batch_size
 
     def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-        if cfg["kind"] in ("core", "form"):
-            cands = kernel_candidates(names) if cfg["kind"] == "core" else \
-                [candidate(label, attention="linear_elu", options={"form": form})
-                 for label, form in ELU_FORM_LABELS.items()]
+        if cfg["kind"] in ("core", "form", "compiled"):
+            if cfg["kind"] == "core":
+                cands = kernel_candidates(names)
+            elif cfg["kind"] == "compiled":
+                cands = compile_candidates(compile_names)
+            else:
+                cands = [candidate(label, attention="linear_elu", options={"form": form})
+                         for label, form in ELU_FORM_LABELS.items()]
             rows = compare_cores_finite(cands, tokens=cfg["tokens"], head_dim=head_dim,
                                         heads=heads, batch_size=core_batch, device=device, dtype=cfg["dtype"],
-                                        warmup=warmup, repeats=repeats)
+                                        warmup=warmup, repeats=repeats,
+                                        cuda_graph=False if cfg["kind"] == "compiled" else None)
         else:
             rows = compare_models_finite(kernel_candidates(model_names, model=cfg["model"]),
                                          img_size=cfg["img_size"], batch_size=batch_size, device=device,
@@ -256,6 +290,127 @@ def elu_form_finding(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
                 f"{said(ratio, rel)}.")
     return {"tokens": int(elu.tokens), "elu_ms": float(elu.median_ms), "exp_ms": float(exp.median_ms),
             "ratio": ratio, "noise": rel, "faster": faster, "sentence": sentence}
+
+
+def compiled_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Eager against compiled, per variant, from the ``kind == 'compiled'`` rows (any hardware, dtype, N).
+
+    One row per (hardware, dtype, threads, tokens, variant), in the order measured: eager_ms,
+    eager_iqr_ms, compiled_ms, compiled_iqr_ms (medians and IQRs, ms per call); speedup (eager /
+    compiled: > 1, compiling made it faster) and speedup_said (:func:`~vitspeed.studies.wording.said`,
+    with the spread caveat); vs_softmax and compiled_vs_softmax (fused softmax's eager time over the
+    variant's eager and compiled times: > 1, faster than fused softmax), compile_s (the first call's
+    seconds), compile_rel_err and status (of the compiled twin: ok, compile_error, oom, nonfinite).
+    Empty when there are no such rows.
+    """
+    cols = ["hardware", "dtype", "threads", "tokens", "variant", "eager_ms", "eager_iqr_ms", "compiled_ms",
+            "compiled_iqr_ms", "speedup", "speedup_said", "vs_softmax", "compiled_vs_softmax", "compile_s",
+            "compile_rel_err", "status"]
+    if "kind" not in rows or not (rows.kind == "compiled").any():
+        return pd.DataFrame(columns=cols)
+    df = rows[rows.kind == "compiled"].copy()
+    df["status"] = df.status.fillna("ok") if "status" in df else "ok"
+    for col in ("hardware", "threads", "compile_s", "compile_rel_err", "iqr_ms", "median_ms"):
+        if col not in df:
+            df[col] = math.nan if col != "hardware" else df.device
+    df["tokens"] = df.tokens.astype(int)
+    df["compiled"] = df.label.str.endswith(COMPILED_SUFFIX)
+    df["variant"] = df.label.str.removesuffix(COMPILED_SUFFIX)
+    out = []
+    for (hw, dt, th, n), grp in df.groupby(["hardware", "dtype", "threads", "tokens"], sort=False):
+        eager = grp[~grp.compiled & (grp.status == "ok")].set_index("variant")
+        comp = grp[grp.compiled].set_index("variant")
+        ref = eager.loc["softmax"] if "softmax" in eager.index else None
+        for v in dict.fromkeys(grp.variant):
+            e = eager.loc[v] if v in eager.index else None
+            c = comp.loc[v] if v in comp.index else None
+            c_ok = c is not None and c.status == "ok"
+            e_ms = float(e.median_ms) if e is not None else math.nan
+            c_ms = float(c.median_ms) if c_ok else math.nan
+            speed = e_ms / c_ms
+            rel = rows_noise(e, c) if e is not None and c_ok else math.nan
+            ref_ms = float(ref.median_ms) if ref is not None else math.nan
+            out.append({"hardware": hw, "dtype": dt, "threads": th, "tokens": int(n), "variant": v,
+                        "eager_ms": e_ms, "eager_iqr_ms": float(e.iqr_ms) if e is not None else math.nan,
+                        "compiled_ms": c_ms, "compiled_iqr_ms": float(c.iqr_ms) if c_ok else math.nan,
+                        "speedup": speed, "speedup_said": said(speed, rel),
+                        "vs_softmax": ref_ms / e_ms, "compiled_vs_softmax": ref_ms / c_ms,
+                        "compile_s": float(c.compile_s) if c is not None else math.nan,
+                        "compile_rel_err": float(c.compile_rel_err) if c is not None else math.nan,
+                        "status": str(c.status) if c is not None else "not compiled"})
+    return pd.DataFrame(out, columns=cols)
+
+
+def compile_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
+    """What compiling changes in one run's ``kind == 'compiled'`` rows in ``dtype``, ready to glue.
+
+    Keys: tokens (the compiled token counts), gain_sentence (per N, the variants that compiling made
+    faster and slower beyond the two medians' spread, the largest gain), softmax_sentence (fused
+    softmax compiled against eager), count_sentence (per N, how many kernels beat eager fused
+    softmax beyond the spread eager and compiled), failed_sentence (variants the compiler failed on),
+    softmax_overhead_us (compiled minus eager fused softmax at the smallest N, overhead_tokens, in
+    microseconds: what compiled code costs per call where there is nothing to fuse),
+    compile_s_median, max_rel_err. An empty dict when the run has no such rows in ``dtype``.
+    Beating softmax is judged against fused softmax run eagerly, the fastest softmax either way
+    when compiling does not speed it up (softmax_sentence says whether it does).
+    """
+    table = compiled_table(rows)
+    table = table[table.dtype == dtype]
+    if table.empty:
+        return {}
+    gains, counts, soft = [], [], []
+    for n, t in table.groupby("tokens", sort=True):
+        t = t.set_index("variant")
+        ok = t[t.status == "ok"]
+        faster, slower = [], []
+        for v, r in ok.iterrows():
+            word_ = verdict(float(r.speedup), _pair_noise(r), above="faster", below="slower")
+            if word_ == "faster":
+                faster.append((v, float(r.speedup)))
+            elif word_ == "slower":
+                slower.append((v, float(r.speedup)))
+        faster.sort(key=lambda p: -p[1])
+        part = f"at N = {n}, "
+        part += (("faster when compiled: " + ", ".join(f"{v} ({_times(x)} times)" for v, x in faster))
+                 if faster else "no variant faster when compiled")
+        part += ("; slower: " + ", ".join(f"{v} ({_times(x)} times)" for v, x in slower)) if slower else "; none slower"
+        within = len(ok) - len(faster) - len(slower)
+        gains.append(part + f"; {within} of {len(ok)} within the spread")
+        if "softmax" in ok.index:
+            r = ok.loc["softmax"]
+            soft.append(f"{said(float(r.speedup), _pair_noise(r))} at N = {n}")
+            ref = {"median_ms": r.eager_ms, "iqr_ms": r.eager_iqr_ms}
+            kernels = [k for k in KERNELS if k in ok.index]
+            n_e = sum(_speed_verdict(ref, {"median_ms": ok.loc[k, "eager_ms"], "iqr_ms": ok.loc[k, "eager_iqr_ms"]})
+                      == "faster" for k in kernels)
+            n_c = sum(_speed_verdict(ref, {"median_ms": ok.loc[k, "compiled_ms"],
+                                           "iqr_ms": ok.loc[k, "compiled_iqr_ms"]}) == "faster" for k in kernels)
+            counts.append(f"at N = {n}, {n_e} of {len(kernels)} kernels beat fused softmax eagerly and {n_c} compiled")
+    small = table[(table.tokens == table.tokens.min()) & (table.variant == "softmax") & (table.status == "ok")]
+    overhead_us = float(1e3 * (small.compiled_ms - small.eager_ms).iloc[0]) if len(small) else math.nan
+    failed = table[~table.status.isin(["ok"])]
+    failed_sentence = ("The compiler failed on " + ", ".join(f"{v} ({s})" for v, s in zip(failed.variant, failed.status))
+                       + "." if not failed.empty else "The compiler handled every variant.")
+    return {"tokens": sorted(int(n) for n in table.tokens.unique()),
+            "gain_sentence": _sentence(gains),
+            "softmax_sentence": ("Compiling fused softmax made it " + " and ".join(soft) + "." if soft else ""),
+            "count_sentence": _sentence(counts),
+            "failed_sentence": failed_sentence,
+            "softmax_overhead_us": overhead_us, "overhead_tokens": int(table.tokens.min()),
+            "compile_s_median": float(table.compile_s.median()),
+            "max_rel_err": float(table.compile_rel_err.max())}
+
+
+def _sentence(parts: list[str]) -> str:
+    """Clauses joined by semicolons into one sentence, its first letter upper case ("" for none)."""
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "." if text else ""
+
+
+def _pair_noise(r: Any) -> float:
+    """The two medians' relative spread of a :func:`compiled_table` row (eager against compiled)."""
+    return rows_noise({"median_ms": r.eager_ms, "iqr_ms": r.eager_iqr_ms},
+                      {"median_ms": r.compiled_ms, "iqr_ms": r.compiled_iqr_ms})
 
 
 def _speed_verdict(ref: Any, row: Any) -> str:
