@@ -226,18 +226,49 @@ def test_compiled_table_and_findings_judge_gains_by_the_spread():
     assert list(t.index) == ["softmax", "linear_relu", "focused", "taylor1"]
     assert t.loc["focused", "speedup"] == pytest.approx(2.5)
     assert t.loc["focused", "compiled_vs_softmax"] == pytest.approx(1.25)  # eager softmax 1.0 / 0.8
+    assert (t.reference == "eager").all()
     assert t.loc["focused", "vs_softmax"] == pytest.approx(0.5)
     assert t.loc["linear_relu", "speedup_said"].endswith("within their spread")
     assert t.loc["taylor1", "status"] == "compile_error" and math.isnan(t.loc["taylor1", "compiled_ms"])
     f = L.compile_findings(rows, "float32")
-    assert f["tokens"] == [196]
+    assert f["settings"] == ["N = 196"]
     assert f["gain_sentence"] == ("At N = 196, faster when compiled: focused (2.5 times); slower: softmax "
                                   "(1.1 times); 1 of 3 within the spread.")
-    assert f["softmax_sentence"] == "Compiling fused softmax made it 1.1 times slower at N = 196."
-    # eager: relu beats softmax (2x), focused does not (0.5x); compiled: both do
-    assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat fused softmax eagerly and 2 compiled."
+    assert f["softmax_sentence"] == "Compiling softmax made it 1.1 times slower at N = 196."
+    # against the faster softmax (eager, 1.0 ms): relu beats it (2x), focused only compiled (1.25x)
+    assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat the faster softmax (eager) eagerly and 2 compiled."
     assert f["failed_sentence"] == "The compiler failed on taylor1 (compile_error)."
     assert f["compile_s_median"] == 1.5 and f["max_rel_err"] == pytest.approx(1e-7)
-    assert f["softmax_overhead_us"] == pytest.approx(100.0) and f["overhead_tokens"] == 196
+    assert f["softmax_overhead_us"] == pytest.approx(100.0) and f["overhead_where"] == "at N = 196"
     assert L.compile_findings(rows, "bfloat16") == {}
     assert L.compiled_table(rows[rows.kind == "core"]).empty
+
+
+def test_whole_models_are_compiled_after_everything_else(results_dir):
+    rows = L.run_linear_kernels([], ["deit_tiny_patch16_224"], names=["softmax", "linear_relu"],
+                                model_names=["softmax"], img_sizes=[32], warmup=0, repeats=1,
+                                compile_models=["deit_tiny_patch16_224"], compile_model_names=["linear_relu"],
+                                run_id="m")
+    assert list(rows.kind) == ["model"] + ["model_compiled"] * 4
+    comp = rows[rows.kind == "model_compiled"].set_index("label")
+    assert list(comp.index) == ["softmax", "softmax (compiled)", "linear_relu", "linear_relu (compiled)"]
+    assert (comp.status == "ok").all() and (comp.img_size == 32).all()
+    assert comp.loc["linear_relu (compiled)", "compile_rel_err"] < 1e-4
+    assert comp.loc["linear_relu (compiled)", "gmacs"] == comp.loc["linear_relu", "gmacs"] > 0
+    t = L.compiled_table(rows, "model_compiled")
+    assert list(t.variant) == ["softmax", "linear_relu"] and list(t.model) == ["deit_tiny_patch16_224"] * 2
+
+
+def test_model_findings_compare_with_the_faster_softmax_form():
+    rows = _compiled_rows(softmax=(10.0, 0.1), softmax__c=(8.0, 0.1), focused=(9.0, 0.1), focused__c=(7.0, 0.1))
+    rows = rows.assign(kind="model_compiled", model="deit_small_patch16_224", img_size=224, batch_size=1)
+    t = L.compiled_table(rows, "model_compiled").set_index("variant")
+    assert (t.reference == "compiled").all() and t.loc["focused", "vs_softmax"] == pytest.approx(8 / 9)
+    f = L.compile_findings(rows, "float32", "model_compiled")
+    assert f["settings"] == ["deit_small_patch16_224 at 224 px"]
+    # eager focused (9 ms) loses to compiled softmax (8 ms); compiled focused (7 ms) beats it
+    assert f["count_sentence"] == ("In deit_small_patch16_224 at 224 px, 0 of 1 variants beat the faster "
+                                   "softmax (compiled) eagerly and 1 compiled.")
+    assert f["softmax_overhead_us"] == pytest.approx(-2000.0)
+    with pytest.raises(ValueError, match="valid choices: compiled, model_compiled"):
+        L.compiled_table(rows, "model")

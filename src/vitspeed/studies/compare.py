@@ -99,6 +99,23 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
     rows[label] = {**base, "peak_mem_mb": peak, **extra}
 
 
+def _compiled_call(module: torch.nn.Module, *inputs: torch.Tensor):
+    """A callable running ``module`` compiled on ``inputs`` (:func:`vitspeed.compiling.compile_module`),
+    carrying its eager twin (``.eager``) and ``.compile_info``: compile_s and compile_rel_err, the largest
+    |compiled - eager| over the largest |eager| on these inputs."""
+    fn, seconds = compile_module(module, *inputs)
+    with torch.inference_mode():
+        got, want = fn(*inputs).float(), module(*inputs).float()
+        err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+    del got, want
+
+    def call():
+        return fn(*inputs)
+    call.eager = lambda: module(*inputs)
+    call.compile_info = {"compile_s": seconds, "compile_rel_err": err}
+    return call
+
+
 def _use_graphs(cuda_graph: bool | None, dev: torch.device, batch_size: int) -> bool:
     """CUDA-graph replay timing: by default (None) on CUDA at batch 1, where launches dominate."""
     if cuda_graph is None:
@@ -213,31 +230,37 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
     iqr_ms, p10_ms, p90_ms (ms per batch), throughput (images/s), peak_mem_mb (rise during one
     forward), gmacs and g_elementwise (per image, batch 1), params_m (millions), sdpa_backend (see
     :func:`vitspeed.traffic.sdpa_backend`), status; with CUDA-graph replay (``cuda_graph``: default
-    on CUDA at batch 1) graph_median_ms and graph_iqr_ms, or graph_error.
+    on CUDA at batch 1) graph_median_ms and graph_iqr_ms, or graph_error. Candidates with
+    ``compile=True`` are timed compiled, as in :func:`compare_cores` (``compiled``, ``compile_s``,
+    ``compile_rel_err``; ``status='compile_error'`` when the compiler fails).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
     graphs = _use_graphs(cuda_graph, dev, batch_size)
+    any_compiled = any(c.get("compile") for c in candidates)
     fns, rows = {}, {}
     for cand in candidates:
         label = cand["label"]
         base = {"label": label, "model": cand["model"], "attention": cand.get("attention") or "stock",
                 "img_size": img_size, "batch_size": batch_size, "device": dev.type, "dtype": dtype,
                 "threads": torch.get_num_threads(), "tf32": tf32_state(dev, dt)}
+        if any_compiled:
+            base["compiled"] = bool(cand.get("compile"))
         model = create_model(cand["model"], img_size=img_size, attention=cand.get("attention"),
                              attention_options=cand.get("options"), ffn=cand.get("ffn"),
                              ffn_options=cand.get("ffn_options"))
         if cand.get("prepare") is not None:  # e.g. fold re-parameterizable branches for inference
             model = cand["prepare"](model)
 
-        def make_fn(model=model):
-            m = model.to(dev, dt)
+        def make_fn(model=model, compiled=bool(cand.get("compile"))):
+            m = model.to(dev, dt).eval()
             x = torch.randn(batch_size, 3, img_size, img_size, device=dev, dtype=dt)
-            return lambda: m(x)
+            return _compiled_call(m, x) if compiled else (lambda: m(x))
 
         _prepare(fns, rows, label, base, make_fn, dev,
                  counts=lambda model=model, cand=cand: _model_counts(model, cand, img_size))
-    _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size, graphs=graphs)
+    with no_recompiles() if any_compiled else contextlib.nullcontext():
+        _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 
 
@@ -333,19 +356,7 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
         def make_fn(core=core, roles=roles, compiled=bool(cand.get("compile"))):
             c = core.to(dev, dt).eval()
             q, k, v = (input_(role, shape, on_device=True) for role, shape in roles)
-            if not compiled:
-                return lambda: c(q, k, v)
-            fn, seconds = compile_module(c, q, k, v)
-            with torch.inference_mode():
-                got, want = fn(q, k, v).float(), c(q, k, v).float()
-                err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
-            del got, want
-
-            def call():
-                return fn(q, k, v)
-            call.eager = lambda: c(q, k, v)
-            call.compile_info = {"compile_s": seconds, "compile_rel_err": err}
-            return call
+            return _compiled_call(c, q, k, v) if compiled else (lambda: c(q, k, v))
 
         def counts(core=core, roles=roles, key=key) -> dict[str, int]:
             # traced on the timing device (where make_fn put the core); counts do not depend on the

@@ -9,9 +9,11 @@ Three measurements, all through :mod:`vitspeed.studies.compare`:
 - how closely each kernel reproduces softmax attention on the same q, k, v (float64, fixed seed),
   with diagnostics of the implied attention matrix that explain the large errors of the kernels
   whose weights can be negative;
-- what ``torch.compile`` changes: each core eager and compiled, interleaved in one measurement.
+- what ``torch.compile`` changes: each core, and whole models, eager and compiled, interleaved in one
+  measurement.
 
-Rows go to ``data/linear_kernels`` with a ``kind`` column (``core``, ``form``, ``model`` or ``compiled``).
+Rows go to ``data/linear_kernels`` with a ``kind`` column (``core``, ``form``, ``model``, ``compiled``
+or ``model_compiled``).
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ from vitspeed.studies.wording import word as _word
 __all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL",
            "ELU_FORM_LABELS", "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels",
            "kernel_diagnostics", "elu_form_finding",
-           "approximation_table", "core_findings", "COMPILED_SUFFIX", "compile_candidates", "compiled_table",
-           "compile_findings"]
+           "approximation_table", "core_findings", "COMPILED_SUFFIX", "COMPILED_KINDS", "compile_candidates",
+           "compiled_table", "compile_findings"]
 
 CHAPTER = "linear_kernels"
 REFERENCES = ("softmax", "softmax_explicit")
@@ -75,11 +77,13 @@ def kernel_candidates(names: Sequence[str] | None = None, model: str | None = No
     return [candidate(n, attention=n, **extra) for n in names]
 
 
-def compile_candidates(names: Sequence[str]) -> list[Candidate]:
+def compile_candidates(names: Sequence[str], model: str | None = None) -> list[Candidate]:
     """Each variant twice, eager (labelled by its name) and compiled (name + :data:`COMPILED_SUFFIX`),
-    for :func:`vitspeed.studies.compare.compare_cores`."""
+    for :func:`vitspeed.studies.compare.compare_cores`, or with ``model`` for ``compare_models``."""
     names = _check_names(names)
-    return [c for n in names for c in (candidate(n, attention=n), candidate(n + COMPILED_SUFFIX, attention=n, compile=True))]
+    extra = {"model": model} if model is not None else {}
+    return [c for n in names for c in (candidate(n, attention=n, **extra),
+                                       candidate(n + COMPILED_SUFFIX, attention=n, compile=True, **extra))]
 
 
 def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequence[str] | None = None,
@@ -88,6 +92,7 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
                        device: str = "cpu", dtypes: Sequence[str] = ("float32",), warmup: int = 3,
                        repeats: int = 10, compile_tokens: Sequence[int] = (),
                        compile_names: Sequence[str] | None = None, compile_dtypes: Sequence[str] | None = None,
+                       compile_models: Sequence[str] = (), compile_model_names: Sequence[str] | None = None,
                        run_id: str | None = None) -> pd.DataFrame:
     """Time every kernel as a core (per token count) and in every model; rows to data/linear_kernels.
 
@@ -102,7 +107,9 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
     always added as the reference) eager and compiled
     (:func:`compile_candidates`; CUDA-graph replay off) at each of ``compile_tokens`` in each of
     ``compile_dtypes`` (default ``dtypes``), after everything else, so that a compiler failure
-    (a ``compile_error`` row) cannot touch the other groups.
+    (a ``compile_error`` row) cannot touch the other groups. Rows of ``kind='model_compiled'`` do the
+    same for whole models: each of ``compile_models`` at each of ``img_sizes`` (batch ``batch_size``)
+    with each of ``compile_model_names`` (default ``compile_names``) in every block, eager and compiled.
     FLatten's ``focused`` core needs square token counts (its
     depthwise conv runs on a sqrt(N) x sqrt(N) grid). Resumable by ``run_id``; returns this run's rows.
     """
@@ -111,6 +118,9 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
     compile_names = _check_names(names if compile_names is None else compile_names)
     if "softmax" not in compile_names:  # the reference every compiled kernel is compared with
         compile_names.insert(0, "softmax")
+    compile_model_names = _check_names(compile_names if compile_model_names is None else compile_model_names)
+    if "softmax" not in compile_model_names:
+        compile_model_names.insert(0, "softmax")
     dtypes = list(dtypes)
     compile_dtypes = dtypes if compile_dtypes is None else list(compile_dtypes)
     stray = [dt for dt in compile_dtypes if dt not in dtypes]
@@ -124,7 +134,9 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
                + [{"kind": "model", "model": m, "img_size": int(s), "tokens": None, "dtype": dt}
                   for dt in dtypes for m in models for s in img_sizes]
                + [{"kind": "compiled", "model": None, "img_size": None, "tokens": int(n), "dtype": dt}
-                  for dt in compile_dtypes for n in compile_tokens])
+                  for dt in compile_dtypes for n in compile_tokens]
+               + [{"kind": "model_compiled", "model": m, "img_size": int(s), "tokens": None, "dtype": dt}
+                  for dt in compile_dtypes for m in compile_models for s in img_sizes])
     core_batch = batch_size if core_batch_size is None else core_batch_size
 
     def run_group(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,9 +153,12 @@ def run_linear_kernels(tokens: Sequence[int], models: Sequence[str], names: Sequ
                                         warmup=warmup, repeats=repeats,
                                         cuda_graph=False if cfg["kind"] == "compiled" else None)
         else:
-            rows = compare_models_finite(kernel_candidates(model_names, model=cfg["model"]),
-                                         img_size=cfg["img_size"], batch_size=batch_size, device=device,
-                                         dtype=cfg["dtype"], warmup=warmup, repeats=repeats)
+            compiled = cfg["kind"] == "model_compiled"
+            cands = (compile_candidates(compile_model_names, model=cfg["model"]) if compiled
+                     else kernel_candidates(model_names, model=cfg["model"]))
+            rows = compare_models_finite(cands, img_size=cfg["img_size"], batch_size=batch_size, device=device,
+                                         dtype=cfg["dtype"], warmup=warmup, repeats=repeats,
+                                         cuda_graph=False if compiled else None)
         return [{**row, **cfg} for row in rows]
 
     return run_sweep(CHAPTER, configs, run_group, key_fields=("kind", "model", "img_size", "tokens", "dtype"),
@@ -292,35 +307,59 @@ def elu_form_finding(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
             "ratio": ratio, "noise": rel, "faster": faster, "sentence": sentence}
 
 
-def compiled_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Eager against compiled, per variant, from the ``kind == 'compiled'`` rows (any hardware, dtype, N).
+#: the kinds of rows that time variants eager and compiled: cores alone, and whole models
+COMPILED_KINDS = ("compiled", "model_compiled")
+_SETTING = {"compiled": ["tokens"], "model_compiled": ["model", "img_size", "batch_size"]}
 
-    One row per (hardware, dtype, threads, tokens, variant), in the order measured: eager_ms,
+
+def _where(kind: str, key: dict[str, Any]) -> str:
+    """Where a compiled comparison was made, in words: "at N = 196" or "in deit_small at 224 px"."""
+    if kind == "compiled":
+        return f"at N = {int(key['tokens'])}"
+    return f"in {key['model']} at {int(key['img_size'])} px"
+
+
+def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
+    """Eager against compiled, per variant, from the rows of ``kind`` ('compiled': cores, per token
+    count; 'model_compiled': whole models, per model and image size), any hardware and dtype.
+
+    One row per (hardware, dtype, threads, setting, variant), in the order measured: eager_ms,
     eager_iqr_ms, compiled_ms, compiled_iqr_ms (medians and IQRs, ms per call); speedup (eager /
     compiled: > 1, compiling made it faster) and speedup_said (:func:`~vitspeed.studies.wording.said`,
-    with the spread caveat); vs_softmax and compiled_vs_softmax (fused softmax's eager time over the
-    variant's eager and compiled times: > 1, faster than fused softmax), compile_s (the first call's
-    seconds), compile_rel_err and status (of the compiled twin: ok, compile_error, oom, nonfinite).
+    with the spread caveat); reference (which softmax form is faster in that setting, 'eager' or
+    'compiled', by the medians), vs_softmax and compiled_vs_softmax (the faster softmax's time over
+    the variant's eager and compiled times: > 1, faster than the best softmax), compile_s (the first
+    call's seconds), compile_rel_err and status (of the compiled twin: ok, compile_error, oom,
+    nonfinite). The setting columns are tokens for cores, model, img_size and batch_size for models.
     Empty when there are no such rows.
     """
-    cols = ["hardware", "dtype", "threads", "tokens", "variant", "eager_ms", "eager_iqr_ms", "compiled_ms",
-            "compiled_iqr_ms", "speedup", "speedup_said", "vs_softmax", "compiled_vs_softmax", "compile_s",
-            "compile_rel_err", "status"]
-    if "kind" not in rows or not (rows.kind == "compiled").any():
+    if kind not in COMPILED_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; valid choices: {', '.join(COMPILED_KINDS)}")
+    setting = _SETTING[kind]
+    cols = ["hardware", "dtype", "threads", *setting, "variant", "eager_ms", "eager_iqr_ms", "compiled_ms",
+            "compiled_iqr_ms", "speedup", "speedup_said", "reference", "vs_softmax", "compiled_vs_softmax",
+            "compile_s", "compile_rel_err", "status"]
+    if "kind" not in rows or not (rows.kind == kind).any():
         return pd.DataFrame(columns=cols)
-    df = rows[rows.kind == "compiled"].copy()
+    df = rows[rows.kind == kind].copy()
     df["status"] = df.status.fillna("ok") if "status" in df else "ok"
     for col in ("hardware", "threads", "compile_s", "compile_rel_err", "iqr_ms", "median_ms"):
         if col not in df:
             df[col] = math.nan if col != "hardware" else df.device
-    df["tokens"] = df.tokens.astype(int)
+    for col in setting:
+        if col != "model":
+            df[col] = df[col].astype(int)
     df["compiled"] = df.label.str.endswith(COMPILED_SUFFIX)
     df["variant"] = df.label.str.removesuffix(COMPILED_SUFFIX)
     out = []
-    for (hw, dt, th, n), grp in df.groupby(["hardware", "dtype", "threads", "tokens"], sort=False):
-        eager = grp[~grp.compiled & (grp.status == "ok")].set_index("variant")
-        comp = grp[grp.compiled].set_index("variant")
-        ref = eager.loc["softmax"] if "softmax" in eager.index else None
+    for key, grp in df.groupby(["hardware", "dtype", "threads", *setting], sort=False):
+        fixed = dict(zip(["hardware", "dtype", "threads", *setting], key))
+        ok = grp[grp.status == "ok"]
+        eager, comp = ok[~ok.compiled].set_index("variant"), grp[grp.compiled].set_index("variant")
+        refs = {form: t.loc["softmax"] for form, t in (("eager", eager), ("compiled", comp[comp.status == "ok"]))
+                if "softmax" in t.index}
+        ref_form = min(refs, key=lambda f: float(refs[f].median_ms)) if refs else ""
+        ref_ms = float(refs[ref_form].median_ms) if refs else math.nan
         for v in dict.fromkeys(grp.variant):
             e = eager.loc[v] if v in eager.index else None
             c = comp.loc[v] if v in comp.index else None
@@ -329,11 +368,10 @@ def compiled_table(rows: pd.DataFrame) -> pd.DataFrame:
             c_ms = float(c.median_ms) if c_ok else math.nan
             speed = e_ms / c_ms
             rel = rows_noise(e, c) if e is not None and c_ok else math.nan
-            ref_ms = float(ref.median_ms) if ref is not None else math.nan
-            out.append({"hardware": hw, "dtype": dt, "threads": th, "tokens": int(n), "variant": v,
+            out.append({**fixed, "variant": v,
                         "eager_ms": e_ms, "eager_iqr_ms": float(e.iqr_ms) if e is not None else math.nan,
                         "compiled_ms": c_ms, "compiled_iqr_ms": float(c.iqr_ms) if c_ok else math.nan,
-                        "speedup": speed, "speedup_said": said(speed, rel),
+                        "speedup": speed, "speedup_said": said(speed, rel), "reference": ref_form,
                         "vs_softmax": ref_ms / e_ms, "compiled_vs_softmax": ref_ms / c_ms,
                         "compile_s": float(c.compile_s) if c is not None else math.nan,
                         "compile_rel_err": float(c.compile_rel_err) if c is not None else math.nan,
@@ -341,62 +379,66 @@ def compiled_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
-def compile_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
-    """What compiling changes in one run's ``kind == 'compiled'`` rows in ``dtype``, ready to glue.
+def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> dict[str, Any]:
+    """What compiling changes in one run's rows of ``kind`` (see :func:`compiled_table`) in ``dtype``.
 
-    Keys: tokens (the compiled token counts), gain_sentence (per N, the variants that compiling made
-    faster and slower beyond the two medians' spread, the largest gain), softmax_sentence (fused
-    softmax compiled against eager), count_sentence (per N, how many kernels beat eager fused
-    softmax beyond the spread eager and compiled), failed_sentence (variants the compiler failed on),
-    softmax_overhead_us (compiled minus eager fused softmax at the smallest N, overhead_tokens, in
-    microseconds: what compiled code costs per call where there is nothing to fuse),
-    compile_s_median, max_rel_err. An empty dict when the run has no such rows in ``dtype``.
-    Beating softmax is judged against fused softmax run eagerly, the fastest softmax either way
-    when compiling does not speed it up (softmax_sentence says whether it does).
+    Keys: settings (the token counts, or "model at size px", compared), gain_sentence (per setting,
+    the variants that compiling made faster and slower beyond the two medians' spread, largest first),
+    softmax_sentence (softmax compiled against eager), count_sentence (per setting, how many of the
+    other variants beat the faster softmax form, eager and compiled, beyond the spread),
+    failed_sentence (variants the compiler failed on), softmax_overhead_us (compiled minus eager
+    softmax in the first setting, overhead_where, in microseconds: what compiled code costs per call
+    where there is little to fuse), compile_s_median, max_rel_err. For cores the other variants are
+    the kernels (:data:`KERNELS`), for models every variant but softmax. An empty dict when the run
+    has no such rows in ``dtype``.
     """
-    table = compiled_table(rows)
+    table = compiled_table(rows, kind)
     table = table[table.dtype == dtype]
     if table.empty:
         return {}
-    gains, counts, soft = [], [], []
-    for n, t in table.groupby("tokens", sort=True):
+    setting = _SETTING[kind]
+    gains, counts, soft, where_all = [], [], [], []
+    overhead_us, overhead_where = math.nan, ""
+    for key, t in table.groupby(setting, sort=True):
+        key = dict(zip(setting, key if isinstance(key, tuple) else (key,)))
+        where = _where(kind, key)
+        where_all.append(where.removeprefix("at ").removeprefix("in "))
         t = t.set_index("variant")
         ok = t[t.status == "ok"]
         faster, slower = [], []
         for v, r in ok.iterrows():
             word_ = verdict(float(r.speedup), _pair_noise(r), above="faster", below="slower")
-            if word_ == "faster":
-                faster.append((v, float(r.speedup)))
-            elif word_ == "slower":
-                slower.append((v, float(r.speedup)))
+            if word_ in ("faster", "slower"):
+                (faster if word_ == "faster" else slower).append((v, float(r.speedup)))
         faster.sort(key=lambda p: -p[1])
-        part = f"at N = {n}, "
-        part += (("faster when compiled: " + ", ".join(f"{v} ({_times(x)} times)" for v, x in faster))
-                 if faster else "no variant faster when compiled")
+        slower.sort(key=lambda p: p[1])
+        part = f"{where}, " + (("faster when compiled: " + ", ".join(f"{v} ({_times(x)} times)" for v, x in faster))
+                               if faster else "no variant faster when compiled")
         part += ("; slower: " + ", ".join(f"{v} ({_times(x)} times)" for v, x in slower)) if slower else "; none slower"
-        within = len(ok) - len(faster) - len(slower)
-        gains.append(part + f"; {within} of {len(ok)} within the spread")
-        if "softmax" in ok.index:
-            r = ok.loc["softmax"]
-            soft.append(f"{said(float(r.speedup), _pair_noise(r))} at N = {n}")
-            ref = {"median_ms": r.eager_ms, "iqr_ms": r.eager_iqr_ms}
-            kernels = [k for k in KERNELS if k in ok.index]
-            n_e = sum(_speed_verdict(ref, {"median_ms": ok.loc[k, "eager_ms"], "iqr_ms": ok.loc[k, "eager_iqr_ms"]})
-                      == "faster" for k in kernels)
-            n_c = sum(_speed_verdict(ref, {"median_ms": ok.loc[k, "compiled_ms"],
-                                           "iqr_ms": ok.loc[k, "compiled_iqr_ms"]}) == "faster" for k in kernels)
-            counts.append(f"at N = {n}, {n_e} of {len(kernels)} kernels beat fused softmax eagerly and {n_c} compiled")
-    small = table[(table.tokens == table.tokens.min()) & (table.variant == "softmax") & (table.status == "ok")]
-    overhead_us = float(1e3 * (small.compiled_ms - small.eager_ms).iloc[0]) if len(small) else math.nan
-    failed = table[~table.status.isin(["ok"])]
+        gains.append(part + f"; {len(ok) - len(faster) - len(slower)} of {len(ok)} within the spread")
+        if "softmax" not in ok.index:
+            continue
+        r = ok.loc["softmax"]
+        soft.append(f"{said(float(r.speedup), _pair_noise(r))} {where}")
+        if math.isnan(overhead_us):
+            overhead_us, overhead_where = 1e3 * float(r.compiled_ms - r.eager_ms), where
+        ref_form = str(r.reference)
+        ref = {"median_ms": r[f"{ref_form}_ms"], "iqr_ms": r[f"{ref_form}_iqr_ms"]}
+        others = [k for k in (KERNELS if kind == "compiled" else ok.index) if k in ok.index and k != "softmax"]
+        n_e, n_c = (sum(_speed_verdict(ref, {"median_ms": ok.loc[k, f"{form}_ms"], "iqr_ms": ok.loc[k, f"{form}_iqr_ms"]})
+                        == "faster" for k in others) for form in ("eager", "compiled"))
+        noun = "kernels" if kind == "compiled" else "variants"
+        counts.append(f"{where}, {n_e} of {len(others)} {noun} beat the faster softmax ({ref_form}) eagerly "
+                      f"and {n_c} compiled")
+    failed = table[table.status != "ok"]
     failed_sentence = ("The compiler failed on " + ", ".join(f"{v} ({s})" for v, s in zip(failed.variant, failed.status))
                        + "." if not failed.empty else "The compiler handled every variant.")
-    return {"tokens": sorted(int(n) for n in table.tokens.unique()),
+    return {"settings": where_all,
             "gain_sentence": _sentence(gains),
-            "softmax_sentence": ("Compiling fused softmax made it " + " and ".join(soft) + "." if soft else ""),
+            "softmax_sentence": ("Compiling softmax made it " + " and ".join(soft) + "." if soft else ""),
             "count_sentence": _sentence(counts),
             "failed_sentence": failed_sentence,
-            "softmax_overhead_us": overhead_us, "overhead_tokens": int(table.tokens.min()),
+            "softmax_overhead_us": overhead_us, "overhead_where": overhead_where,
             "compile_s_median": float(table.compile_s.median()),
             "max_rel_err": float(table.compile_rel_err.max())}
 
