@@ -184,3 +184,29 @@ def test_cores_without_compiled_candidates_have_no_compile_columns():
     (row,) = compare_cores([candidate("relu", attention="linear_relu")], tokens=16, head_dim=8, heads=2,
                            warmup=0, repeats=1)
     assert "compiled" not in row and "compile_s" not in row
+
+
+def test_a_nonfinite_candidate_is_recorded_without_preparing_the_others_again(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    built = []
+    real_build = compare.build_core
+
+    def counting_build(name, **kw):
+        built.append(name)
+        return real_build(name, **kw)
+
+    real_check = compare.check_output
+
+    def fake_check(fn, name=None, **kw):
+        if name == "relu":
+            raise ValueError("output of relu contains 5 non-finite value(s) (NaN or inf); refusing")
+        return real_check(fn, name=name, **kw)
+
+    monkeypatch.setattr(compare, "build_core", counting_build)
+    monkeypatch.setattr(compare, "check_output", fake_check)
+    rows = compare.compare_cores_finite([candidate("softmax", attention="softmax"), candidate("relu", attention="linear_relu")],
+                                        tokens=16, head_dim=8, heads=2, warmup=0, repeats=1)
+    assert [r["status"] for r in rows] == ["ok", "nonfinite"]
+    assert rows[1]["macs"] > 0 and "non-finite" in rows[1]["error"] and "median_ms" not in rows[1]
+    assert built == ["softmax", "linear_relu"]  # one pass: nothing rebuilt and timed again

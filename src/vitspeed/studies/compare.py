@@ -68,8 +68,9 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
     """Build the timed callable (``make_fn()`` moves weights and inputs to the device), count its
     FLOPs there (``counts()`` -> columns), measure its peak memory, check its output and record the
     SDPA backend it uses (and, with ``traffic``, the bytes one call moves, in the timed dtype); a
-    candidate that runs out of memory becomes an OOM row, one that cannot be compiled a
-    ``compile_error`` row. A compiled callable carries its eager twin as ``fn.eager``: the SDPA
+    candidate that runs out of memory becomes an OOM row, one whose output has NaN/inf a
+    ``nonfinite`` row (the others are timed without it, nothing is rebuilt), one that cannot be
+    compiled a ``compile_error`` row. A compiled callable carries its eager twin as ``fn.eager``: the SDPA
     backend is read off that (the compiled code is opaque to dispatch tracing), and no traffic is
     traced (a fused loop moves less than the eager ops it replaces; what it moves is not counted)."""
     extra: dict[str, Any] = {}
@@ -79,7 +80,13 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
         extra.update(counts() if counts is not None else {})  # kept in the row if the forward runs out of memory
         out, peak, _ = forward_peak_memory(fn, dev)
         del out
-        check_output(fn, name=label)
+        try:
+            check_output(fn, name=label)
+        except ValueError as err:  # NaN/inf (e.g. a kernel overflowing in float16): recorded, not timed
+            if not str(err).startswith(f"output of {label} contains"):
+                raise
+            rows[label] = {**base, **extra, "status": "nonfinite", "error": str(err).splitlines()[0][:200]}
+            return
         extra["sdpa_backend"] = sdpa_backend(getattr(fn, "eager", fn))
         if traffic and not hasattr(fn, "eager"):
             moved = trace_traffic(fn)
@@ -266,7 +273,9 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
 
 def _finite(compare, candidates: Sequence[Candidate], failed_fields, **kwargs: Any) -> list[dict[str, Any]]:
     """Run ``compare``; a candidate whose output has NaN/inf becomes a ``status='nonfinite'`` row
-    (``failed_fields(candidate)`` gives its identifying columns) and the rest are timed again without it."""
+    (``failed_fields(candidate)`` gives its identifying columns) and the rest are timed again without it.
+    The comparisons here record such a candidate themselves before timing; this catches a
+    ``compare`` that raises instead (every candidate is then prepared again)."""
     remaining = list(candidates)
     failed: dict[str, dict[str, Any]] = {}
     while True:
