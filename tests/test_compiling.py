@@ -27,8 +27,8 @@ class _DataDependent(nn.Module):
 def test_compiled_core_matches_eager_and_reports_its_compile_time():
     core = build_core("linear_relu", head_dim=8, num_heads=2).eval()
     q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
-    fn, seconds = compiling.compile_module(core, q, k, v)
-    assert seconds > 0
+    fn, info = compiling.compile_module(core, q, k, v)
+    assert info["compile_s"] > 0 and info["cache_hits"] >= 0
     with torch.inference_mode():
         torch.testing.assert_close(fn(q, k, v), core(q, k, v), rtol=1e-5, atol=1e-6)
 
@@ -38,15 +38,39 @@ def test_a_graph_break_is_a_compile_failure_naming_the_module():
         compiling.compile_module(_DataDependent(), torch.randn(4))
 
 
-def test_a_compiler_that_does_not_work_fails_with_the_device_named(monkeypatch):
+def test_a_compiler_that_does_not_work_fails_with_the_device_named_and_is_not_asked_again(monkeypatch):
     monkeypatch.setattr(compiling, "_WARM", [])
+    monkeypatch.setattr(compiling, "_FAILED", {})
+    calls = []
 
     def broken(*args, **kwargs):
+        calls.append(1)
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", broken)
-    with pytest.raises(compiling.CompileFailed, match="does not work on cpu: InvalidCxxCompiler"):
+    for _ in range(2):
+        with pytest.raises(compiling.CompileFailed, match="does not work on cpu: InvalidCxxCompiler") as err:
+            compiling.compile_module(_Scale(), torch.randn(4))
+        assert err.value.status == "compile_error"
+    assert len(calls) == 1  # the second candidate fails at once: no minutes lost per candidate
+
+
+def test_disabled_compiling_is_a_failure_not_a_silent_eager_run(monkeypatch):
+    monkeypatch.setattr(compiling, "_WARM", [])
+    monkeypatch.setattr(compiling, "_FAILED", {})
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
+    with pytest.raises(compiling.CompileFailed, match="disabled"):
         compiling.compile_module(_Scale(), torch.randn(4))
+
+
+@pytest.mark.skipif(bool(__import__("os").environ.get(compiling.KEEP_CACHE_ENV)), reason="the user's cache is kept")
+def test_the_process_compiles_into_a_fresh_cache_of_its_own():
+    compiling.warm_compiler("cpu")
+    import os
+
+    assert compiling._CACHE and os.environ["TORCHINDUCTOR_CACHE_DIR"] == compiling._CACHE[0]
+    assert os.path.basename(compiling._CACHE[0]).startswith("vitspeed-compile-")
+    assert os.environ["TRITON_CACHE_DIR"].startswith(compiling._CACHE[0])
 
 
 def test_more_specialisations_than_dynamos_default_limit_are_all_compiled():

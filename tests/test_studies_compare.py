@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vitspeed.studies.compare import approximation, candidate, compare_cores, compare_models, implied_attention
+from vitspeed.timing import NonFiniteOutput
 
 
 def test_implied_attention_of_softmax_is_the_softmax_map():
@@ -157,7 +158,7 @@ def test_compiled_candidates_are_timed_beside_their_eager_twins():
     for label in ("softmax+c", "relu+c"):
         r = rows[label]
         assert r["status"] == "ok" and r["median_ms"] > 0 and r["compile_s"] > 0
-        assert r["compile_rel_err"] < 1e-5
+        assert r["compile_rel_err"] < 1e-5 and r["compile_cache_hits"] >= 0
         assert "bytes_moved" not in r  # the eager ops' traffic is not what a fused loop moves
         assert r["macs"] == rows[label[:-2]]["macs"]  # the same computation, counted on the eager core
     assert rows["softmax+c"]["sdpa_backend"] == rows["softmax"]["sdpa_backend"] != ""  # read off the eager twin
@@ -200,7 +201,7 @@ def test_a_nonfinite_candidate_is_recorded_without_preparing_the_others_again(mo
 
     def fake_check(fn, name=None, **kw):
         if name == "relu":
-            raise ValueError("output of relu contains 5 non-finite value(s) (NaN or inf); refusing")
+            raise NonFiniteOutput("output of relu contains 5 non-finite value(s) (NaN or inf); refusing", name)
         return real_check(fn, name=name, **kw)
 
     monkeypatch.setattr(compare, "build_core", counting_build)
@@ -210,3 +211,62 @@ def test_a_nonfinite_candidate_is_recorded_without_preparing_the_others_again(mo
     assert [r["status"] for r in rows] == ["ok", "nonfinite"]
     assert rows[1]["macs"] > 0 and "non-finite" in rows[1]["error"] and "median_ms" not in rows[1]
     assert built == ["softmax", "linear_relu"]  # one pass: nothing rebuilt and timed again
+
+
+def test_a_compiled_core_that_differs_from_eager_is_a_mismatch_not_a_timing(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    def wrong(module, *inputs):
+        return (lambda *a: module(*a) * 1.5), {"compile_s": 0.1, "cache_hits": 0}
+
+    monkeypatch.setattr(compare, "compile_module", wrong)
+    rows = compare_cores([candidate("relu", attention="linear_relu"), candidate("relu+c", attention="linear_relu",
+                                                                                compile=True)],
+                         tokens=16, head_dim=8, heads=2, warmup=0, repeats=1)
+    assert rows[0]["status"] == "ok" and rows[1]["status"] == "mismatch" and "differs from eager" in rows[1]["error"]
+
+
+def test_a_compiled_core_failing_while_timed_is_dropped_and_the_rest_timed(monkeypatch):
+    import vitspeed.studies.compare as compare
+
+    def flaky(module, *inputs):
+        calls = []
+
+        def fn(*a):
+            calls.append(1)
+            if len(calls) > 4:  # fine while prepared, then it "recompiles" under the timing stance
+                raise RuntimeError("Detected recompile when torch.compile stance is 'fail_on_recompile'")
+            return module(*a)
+        return fn, {"compile_s": 0.1, "cache_hits": 0}
+
+    monkeypatch.setattr(compare, "compile_module", flaky)
+    with pytest.warns(RuntimeWarning, match="relu\\+c failed while being timed: Detected recompile"):
+        rows = compare_cores([candidate("relu", attention="linear_relu"),
+                              candidate("relu+c", attention="linear_relu", compile=True)],
+                             tokens=16, head_dim=8, heads=2, warmup=2, repeats=2)
+    assert rows[0]["status"] == "ok" and rows[0]["median_ms"] > 0
+    assert rows[1]["status"] == "compile_error" and "median_ms" not in rows[1]
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="set_stance needs torch >= 2.6")
+def test_compiled_candidates_are_timed_where_compiling_again_is_refused(monkeypatch):
+    import vitspeed.studies.compare as compare
+    from vitspeed.compiling import compile_module
+
+    probe, _ = compile_module(torch.nn.ReLU(), torch.randn(33))
+    other = torch.randn(35)
+    refused = []
+    real = compare.measure
+
+    def checking(fns, **kw):
+        try:
+            with torch.inference_mode():
+                probe(other)  # a new shape: compiling it must be refused while timing
+        except Exception as err:  # noqa: BLE001
+            refused.append("recompil" in str(err).lower())
+        return real(fns, **kw)
+
+    monkeypatch.setattr(compare, "measure", checking)
+    compare_cores([candidate("relu+c", attention="linear_relu", compile=True)], tokens=16, head_dim=8, heads=2,
+                  warmup=0, repeats=1)
+    assert refused == [True]

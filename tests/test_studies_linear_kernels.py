@@ -237,7 +237,7 @@ def test_compiled_table_and_findings_judge_gains_by_the_spread():
     assert f["softmax_sentence"] == "Compiling softmax made it 1.1 times slower at N = 196."
     # against the faster softmax (eager, 1.0 ms): relu beats it (2x), focused only compiled (1.25x)
     assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat the faster softmax (eager) eagerly and 2 compiled."
-    assert f["failed_sentence"] == "The compiler failed on taylor1 (compile_error)."
+    assert f["failed_sentence"] == "Not timed both ways: taylor1 (compile_error)."
     assert f["compile_s_median"] == 1.5 and f["max_rel_err"] == pytest.approx(1e-7)
     assert f["softmax_overhead_us"] == pytest.approx(100.0) and f["overhead_where"] == "at N = 196"
     assert L.compile_findings(rows, "bfloat16") == {}
@@ -272,3 +272,23 @@ def test_model_findings_compare_with_the_faster_softmax_form():
     assert f["softmax_overhead_us"] == pytest.approx(-2000.0)
     with pytest.raises(ValueError, match="valid choices: compiled, model_compiled"):
         L.compiled_table(rows, "model")
+
+
+def test_findings_cope_with_failed_forms():
+    # compiled softmax failed: the eager one is the reference; an eager failure is not a "within the spread"
+    rows = _compiled_rows(softmax=(1.0, 0.02), softmax__c="compile_error", linear_relu=(0.5, 0.01),
+                          linear_relu__c=(0.4, 0.01), focused="nonfinite", focused__c=(0.8, 0.02))
+    t = L.compiled_table(rows).set_index("variant")
+    assert list(t.status) == ["compile_error", "ok", "eager nonfinite"]
+    assert t.loc["linear_relu", "reference"] == "eager"
+    f = L.compile_findings(rows, "float32")
+    assert f["gain_sentence"] == "At N = 196, faster when compiled: linear_relu (1.25 times); none slower; 0 of 1 within the spread."
+    assert f["count_sentence"] == "At N = 196, 1 of 1 kernels beat the faster softmax (eager) eagerly and 1 compiled."
+    assert f["softmax_sentence"] == "" and math.isnan(f["softmax_overhead_us"]) and f["n_timed"] == 1
+    assert f["failed_sentence"] == "Not timed both ways: softmax (compile_error), focused (eager nonfinite)."
+    # nothing compiled at all (no C++ compiler): said so, without counts of nothing
+    none = _compiled_rows(softmax=(1.0, 0.02), softmax__c="compile_error", linear_relu=(0.5, 0.01),
+                          linear_relu__c="compile_error")
+    f = L.compile_findings(none, "float32")
+    assert f["gain_sentence"] == "At N = 196, no variant was timed both ways."
+    assert f["n_timed"] == 0 and f["softmax_sentence"] == "" and f["count_sentence"] == ""

@@ -8,6 +8,7 @@ from vitspeed.attention import list_attentions
 from vitspeed.results import read_results
 from vitspeed.roofline import roofline
 from vitspeed.studies import scaling as S
+from vitspeed.timing import NonFiniteOutput
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "frozen_gc")
@@ -196,7 +197,7 @@ def test_nonfinite_core_is_recorded_and_others_timed(monkeypatch):
 
     def fake(fn, name=None, **kw):
         if name == "linear_relu":
-            raise ValueError("output of linear_relu contains 7 non-finite value(s) (NaN or inf); refusing")
+            raise NonFiniteOutput("output of linear_relu contains 7 non-finite value(s) (NaN or inf); refusing", name)
         return real(fn, name=name, **kw)
 
     monkeypatch.setattr(compare, "check_output", fake)

@@ -7,6 +7,7 @@ import pytest
 
 from vitspeed.studies import compare
 from vitspeed.studies import swin_similarity as S
+from vitspeed.timing import NonFiniteOutput
 
 
 def test_seed_ratios_are_the_seed_numbers():
@@ -73,7 +74,7 @@ def test_compare_models_finite_records_a_nonfinite_candidate_and_times_the_rest(
     def fake(cands, **kwargs):
         calls.append([c["label"] for c in cands])
         if any(c["label"] == "jaccard" for c in cands):
-            raise ValueError("output of jaccard contains 3 non-finite value(s) (NaN or inf); refusing")
+            raise NonFiniteOutput("output of jaccard contains 3 non-finite value(s) (NaN or inf); refusing", "jaccard")
         return [{"label": c["label"], "status": "ok", "median_ms": 1.0} for c in cands]
 
     monkeypatch.setattr(compare, "compare_models", fake)

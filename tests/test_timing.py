@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from vitspeed.results import config_key
-from vitspeed.timing import (SweepIncomplete, Timing, benchmark_model, check_output, deadline_from_env, is_oom_error,
-                             measure, sweep)
+from vitspeed.timing import (NonFiniteOutput, SweepIncomplete, Timing, benchmark_model, check_output, deadline_from_env,
+                             is_oom_error, measure, sweep)
 
 
 def test_timing_summary_in_seconds_and_row_in_ms():
@@ -100,8 +100,9 @@ def test_check_output():
     check_output(lambda: torch.ones(3))
     check_output(lambda: (torch.ones(2), {"x": torch.zeros(1)}), shape=(2,))
     check_output(lambda: torch.arange(3))  # integer outputs cannot be non-finite
-    with pytest.raises(ValueError, match="non-finite"):
-        check_output(lambda: torch.tensor([1.0, float("nan")]))
+    with pytest.raises(NonFiniteOutput, match="non-finite") as err:
+        check_output(lambda: torch.tensor([1.0, float("nan")]), name="core")
+    assert err.value.name == "core" and isinstance(err.value, ValueError)
     with pytest.raises(ValueError, match="non-finite"):
         check_output(lambda: (torch.ones(2), [torch.tensor([float("inf")])]))
     with pytest.raises(ValueError, match="shape"):

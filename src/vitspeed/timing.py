@@ -36,7 +36,7 @@ from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_f
 
 __all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep",
            "is_oom_error", "forward_peak_memory", "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env",
-           "cuda_graph_callable", "L2_FLUSH_BYTES",
+           "cuda_graph_callable", "L2_FLUSH_BYTES", "NonFiniteOutput",
            "usable_cpus", "set_threads"]
 
 _MAX_INNER = 1_000_000
@@ -274,11 +274,19 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
     return None
 
 
+class NonFiniteOutput(ValueError):
+    """A callable's output has NaN or inf values (:func:`check_output`); ``name`` says whose."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 def _check(out: Any, name: str, shape: Sequence[int] | None) -> None:
     bad = _non_finite_count(out)
     if bad:
-        raise ValueError(f"output of {name} contains {bad} non-finite value(s) (NaN or inf); "
-                         "refusing to time a broken computation")
+        raise NonFiniteOutput(f"output of {name} contains {bad} non-finite value(s) (NaN or inf); "
+                              "refusing to time a broken computation", name)
     if shape is not None:
         t = _first_tensor(out)
         got = tuple(t.shape) if t is not None else None
@@ -287,8 +295,9 @@ def _check(out: Any, name: str, shape: Sequence[int] | None) -> None:
 
 
 def check_output(fn: Callable[[], Any], name: str = "the callable", shape: Sequence[int] | None = None) -> None:
-    """Run ``fn`` once under inference_mode; ValueError if any floating output is NaN/inf (or, when
-    ``shape`` is given, if the first output tensor has another shape).  Call it before timing."""
+    """Run ``fn`` once under inference_mode; :class:`NonFiniteOutput` (a ValueError) if any floating
+    output is NaN/inf, ValueError when ``shape`` is given and the first output tensor has another
+    shape.  Call it before timing."""
     with torch.inference_mode():
         out = fn()
     _check(out, name, shape)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -23,8 +23,8 @@ from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter, read_csv
 from vitspeed import timing as _timing
-from vitspeed.timing import (check_output, cuda_graph_callable, deadline_from_env, empty_cuda_cache,
-                             forward_peak_memory, is_oom_error, measure, sweep)
+from vitspeed.timing import (NonFiniteOutput, check_output, cuda_graph_callable, deadline_from_env,
+                             empty_cuda_cache, forward_peak_memory, is_oom_error, measure, sweep)
 from vitspeed.roofline import roof_compute_dtype
 from vitspeed.traffic import sdpa_backend, trace_traffic
 
@@ -82,9 +82,7 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
         del out
         try:
             check_output(fn, name=label)
-        except ValueError as err:  # NaN/inf (e.g. a kernel overflowing in float16): recorded, not timed
-            if not str(err).startswith(f"output of {label} contains"):
-                raise
+        except NonFiniteOutput as err:  # NaN/inf (e.g. a kernel overflowing in float16): recorded, not timed
             rows[label] = {**base, **extra, "status": "nonfinite", "error": str(err).splitlines()[0][:200]}
             return
         extra["sdpa_backend"] = sdpa_backend(getattr(fn, "eager", fn))
@@ -94,7 +92,7 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
             extra["compute_dtype"] = roof_compute_dtype(dev.type, base.get("dtype", ""), moved.product_dtype,
                                                         extra["sdpa_backend"])
     except CompileFailed as err:
-        rows[label] = {**base, **extra, "status": "compile_error", "error": str(err)[:200]}
+        rows[label] = {**base, **extra, "status": err.status, "error": str(err)[:200]}
         warnings.warn(f"{label} not timed: {err}", RuntimeWarning, stacklevel=2)
         return
     except BaseException as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest re-raised
@@ -106,20 +104,32 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
     rows[label] = {**base, "peak_mem_mb": peak, **extra}
 
 
-def _compiled_call(module: torch.nn.Module, *inputs: torch.Tensor):
+#: Largest relative difference (max |compiled - eager| / max |eager|) a compiled candidate may show
+#: before it is recorded as ``mismatch`` instead of timed: reordered float32 sums differ by ~1e-6,
+#: half-precision ones by a few units of their 8-bit mantissa.
+COMPILE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+
+
+def _compiled_call(module: torch.nn.Module, *inputs: torch.Tensor) -> Callable[[], Any]:
     """A callable running ``module`` compiled on ``inputs`` (:func:`vitspeed.compiling.compile_module`),
-    carrying its eager twin (``.eager``) and ``.compile_info``: compile_s and compile_rel_err, the largest
-    |compiled - eager| over the largest |eager| on these inputs."""
-    fn, seconds = compile_module(module, *inputs)
+    carrying its eager twin (``.eager``) and ``.compile_info``: compile_s, compile_cache_hits and
+    compile_rel_err, the largest |compiled - eager| over the largest |eager| on these inputs.
+    Raises :class:`~vitspeed.compiling.CompileFailed` (status ``mismatch``) past :data:`COMPILE_TOLERANCE`."""
+    fn, info = compile_module(module, *inputs)
     with torch.inference_mode():
-        got, want = fn(*inputs).float(), module(*inputs).float()
-        err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+        got, want = fn(*inputs), module(*inputs)
+        err = float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-30))
+    tol = COMPILE_TOLERANCE.get(want.dtype, 1e-3)
     del got, want
+    if not err <= tol:  # also catches nan
+        raise CompileFailed(f"compiled {type(module).__name__} differs from eager by {err:.2g} (relative), "
+                            f"more than {tol:g}", status="mismatch")
 
     def call():
         return fn(*inputs)
     call.eager = lambda: module(*inputs)
-    call.compile_info = {"compile_s": seconds, "compile_rel_err": err}
+    call.compile_info = {"compile_s": info["compile_s"], "compile_cache_hits": info["cache_hits"],
+                         "compile_rel_err": err}
     return call
 
 
@@ -141,14 +151,27 @@ class _CandidateOOM(RuntimeError):
         self.label = label
 
 
+class _CandidateCompileError(RuntimeError):
+    """A compiled callable failed while being timed (it had to compile again, say); ``label`` says which."""
+
+    def __init__(self, label: str, cause: BaseException) -> None:
+        text = str(cause).strip()
+        why = text.splitlines()[0][:160] if text else type(cause).__name__
+        super().__init__(f"{label} failed while being timed: {why}")
+        self.label = label
+
+
 def _tagged(label: str, fn):
-    """``fn`` whose out-of-memory error names the candidate, so one candidate can be dropped."""
+    """``fn`` whose out-of-memory error names the candidate, so one candidate can be dropped; for a
+    compiled callable (one with ``.eager``) any other error is named too (an eager one's propagates)."""
     def call():
         try:
             return fn()
-        except BaseException as err:  # noqa: BLE001 - only out-of-memory is translated, the rest re-raised
+        except BaseException as err:  # noqa: BLE001 - translated when it concerns one candidate, else re-raised
             if is_oom_error(err):
                 raise _CandidateOOM(label) from err
+            if hasattr(fn, "eager") and isinstance(err, Exception):
+                raise _CandidateCompileError(label, err) from err
             raise
     return call
 
@@ -165,16 +188,21 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
     ``graphs``, time their CUDA-graph replays too (a second interleaved measurement, columns
     graph_median_ms / graph_iqr_ms; a callable that cannot be captured gets graph_error).
 
-    A callable that runs out of memory while being timed becomes an OOM row, and the others are timed
+    A callable that runs out of memory while being timed becomes an OOM row, a compiled one that
+    fails (e.g. it would have to compile again) a ``compile_error`` row, and the others are timed
     again without it (the memory check before timing runs one call; warm-up can need more)."""
     while fns:
         try:
             timings = measure({label: _tagged(label, fn) for label, fn in fns.items()}, device=str(dev),
                               warmup=warmup, repeats=repeats)
             break
-        except _CandidateOOM as err:
-            rows[err.label] = _oom_row({k: v for k, v in rows[err.label].items() if k != "peak_mem_mb"},
-                                       err.__cause__ or err)
+        except (_CandidateOOM, _CandidateCompileError) as err:
+            kept = {k: v for k, v in rows[err.label].items() if k != "peak_mem_mb"}
+            if isinstance(err, _CandidateOOM):
+                rows[err.label] = _oom_row(kept, err.__cause__ or err)
+            else:
+                rows[err.label] = {**kept, "status": "compile_error", "error": str(err)[:200]}
+                warnings.warn(str(err), RuntimeWarning, stacklevel=2)
             del fns[err.label]
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
@@ -282,8 +310,8 @@ def _finite(compare, candidates: Sequence[Candidate], failed_fields, **kwargs: A
         try:
             rows = compare(remaining, **kwargs) if remaining else []
             break
-        except ValueError as err:
-            bad = next((c for c in remaining if str(err).startswith(f"output of {c['label']} contains")), None)
+        except NonFiniteOutput as err:
+            bad = next((c for c in remaining if c["label"] == err.name), None)
             if bad is None:
                 raise
             failed[bad["label"]] = {**failed_fields(bad), "batch_size": kwargs.get("batch_size", 1),
@@ -321,10 +349,13 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
     status; graph_median_ms / graph_iqr_ms (or graph_error) as in :func:`compare_models`.
 
     When any candidate has ``compile=True``, every row also has ``compiled`` (bool), and compiled
-    rows have ``compile_s`` (seconds of the first, compiling call; :func:`vitspeed.compiling.compile_module`)
-    and ``compile_rel_err`` (max |compiled - eager| / max |eager| on the timed inputs); a core the
-    compiler fails on gets ``status='compile_error'`` and the others are timed. No compiled core may
-    compile again while timed (:func:`vitspeed.compiling.no_recompiles`).
+    rows have ``compile_s`` (seconds of the first, compiling call; :func:`vitspeed.compiling.compile_module`),
+    ``compile_cache_hits`` (graphs found in the compiler's cache) and ``compile_rel_err`` (max
+    |compiled - eager| / max |eager| on the timed inputs). A core the compiler fails on gets
+    ``status='compile_error'``, one whose compiled output differs from eager beyond
+    :data:`COMPILE_TOLERANCE` ``status='mismatch'``, and the others are timed. No compiled core may
+    compile again while timed (:func:`vitspeed.compiling.no_recompiles`): one that would is dropped
+    as a ``compile_error`` row and the rest are timed again.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)

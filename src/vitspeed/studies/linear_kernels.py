@@ -329,8 +329,9 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
     with the spread caveat); reference (which softmax form is faster in that setting, 'eager' or
     'compiled', by the medians), vs_softmax and compiled_vs_softmax (the faster softmax's time over
     the variant's eager and compiled times: > 1, faster than the best softmax), compile_s (the first
-    call's seconds), compile_rel_err and status (of the compiled twin: ok, compile_error, oom,
-    nonfinite). The setting columns are tokens for cores, model, img_size and batch_size for models.
+    call's seconds), compile_rel_err and status: 'ok' when both forms were timed, else the compiled
+    twin's (compile_error, mismatch, oom, nonfinite, or 'not compiled'), or 'eager <status>' when
+    only the eager form failed. The setting columns are tokens for cores, model, img_size and batch_size for models.
     Empty when there are no such rows.
     """
     if kind not in COMPILED_KINDS:
@@ -356,6 +357,7 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
         fixed = dict(zip(["hardware", "dtype", "threads", *setting], key))
         ok = grp[grp.status == "ok"]
         eager, comp = ok[~ok.compiled].set_index("variant"), grp[grp.compiled].set_index("variant")
+        eager_status = grp[~grp.compiled].set_index("variant").status
         refs = {form: t.loc["softmax"] for form, t in (("eager", eager), ("compiled", comp[comp.status == "ok"]))
                 if "softmax" in t.index}
         ref_form = min(refs, key=lambda f: float(refs[f].median_ms)) if refs else ""
@@ -375,22 +377,24 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
                         "vs_softmax": ref_ms / e_ms, "compiled_vs_softmax": ref_ms / c_ms,
                         "compile_s": float(c.compile_s) if c is not None else math.nan,
                         "compile_rel_err": float(c.compile_rel_err) if c is not None else math.nan,
-                        "status": str(c.status) if c is not None else "not compiled"})
+                        "status": (str(c.status) if c is not None and c.status != "ok" else "not compiled" if c is None
+                                   else "ok" if e is not None else f"eager {eager_status.get(v, 'missing')}")})
     return pd.DataFrame(out, columns=cols)
 
 
 def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> dict[str, Any]:
     """What compiling changes in one run's rows of ``kind`` (see :func:`compiled_table`) in ``dtype``.
 
-    Keys: settings (the token counts, or "model at size px", compared), gain_sentence (per setting,
-    the variants that compiling made faster and slower beyond the two medians' spread, largest first),
-    softmax_sentence (softmax compiled against eager), count_sentence (per setting, how many of the
-    other variants beat the faster softmax form, eager and compiled, beyond the spread),
-    failed_sentence (variants the compiler failed on), softmax_overhead_us (compiled minus eager
-    softmax in the first setting, overhead_where, in microseconds: what compiled code costs per call
-    where there is little to fuse), compile_s_median, max_rel_err. For cores the other variants are
-    the kernels (:data:`KERNELS`), for models every variant but softmax. An empty dict when the run
-    has no such rows in ``dtype``.
+    Keys: settings (the token counts, or "model at size px", compared); gain_sentence (per setting,
+    the variants that compiling made faster and slower beyond the two medians' spread, largest
+    first); softmax_sentence (softmax compiled against eager); count_sentence (per setting, how many
+    of the other variants beat the faster softmax form, eager and compiled, beyond the spread);
+    failed_sentence (variants not timed both ways, with the status saying why); softmax_overhead_us
+    (compiled minus eager softmax in the first setting, overhead_where, in microseconds: what
+    compiled code costs per call where there is little to fuse) and overhead_beyond_spread (whether
+    that difference exceeds the two medians' spread); n_timed (variants timed both ways);
+    compile_s_median; max_rel_err. For cores the other variants are the kernels (:data:`KERNELS`),
+    for models every variant but softmax. An empty dict when the run has no such rows in ``dtype``.
     """
     table = compiled_table(rows, kind)
     table = table[table.dtype == dtype]
@@ -398,7 +402,7 @@ def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> 
         return {}
     setting = _SETTING[kind]
     gains, counts, soft, where_all = [], [], [], []
-    overhead_us, overhead_where = math.nan, ""
+    overhead_us, overhead_where, overhead_rel = math.nan, "", math.nan
     for key, t in table.groupby(setting, sort=True):
         key = dict(zip(setting, key if isinstance(key, tuple) else (key,)))
         where = _where(kind, key)
@@ -415,30 +419,42 @@ def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> 
         part = f"{where}, " + (("faster when compiled: " + ", ".join(f"{v} ({_times(x)} times)" for v, x in faster))
                                if faster else "no variant faster when compiled")
         part += ("; slower: " + ", ".join(f"{v} ({_times(x)} times)" for v, x in slower)) if slower else "; none slower"
-        gains.append(part + f"; {len(ok) - len(faster) - len(slower)} of {len(ok)} within the spread")
-        if "softmax" not in ok.index:
-            continue
-        r = ok.loc["softmax"]
-        soft.append(f"{said(float(r.speedup), _pair_noise(r))} {where}")
-        if math.isnan(overhead_us):
-            overhead_us, overhead_where = 1e3 * float(r.compiled_ms - r.eager_ms), where
+        if ok.empty:
+            gains.append(f"{where}, no variant was timed both ways")
+        else:
+            gains.append(part + f"; {len(ok) - len(faster) - len(slower)} of {len(ok)} within the spread")
+        if "softmax" not in t.index or not t.loc["softmax", "reference"]:
+            continue  # no softmax form timed here: nothing to compare with
+        r = t.loc["softmax"]
+        if r.status == "ok":
+            soft.append(f"{said(float(r.speedup), _pair_noise(r))} {where}")
+            if math.isnan(overhead_us):
+                overhead_us, overhead_where = 1e3 * float(r.compiled_ms - r.eager_ms), where
+                overhead_rel = _pair_noise(r)
         ref_form = str(r.reference)
         ref = {"median_ms": r[f"{ref_form}_ms"], "iqr_ms": r[f"{ref_form}_iqr_ms"]}
-        others = [k for k in (KERNELS if kind == "compiled" else ok.index) if k in ok.index and k != "softmax"]
-        n_e, n_c = (sum(_speed_verdict(ref, {"median_ms": ok.loc[k, f"{form}_ms"], "iqr_ms": ok.loc[k, f"{form}_iqr_ms"]})
-                        == "faster" for k in others) for form in ("eager", "compiled"))
+        others = [k for k in (KERNELS if kind == "compiled" else t.index) if k in ok.index and k != "softmax"]
+        n_e, n_c = (sum(_speed_verdict(ref, {"median_ms": ok.loc[k, f"{form}_ms"],
+                                             "iqr_ms": ok.loc[k, f"{form}_iqr_ms"]}) == "faster" for k in others)
+                    for form in ("eager", "compiled"))
         noun = "kernels" if kind == "compiled" else "variants"
-        counts.append(f"{where}, {n_e} of {len(others)} {noun} beat the faster softmax ({ref_form}) eagerly "
-                      f"and {n_c} compiled")
+        if not others:
+            continue
+        counts.append(f"{where}, {n_e} of {len(others)} {noun} beat the faster softmax "
+                      f"({ref_form}) eagerly and {n_c} compiled")
     failed = table[table.status != "ok"]
-    failed_sentence = ("The compiler failed on " + ", ".join(f"{v} ({s})" for v, s in zip(failed.variant, failed.status))
-                       + "." if not failed.empty else "The compiler handled every variant.")
+    failed_sentence = ("Not timed both ways: " + ", ".join(f"{v} ({s})" for v, s in zip(failed.variant, failed.status))
+                       + "." if not failed.empty else "Every variant was compiled and timed both ways.")
     return {"settings": where_all,
             "gain_sentence": _sentence(gains),
             "softmax_sentence": ("Compiling softmax made it " + " and ".join(soft) + "." if soft else ""),
             "count_sentence": _sentence(counts),
             "failed_sentence": failed_sentence,
             "softmax_overhead_us": overhead_us, "overhead_where": overhead_where,
+            "overhead_beyond_spread": beyond_spread(1 + overhead_us / 1e3 / float(
+                table[(table.variant == "softmax") & (table.status == "ok")].eager_ms.iloc[0]), overhead_rel)
+            if math.isfinite(overhead_us) else False,
+            "n_timed": int((table.status == "ok").sum()),
             "compile_s_median": float(table.compile_s.median()),
             "max_rel_err": float(table.compile_rel_err.max())}
 
