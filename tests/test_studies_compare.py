@@ -206,7 +206,8 @@ def test_a_nonfinite_candidate_is_recorded_without_preparing_the_others_again(mo
 
     monkeypatch.setattr(compare, "build_core", counting_build)
     monkeypatch.setattr(compare, "check_output", fake_check)
-    rows = compare.compare_cores_finite([candidate("softmax", attention="softmax"), candidate("relu", attention="linear_relu")],
+    rows = compare.compare_cores_finite([candidate("softmax", attention="softmax"),
+                                         candidate("relu", attention="linear_relu")],
                                         tokens=16, head_dim=8, heads=2, warmup=0, repeats=1)
     assert [r["status"] for r in rows] == ["ok", "nonfinite"]
     assert rows[1]["macs"] > 0 and "non-finite" in rows[1]["error"] and "median_ms" not in rows[1]

@@ -196,7 +196,8 @@ def test_sweep_times_compiled_twins_last_and_always_against_fused_softmax(result
     comp = rows[rows.kind == "compiled"]
     assert list(comp.label) == ["softmax", "softmax (compiled)", "linear_relu", "linear_relu (compiled)"]
     assert list(comp.compiled.astype(bool)) == [False, True, False, True] and (comp.status == "ok").all()
-    with pytest.raises(ValueError, match="compile_dtypes bfloat16 not among the chapter's dtypes; valid choices: float32"):
+    with pytest.raises(ValueError, match="compile_dtypes bfloat16 not among the chapter's dtypes; "
+                                         "valid choices: float32"):
         L.run_linear_kernels([16], [], names=["softmax"], compile_tokens=[16], compile_dtypes=["bfloat16"])
 
 
@@ -283,7 +284,8 @@ def test_findings_cope_with_failed_forms():
     assert list(t.status) == ["compile_error", "ok", "eager nonfinite"]
     assert t.loc["linear_relu", "reference"] == "eager"
     f = L.compile_findings(rows, "float32")
-    assert f["gain_sentence"] == "At N = 196, faster when compiled: linear_relu (1.25 times); none slower; 0 of 1 within the spread."
+    assert f["gain_sentence"] == ("At N = 196, faster when compiled: linear_relu (1.25 times); none slower; "
+                                  "0 of 1 within the spread.")
     assert f["count_sentence"] == "At N = 196, 1 of 1 kernels beat the faster softmax (eager) eagerly and 1 compiled."
     assert f["softmax_sentence"] == "" and math.isnan(f["softmax_overhead_us"]) and f["n_timed"] == 1
     assert f["failed_sentence"] == "Not timed both ways: softmax (compile_error), focused (eager nonfinite)."
@@ -293,3 +295,25 @@ def test_findings_cope_with_failed_forms():
     f = L.compile_findings(none, "float32")
     assert f["gain_sentence"] == "At N = 196, no variant was timed both ways."
     assert f["n_timed"] == 0 and f["softmax_sentence"] == "" and f["count_sentence"] == ""
+
+
+def test_compile_prose_says_costs_and_slowdowns_only_beyond_the_spread():
+    rows = pd.concat([
+        _compiled_rows(softmax=(1.0, 0.01), softmax__c=(1.1, 0.01), linear_mean=(0.5, 0.01),
+                       linear_mean__c=(0.49, 0.01), focused=(2.0, 0.02), focused__c=(0.8, 0.02)),
+        _compiled_rows(softmax=(90.0, 1.0), softmax__c=(90.0, 1.0), linear_mean=(2.0, 0.02),
+                       linear_mean__c=(2.4, 0.02), focused=(7.0, 0.1), focused__c=(5.0, 0.1)).assign(tokens=3136)])
+    p = L.compile_prose(rows, "float32", "cpu")
+    assert p["overhead_clause"] == ("fused softmax, which compiling leaves as one SDPA call, took 100 µs more per "
+                                    "call compiled at N = 196")
+    assert p["slow_big"].startswith("At N = 3136, though, compiled code was slower beyond the spread by more than "
+                                    "that cost: linear_mean (400 µs).")
+    assert "Profiling the mean kernel" in p["slow_big"]
+    assert "Profiling" not in L.compile_prose(rows, "float32", "cuda")["slow_big"]
+    assert p["bullet"].startswith("faster beyond the spread at every compiled N: focused; fused softmax did not gain")
+    assert p["bullet"].endswith("unfair to the kernels that gain.")
+    # a softmax difference inside the spread is not called a cost
+    quiet = rows.assign(iqr_ms=rows.iqr_ms * 40)
+    clause = L.compile_prose(quiet, "float32", "cpu")["overhead_clause"]
+    assert "showed no such cost beyond the spread at N = 196" in clause
+    assert L.compile_prose(rows.iloc[:0], "float32", "cpu")["bullet"] == "nothing was compiled in this run."

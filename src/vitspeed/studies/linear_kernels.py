@@ -26,7 +26,7 @@ import torch
 from vitspeed.attention import build_core, get_attention, validate_options
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, core_grid, implied_attention, ratio_of, run_sweep)
-from vitspeed.studies.wording import beyond_spread, rows_noise, said, verdict
+from vitspeed.studies.wording import beyond_spread, rows_noise, said, sig, verdict
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
@@ -34,7 +34,7 @@ __all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PU
            "ELU_FORM_LABELS", "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels",
            "kernel_diagnostics", "elu_form_finding",
            "approximation_table", "core_findings", "COMPILED_SUFFIX", "COMPILED_KINDS", "compile_candidates",
-           "compiled_table", "compile_findings"]
+           "compiled_table", "compile_findings", "compile_prose"]
 
 CHAPTER = "linear_kernels"
 REFERENCES = ("softmax", "softmax_explicit")
@@ -457,6 +457,62 @@ def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> 
             "n_timed": int((table.status == "ok").sum()),
             "compile_s_median": float(table.compile_s.median()),
             "max_rel_err": float(table.compile_rel_err.max())}
+
+
+def _compiled_verdict(r: Any) -> str:
+    """'faster' / 'slower' when compiling changed a :func:`compiled_table` row's time beyond the two
+    medians' spread, else 'no different within the spread' (or 'not measured')."""
+    return verdict(float(r.speedup), _pair_noise(r), above="faster", below="slower")
+
+
+def compile_prose(rows: pd.DataFrame, dtype: str, device: str) -> dict[str, str]:
+    """The chapter's sentences on compiled cores (``kind == 'compiled'`` rows of one run in ``dtype``
+    on ``device``), built from :func:`compile_findings` and :func:`compiled_table`, ready to glue.
+
+    Keys: overhead_clause (what compiled fused softmax costs per call at the smallest N, said as a
+    cost only when beyond the two medians' spread); slow_big (the variants slower compiled, beyond
+    the spread, at the largest N by more than that per-call cost, in microseconds, with what
+    profiling the mean kernel showed on the CPU; '' when none); bullet (the summary: variants faster
+    compiled at every compiled N, whether softmax gained, the counts against the faster softmax, and
+    what that says about the eager comparison).
+    """
+    found = compile_findings(rows, dtype)
+    over_us, where = found.get("softmax_overhead_us", math.nan), found.get("overhead_where", "")
+    if not math.isfinite(over_us):
+        clause = "fused softmax was not timed both ways here, so that cost is not measured"
+    elif found.get("overhead_beyond_spread") and over_us > 0:
+        clause = (f"fused softmax, which compiling leaves as one SDPA call, took {sig(over_us, 2)} µs more per call "
+                  f"compiled {where}")
+    else:
+        clause = (f"fused softmax, which compiling leaves as one SDPA call, showed no such cost beyond the spread "
+                  f"{where} ({sig(over_us, 2)} µs)")
+    table = compiled_table(rows)
+    table = table[(table.dtype == dtype) & (table.status == "ok")] if not table.empty else table
+    if table.empty:
+        return {"overhead_clause": clause, "slow_big": "", "bullet": "nothing was compiled in this run."}
+    big = table[table.tokens == table.tokens.max()]
+    slow = [f"{r.variant} ({sig(1e3 * (r.compiled_ms - r.eager_ms), 2)} µs)" for _, r in big.iterrows()
+            if r.variant != "softmax" and _compiled_verdict(r) == "slower"
+            and 1e3 * (r.compiled_ms - r.eager_ms) > max(over_us, 0.0)]
+    slow_big = ""
+    if slow:
+        slow_big = (f"At N = {int(big.tokens.iloc[0])}, though, compiled code was slower beyond the spread by more "
+                    f"than that cost: {', '.join(slow)}.")
+        if device == "cpu" and any(x.startswith("linear_mean ") for x in slow):
+            slow_big += (" Profiling the mean kernel on this study's CPU put the difference inside the batched "
+                         "products, not in the compiled code's per-call checks, although its compiled code skips "
+                         "two scaling passes; we did not find why.")
+    n_settings = table.tokens.nunique()
+    gain_all = [v for v, g in table.groupby("variant", sort=False) if v != "softmax" and len(g) == n_settings
+                and all(_compiled_verdict(r) == "faster" for _, r in g.iterrows())]
+    soft_gain = any(_compiled_verdict(r) == "faster" for _, r in table[table.variant == "softmax"].iterrows())
+    bullet = (f"faster beyond the spread at every compiled N: {', '.join(gain_all) if gain_all else 'none'}; fused "
+              f"softmax {'gained too' if soft_gain else 'did not gain beyond the spread'}. "
+              + found.get("count_sentence", "")
+              + (" Compiling helped softmax too, so the eager comparison is not the last word here." if soft_gain
+                 else " The eager comparison of cores is fair to softmax and, if anything, unfair to the kernels "
+                      "that gain."))
+    return {"overhead_clause": clause, "slow_big": slow_big, "bullet": bullet}
 
 
 def _sentence(parts: list[str]) -> str:
