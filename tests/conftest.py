@@ -51,3 +51,23 @@ def oom_on_call(monkeypatch):
         monkeypatch.setattr(compare, "forward_peak_memory", fake)
 
     return install
+
+
+@pytest.fixture
+def nonfinite_on(monkeypatch):
+    """``nonfinite_on(label)``: the comparison machinery's output check finds NaN in that candidate's output."""
+    import vitspeed.studies.compare as compare
+    from vitspeed.timing import NonFiniteOutput
+
+    real = compare.check_output
+
+    def install(label: str) -> None:
+        def fake(fn, name=None, **kw):
+            if name == label:
+                raise NonFiniteOutput(f"output of {label} contains 5 non-finite value(s) (NaN or inf); refusing",
+                                      label)
+            return real(fn, name=name, **kw)
+
+        monkeypatch.setattr(compare, "check_output", fake)
+
+    return install

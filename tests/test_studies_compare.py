@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from vitspeed.studies.compare import approximation, candidate, compare_cores, compare_models, implied_attention
-from vitspeed.timing import NonFiniteOutput
 
 
 def test_implied_attention_of_softmax_is_the_softmax_map():
@@ -187,7 +186,7 @@ def test_cores_without_compiled_candidates_have_no_compile_columns():
     assert "compiled" not in row and "compile_s" not in row
 
 
-def test_a_nonfinite_candidate_is_recorded_without_preparing_the_others_again(monkeypatch):
+def test_a_nonfinite_candidate_is_recorded_without_preparing_the_others_again(monkeypatch, nonfinite_on):
     import vitspeed.studies.compare as compare
 
     built = []
@@ -197,15 +196,8 @@ def test_a_nonfinite_candidate_is_recorded_without_preparing_the_others_again(mo
         built.append(name)
         return real_build(name, **kw)
 
-    real_check = compare.check_output
-
-    def fake_check(fn, name=None, **kw):
-        if name == "relu":
-            raise NonFiniteOutput("output of relu contains 5 non-finite value(s) (NaN or inf); refusing", name)
-        return real_check(fn, name=name, **kw)
-
     monkeypatch.setattr(compare, "build_core", counting_build)
-    monkeypatch.setattr(compare, "check_output", fake_check)
+    nonfinite_on("relu")
     rows = compare.compare_cores_finite([candidate("softmax", attention="softmax"),
                                          candidate("relu", attention="linear_relu")],
                                         tokens=16, head_dim=8, heads=2, warmup=0, repeats=1)

@@ -191,10 +191,13 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
     A callable that runs out of memory while being timed becomes an OOM row, a compiled one that
     fails (e.g. it would have to compile again) a ``compile_error`` row, and the others are timed
     again without it (the memory check before timing runs one call; warm-up can need more)."""
+    # a compiled callable (one with an eager twin) may not compile again inside a timed call
+    compiled = any(hasattr(fn, "eager") for fn in fns.values())
     while fns:
         try:
-            timings = measure({label: _tagged(label, fn) for label, fn in fns.items()}, device=str(dev),
-                              warmup=warmup, repeats=repeats)
+            with no_recompiles() if compiled else contextlib.nullcontext():
+                timings = measure({label: _tagged(label, fn) for label, fn in fns.items()}, device=str(dev),
+                                  warmup=warmup, repeats=repeats)
             break
         except (_CandidateOOM, _CandidateCompileError) as err:
             kept = {k: v for k, v in rows[err.label].items() if k != "peak_mem_mb"}
@@ -294,8 +297,7 @@ def compare_models(candidates: Sequence[Candidate], img_size: int = 224, batch_s
 
         _prepare(fns, rows, label, base, make_fn, dev,
                  counts=lambda model=model, cand=cand: _model_counts(model, cand, img_size))
-    with no_recompiles() if any_compiled else contextlib.nullcontext():
-        _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size, graphs=graphs)
+    _time_all(fns, rows, dev, warmup, repeats, items_per_call=batch_size, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 
 
@@ -407,8 +409,7 @@ def compare_cores(candidates: Sequence[Candidate], tokens: int, head_dim: int = 
             return _CORE_COUNT_CACHE[key]
 
         _prepare(fns, rows, label, base, make_fn, dev, counts=counts, traffic=True)
-    with no_recompiles() if any_compiled else contextlib.nullcontext():
-        _time_all(fns, rows, dev, warmup, repeats, items_per_call=1, graphs=graphs)
+    _time_all(fns, rows, dev, warmup, repeats, items_per_call=1, graphs=graphs)
     return [rows[c["label"]] for c in candidates]
 
 
