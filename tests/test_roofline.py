@@ -82,8 +82,23 @@ def test_roof_summary_at_the_largest_token_count():
     assert s["tokens"] == 100 and s["ridge"] == 10 and s["n_cores"] == 2 and s["n_memory_bound"] == 1
     assert s["reference_efficiency"] == 0.5 and s["reference_intensity"] == 40
     assert s["best"] == s["worst"] == "a" and s["linear_intensity"] == (1.0, 1.0)
+    assert (s["n_linear"], s["n_linear_memory_bound"]) == (1, 1)
+    assert s["linear_efficiency"][0] == s["linear_efficiency"][1] == s["best_efficiency"]
     with pytest.raises(ValueError, match="no roofline rows"):
         roof_summary(roof.iloc[0:0])
+
+
+def test_roof_mechanism_says_whether_bandwidth_explains_the_linear_cores():
+    from vitspeed.roofline import roof_mechanism
+
+    base = {"n_linear": 4, "linear_efficiency": (0.2, 0.38)}
+    assert "the bandwidth roof is what holds them back (they run at 20% to 38% of it)" in roof_mechanism(
+        {**base, "n_linear_memory_bound": 4})
+    text = roof_mechanism({**base, "n_linear_memory_bound": 0})
+    assert "all 4 are compute-bound, so the bandwidth roof does not explain" in text and "20% to 38%" in text
+    assert "1 of the 4 linear cores lie left of the ridge point and 3 right of it" in roof_mechanism(
+        {**base, "n_linear_memory_bound": 1})
+    assert roof_mechanism({"n_linear": 0}) == ""
 
 
 def test_roofline_puts_an_upcasting_core_under_the_roof_of_the_dtype_it_computes_in():

@@ -88,9 +88,23 @@ def test_same_models_finds_one_stock_model_per_chapter():
     assert "taylor" not in set(C.same_models({**_chapter_frames(), "taylor": unfolded}).chapter)
 
 
+def test_same_models_count_the_linear_kernels_chapters_two_eager_groups_apart():
+    base = {"hardware": "hw", "dtype": "float32", "img_size": 224, "batch_size": 1, "status": "ok",
+            "model": "deit_small_patch16_224", "iqr_ms": 1.0}
+    lk = pd.DataFrame([{**base, "kind": "model", "label": "softmax", "median_ms": 59.0},
+                       {**base, "kind": "model_compiled", "label": "softmax", "median_ms": 74.0},
+                       {**base, "kind": "model_compiled", "label": "softmax (compiled)", "median_ms": 70.0}])
+    rows = C.same_models({**_chapter_frames(), "linear_kernels": lk}).set_index("measurement")
+    assert rows.loc["linear_kernels", "median_ms"] == 59.0
+    assert rows.loc["linear_kernels (compile group)", "median_ms"] == 74.0  # eager, not the compiled twin
+    assert (rows.loc[["linear_kernels", "linear_kernels (compile group)"], "chapter"] == "linear_kernels").all()
+    agree = C.agreement(rows.reset_index()).iloc[0]
+    assert (agree.chapters, agree.measurements) == (4, 5) and agree.highest_ms == 74.0
+
+
 def test_agreement_reports_the_spread_between_chapters():
     agree = C.agreement(C.same_models(_chapter_frames())).iloc[0]
-    assert agree.chapters == 3 and agree.lowest_ms == 60.0 and agree.highest_ms == 66.0
+    assert agree.chapters == 3 and agree.measurements == 3 and agree.lowest_ms == 60.0 and agree.highest_ms == 66.0
     assert agree.spread_pct == pytest.approx(10.0)
     assert agree.median_iqr_pct == pytest.approx(2.0)  # median of 2.0, 3.03 and 1.59 %
     assert agree.max_cpu_pressure_pct == 12.5 and agree.max_steal_pct == 0.5  # chapters without the record: nan
@@ -150,3 +164,9 @@ def test_hmhsa_in_two_chapters_pairs_each_chapters_own_reference():
     assert out.loc["scaling", "speedup"] == pytest.approx(66 / 65) and not out.loc["scaling", "clear"]
     assert C.hmhsa_in_two_chapters(red, sca.iloc[:0], "h").chapter.tolist() == ["redundancy"]
     assert C.hmhsa_in_two_chapters(red, sca, "other").empty
+
+
+def test_bare_kernel_caveat_quotes_flattens_deit_t_ablation():
+    text = C.bare_kernel_caveat()
+    assert "1.7 points below softmax (70.5 against 72.2)" in text
+    assert "0.4 below (71.8)" in text and "(74.1)" in text and "EfficientViT-B1" in text

@@ -73,8 +73,8 @@ def test_approximation_table_explains_the_signed_normaliser():
         assert table.loc[label, "nonpositive_den"] > 0.2
         assert table.loc[label, "max_weight"] > 1.0
         assert table.loc[label, "row_sum"] == pytest.approx(1.0, abs=1e-3)
-    # without the denominator the implied rows sum to about zero: an error of scale
-    for label in ("linear_cosine (normalize=False)", "linear_mean (normalize=False)"):
+    # without the denominator (the default) the implied rows sum to about zero: an error of scale
+    for label in ("linear_cosine", "linear_mean"):
         assert abs(table.loc[label, "row_sum"]) < 0.5
         assert math.isnan(table.loc[label, "nonpositive_den"])
         assert table.loc[label, "scaled_error"] < 1.0 < table.loc[label, "rel_error"]
@@ -87,7 +87,10 @@ def test_approximation_table_explains_the_signed_normaliser():
     assert math.isnan(table.loc["linear_cosine (normalize=True)", "published_top1"])
     assert math.isnan(table.loc["linear_elu", "published_top1"])
     assert table.loc["focused", "options"].endswith("kernel_size=0")
-    assert isinstance(table.reset_index(), pd.DataFrame) and len(table) == len(L.VARIANTS) - 1 + 4 + 1
+    # the forms that differ from the defaults get a row; a default form is the variant's own row
+    assert "linear_cosine (normalize=False)" not in table.index and "linear_mean (normalize=False)" not in table.index
+    assert table.loc["linear_cosine", "options"].startswith("normalize=False")
+    assert isinstance(table.reset_index(), pd.DataFrame) and len(table) == len(L.VARIANTS) - 1 + 2 + 1
 
 
 def _core_rows(times: dict[int, dict[str, float]], dtype: str = "float32", oom: dict[int, list[str]] | None = None):
@@ -114,16 +117,25 @@ def test_core_findings_state_what_the_rows_say():
     assert f["fastest_hi"] == "linear_relu" and f["fastest_hi_ratio"] == 2.5 and f["fastest_hi_word"] == "faster"
     assert f["relu_crossing"] == "from N = 3136"
     assert f["relu_macs_hi"] == round(3136 / 65, 1) and f["relu_gain_word"] == "smaller"
-    assert f["explicit_hi_ratio"] == 2.0 and "flatters" in f["explicit_sentence"]
+    assert f["explicit_hi_ratio"] == 2.0 and "looks faster than it is" in f["explicit_sentence"]
+    # at 196 the explicit form is the faster softmax, so it is the reference there
+    assert (f["ref_lo"], f["ref_hi"]) == ("the explicit form", "fused SDPA")
+    assert "At N = 196, though, the explicit form is the faster one (1.25 times)" in f["explicit_sentence"]
     assert f["focused_hi_ratio"] == 1.25 and f["focused_hi_word"] == "slower"
     assert f["missing_sentence"] == "Every kernel ran at N = 3136."
-    times[196]["linear_relu"] = 0.9  # faster at the smallest measured N too
+    times[196]["linear_relu"] = 0.9  # faster than fused softmax at 196 but not than the explicit form
     f = L.core_findings(_core_rows(times), "float32")
-    assert f["relu_crossing"] == "at every measured N (from N = 196 on)"
+    assert f["relu_crossing"] == "from N = 3136" and f["n_faster_lo"] == 0
+    times[196]["linear_relu"] = 0.7  # faster than both forms at the smallest measured N too
+    f = L.core_findings(_core_rows(times), "float32")
+    assert f["relu_crossing"] == "at every measured N (from N = 196 on)" and f["n_faster_lo"] == 1
     assert f["fastest_hi_ratio"] == 2.5 and f["focused_hi_ratio"] == 1.25
-    times[196]["linear_relu"] = 0.99  # 1% faster, inside the 2% spread: tied, not faster
+    times[196]["linear_relu"] = 0.79  # 1% faster than the explicit form, inside the 2% spread: tied
     f = L.core_findings(_core_rows(times), "float32")
     assert (f["n_faster_lo"], f["n_tied_lo"]) == (0, 1)
+    times[196]["softmax_explicit"] = 1.2  # fused is the faster form again: no clause about 196
+    f = L.core_findings(_core_rows(times), "float32")
+    assert f["ref_lo"] == "fused SDPA" and "though" not in f["explicit_sentence"] and f["n_faster_lo"] == 1
 
 
 def test_core_findings_survive_out_of_memory_rows_at_the_largest_size():
@@ -186,6 +198,13 @@ def test_model_verdicts_name_only_differences_beyond_the_spread():
     text = L.model_verdicts(rows, "m", 224, "float32")
     assert "faster: linear_relu (1.25 times)" in text and "slower: focused (1.2 times)" in text
     assert text.endswith("2 of 4 within the spread")  # taylor1: 1% apart; efficient: 5% inside a 16% spread
+    assert "against the faster softmax (fused SDPA)" in text
+    # a faster explicit softmax becomes the reference, and is not counted among the variants
+    explicit = pd.DataFrame([{**rows.iloc[0].to_dict(), "label": "softmax_explicit", "median_ms": 90.0}])
+    text = L.model_verdicts(pd.concat([rows, explicit]), "m", 224, "float32")
+    assert "(the explicit form)" in text and "faster: none" not in text
+    assert "slower: focused (1.33 times)" in text and "linear_relu (1.12 times)" in text
+    assert text.endswith("of 4 within the spread")
     assert "not measured" in L.model_verdicts(rows[rows.label != "softmax"], "m", 224, "float32")
 
 
@@ -237,7 +256,7 @@ def test_compiled_table_and_findings_judge_gains_by_the_spread():
                                   "(1.1 times); 1 of 3 within the spread.")
     assert f["softmax_sentence"] == "Compiling softmax made it 1.1 times slower at N = 196."
     # against the faster softmax (eager, 1.0 ms): relu beats it (2x), focused only compiled (1.25x)
-    assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat the faster softmax (eager) eagerly and 2 compiled."
+    assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat the faster softmax form (its eager one) when run eagerly and 2 when compiled."
     assert f["failed_sentence"] == "Not timed both ways: taylor1 (compile_error)."
     assert f["compile_s_median"] == 1.5 and f["max_rel_err"] == pytest.approx(1e-7)
     assert f["softmax_overhead_us"] == pytest.approx(100.0) and f["overhead_where"] == "at N = 196"
@@ -270,7 +289,7 @@ def test_model_findings_compare_with_the_faster_softmax_form():
     assert f["settings"] == ["deit_small_patch16_224 at 224 px"]
     # eager focused (9 ms) loses to compiled softmax (8 ms); compiled focused (7 ms) beats it
     assert f["count_sentence"] == ("In deit_small_patch16_224 at 224 px, 0 of 1 variants beat the faster "
-                                   "softmax (compiled) eagerly and 1 compiled.")
+                                   "softmax form (its compiled one) when run eagerly and 1 when compiled.")
     assert f["softmax_overhead_us"] == pytest.approx(-2000.0)
     with pytest.raises(ValueError, match="valid choices: compiled, model_compiled"):
         L.compiled_table(rows, "model")
@@ -286,7 +305,7 @@ def test_findings_cope_with_failed_forms():
     f = L.compile_findings(rows, "float32")
     assert f["gain_sentence"] == ("At N = 196, faster when compiled: linear_relu (1.25 times); none slower; "
                                   "0 of 1 within the spread.")
-    assert f["count_sentence"] == "At N = 196, 1 of 1 kernels beat the faster softmax (eager) eagerly and 1 compiled."
+    assert f["count_sentence"] == "At N = 196, 1 of 1 kernels beat the faster softmax form (its eager one) when run eagerly and 1 when compiled."
     assert f["softmax_sentence"] == "" and math.isnan(f["softmax_overhead_us"]) and f["n_timed"] == 1
     assert f["failed_sentence"] == "Not timed both ways: softmax (compile_error), focused (eager nonfinite)."
     # nothing compiled at all (no C++ compiler): said so, without counts of nothing
@@ -311,9 +330,10 @@ def test_compile_prose_says_costs_and_slowdowns_only_beyond_the_spread():
     assert "Profiling the mean kernel" in p["slow_big"]
     assert "Profiling" not in L.compile_prose(rows, "float32", "cuda")["slow_big"]
     assert p["bullet"].startswith("faster beyond the spread at every compiled N: focused; fused softmax did not gain")
-    assert p["bullet"].endswith("unfair to the kernels that gain.")
+    assert p["bullet"].endswith("unfair to the kernels that gain (and kind to the few that compiling slows).")
     # a softmax difference inside the spread is not called a cost
     quiet = rows.assign(iqr_ms=rows.iqr_ms * 40)
     clause = L.compile_prose(quiet, "float32", "cpu")["overhead_clause"]
+    assert L.compile_prose(quiet, "float32", "cpu")["bullet"].endswith("unfair to the kernels that gain.")
     assert "showed no such cost beyond the spread at N = 196" in clause
     assert L.compile_prose(rows.iloc[:0], "float32", "cpu")["bullet"] == "nothing was compiled in this run."

@@ -221,8 +221,12 @@ def test_allocator_finding_states_the_slowdowns_or_their_absence():
                           ("softmax_explicit", "glibc default", 9.0 * n / 256), ("softmax_explicit", "kept heap", 3.0)]])
     text = S.allocator_finding(rows, "bfloat16", current="kept heap")
     assert text.startswith("At 4096 tokens in bfloat16, with glibc's default allocator the explicit softmax takes "
-                           "144 ms per call against 3 ms with the kept heap (48.00 times); fused SDPA 3 ms per call "
-                           "against 2 ms with the kept heap (1.50 times).")
+                           "144 ms per call (IQR 0.1) against 3 ms (IQR 0.1) with the kept heap (48.00 times by the "
+                           "medians); fused SDPA 3 ms per call (IQR 0.1) against 2 ms (IQR 0.1) with the kept heap "
+                           "(1.50 times by the medians).")
+    # a default allocator whose samples scatter more than the slowdown: said to be within the spread
+    wild = rows.assign(iqr_ms=[4.0, 0.1, 0.1, 0.1] * 2)
+    assert "(1.50 times by the medians, within their spread)" in S.allocator_finding(wild, "bfloat16")
     assert text.endswith("used the kept heap setting (the cpu preset's).")
     assert S.allocator_finding(rows, "bfloat16", current="glibc default").endswith("glibc default setting.")
     assert "not run here" in S.allocator_finding(rows, "float32")

@@ -112,6 +112,12 @@ def test_core_findings_judge_same_macs_pairs_against_the_spread():
     rows.loc[(rows.label == "random") & (rows.tokens == 4096), "median_ms"] = 10.3
     f = T.core_findings(rows, "float32", 16)
     assert f["random_vs_compact_said"] == "1.03 times slower by the medians, within their spread"
+    assert f["code_vs_compact_said"] == "not measured"
+    # the authors' code form (D = d + 1) against the paper's compact form (D = 2d + 1)
+    code = _taylor_rows({196: {"compact (code)": 2.0}, 4096: {"compact (code)": 5.0}},
+                        macs={"compact (code)": 5.0}).assign(iqr_ms=0.1)
+    f = T.core_findings(pd.concat([rows, code]), "float32", 16)
+    assert f["code_vs_compact_said"] == "2.0 times faster"
 
 
 def test_core_findings_skip_variants_that_ran_out_of_memory():

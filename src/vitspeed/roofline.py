@@ -34,7 +34,7 @@ import torch
 from vitspeed.envinfo import resolve_device, resolve_dtype, tf32_state
 from vitspeed.timing import empty_cuda_cache, measure
 
-__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY",
+__all__ = ["roof_mechanism", "default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY",
            "TF32", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
 
 MATMUL = "matmul"
@@ -186,9 +186,10 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
     placed under another dtype's compute roof because their products ran in it), n_memory_bound,
     reference_efficiency and
     reference_intensity (NaN if the reference was not measured), best / worst (the other cores
-    closest to and furthest from their roof, with best_efficiency / worst_efficiency as fractions)
-    and linear_intensity (min, max) over the linear family. Raises ValueError on an empty frame or
-    one mixing hardware or dtypes.
+    closest to and furthest from their roof, with best_efficiency / worst_efficiency as fractions),
+    linear_intensity and linear_efficiency (min, max) over the linear family, and n_linear /
+    n_linear_memory_bound (how many linear cores, and how many of them memory-bound). Raises
+    ValueError on an empty frame or one mixing hardware or dtypes.
     """
     if roof.empty:
         raise ValueError("no roofline rows to summarize (no ceilings or no cores with bytes moved)")
@@ -197,7 +198,8 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
             raise ValueError(f"roof_summary takes one {col}; got {sorted(roof[col].unique())}: filter first")
     top = roof[roof.tokens == roof.tokens.max()].set_index("attention")
     others = top.drop(index=reference, errors="ignore")
-    linear = top[top.family == "linear"].intensity if "family" in top else pd.Series(dtype=float)
+    lin_rows = top[top.family == "linear"] if "family" in top else top.iloc[:0]
+    linear = lin_rows.intensity
     ref = top.loc[reference] if reference in top.index else None
     upcast = (top.roof_dtype != top.dtype) if {"roof_dtype", "dtype"} <= set(top.columns) \
         else pd.Series(False, index=top.index)
@@ -213,7 +215,32 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
         "worst": str(others.efficiency.idxmin()) if len(others) else "",
         "worst_efficiency": float(others.efficiency.min()) if len(others) else math.nan,
         "linear_intensity": (float(linear.min()), float(linear.max())) if len(linear) else (math.nan, math.nan),
+        "linear_efficiency": ((float(lin_rows.efficiency.min()), float(lin_rows.efficiency.max())) if len(lin_rows)
+                              else (math.nan, math.nan)),
+        "n_linear": int(len(lin_rows)), "n_linear_memory_bound": int((lin_rows.bound == "memory").sum()),
     }
+
+
+def roof_mechanism(summary: dict[str, Any]) -> str:
+    """One sentence on whether the bandwidth roof can explain the linear cores' lag behind their MAC
+    count on the device of ``summary`` (:func:`roof_summary`'s output): it can where they are
+    memory-bound; where they are compute-bound it cannot, and the sentence gives how far below the
+    compute roof they run instead."""
+    n, mem = summary.get("n_linear", 0), summary.get("n_linear_memory_bound", 0)
+    if not n:
+        return ""
+    lo, hi = summary["linear_efficiency"]
+    at = f"{100 * lo:.0f}% to {100 * hi:.0f}%" if round(100 * lo) != round(100 * hi) else f"{100 * lo:.0f}%"
+    if mem == n:
+        return (f"Here all {n} linear cores lie left of the ridge point, so the bandwidth roof is what holds them "
+                f"back (they run at {at} of it).")
+    if mem == 0:
+        return (f"Here, though, the ridge point lies below every linear core's intensity: by the traffic model all "
+                f"{n} are compute-bound, so the bandwidth roof does not explain their late crossover on this device; "
+                f"they run at {at} of their roof, held back by something the model leaves out (small, skinny "
+                "products that use the machine poorly, and the cost of each eager operator).")
+    return (f"Here {mem} of the {n} linear cores lie left of the ridge point and {n - mem} right of it, so the "
+            f"bandwidth roof explains only part of their lag; they run at {at} of their roofs.")
 
 
 def roof_curve(peak_flops_per_s: float, peak_bytes_per_s: float, lo: float, hi: float,

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitspeed.attention.focused import l2_norm
 from vitspeed.attention.registry import AttentionSpec, register_attention
 
 __all__ = [
@@ -232,8 +233,11 @@ class Taylor2Random(_TaylorKernel):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         d = self.head_dim
-        xa = x * 2.0 ** -0.25
-        quad = torch.index_select(xa, -1, self.pairs[0]) * torch.index_select(xa, -1, self.pairs[1])
+        # gathered from a 2-D (tokens, channels) view: index_select on the last dim of a 4-D tensor takes
+        # a slow CPU path (3 to 12 times slower here at N = 784 to 12544, worst at 784); reshape copies
+        # only when x is not contiguous (a permuted q from a model)
+        xa = (x * 2.0 ** -0.25).reshape(-1, d)
+        quad = (xa.index_select(1, self.pairs[0]) * xa.index_select(1, self.pairs[1])).view(*x.shape[:-1], d)
         lin = x * d ** -0.25
         return F.pad(torch.cat([quad, lin], dim=-1), (0, 1), value=1.0)
 
@@ -269,8 +273,11 @@ class Taylor2Compact(_TaylorKernel):
     unit L2 norm, squared elementwise, normalized again, and one learnable scalar (``gamma``,
     shared by q and k) is appended: phi(x) = [u, gamma], u = x_hat^2 / ||x_hat^2||,
     x_hat = x / ||x||, D = d + 1, weights u_q . u_k + gamma^2 >= gamma^2 (>= 0: u has non-negative
-    entries; strictly positive while gamma != 0). there is no alpha parameter and beta must be 0. Norms use
-    ``F.normalize`` (eps 1e-12).
+    entries; strictly positive while gamma != 0). There is no alpha parameter and beta must be 0. Each
+    normalization is x / max(||x||, 1e-12), as ``F.normalize``, with the norm from
+    :func:`vitspeed.attention.focused.l2_norm`: in a model q and k arrive with a strided channel dim
+    (EfficientViT's LiteMLA transposes a convolution's output), where ``F.normalize``'s
+    ``vector_norm`` takes a slow CPU path.
     """
 
     def __init__(self, head_dim: int, num_heads: int, mode: str = "paper", alpha: float = 1.0,
@@ -299,7 +306,7 @@ class Taylor2Compact(_TaylorKernel):
         return torch.cat([quad, lin, const.expand(*x.shape[:-1], 1)], dim=-1)
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
-        u = F.normalize(F.normalize(x, dim=-1).square(), dim=-1)
+        u = _unit(_unit(x).square())
         return torch.cat([u, self.gamma.to(x.dtype).expand(*x.shape[:-1], 1)], dim=-1)
 
     def features(self, q, k):
@@ -308,6 +315,11 @@ class Taylor2Compact(_TaylorKernel):
         a = (self.alpha * _INV_SQRT2).to(q.dtype)
         const = (self.gamma * self.gamma + 1.0).mul(0.5).sqrt().to(q.dtype).reshape(1)
         return self._paper(q, a, const), self._paper(k, a, const)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """x / max(||x||, 1e-12) over the last dim (F.normalize's value; its norm as l2_norm computes it)."""
+    return x / l2_norm(x, -1).clamp_min(1e-12)
 
 
 # --- closed-form counts of the cores, in the counter's conventions -----------------------------
@@ -356,7 +368,9 @@ def _random_formula(B, N, d, h, **_):
 def _compact_formula(B, N, d, h, mode="paper", **_):
     n = B * h * N
     if mode == "reference":
-        per_tensor = 2 * (2 * n * d + n) + n * d  # two normalizations (norm, clamp, divide), square
+        # two normalizations, each a norm as l2_norm computes it on the CPU (x * x, sum, sqrt: 2nd + n),
+        # clamp (n) and divide (nd); and the square (nd)
+        per_tensor = 2 * (3 * n * d + 2 * n) + n * d
         return _with_features(B, N, d, h, d + 1, 2 * per_tensor)
     # x*x, times alpha/sqrt2, linear scaling per tensor; alpha/sqrt2 and sqrt((gamma^2+1)/2): 5 ops
     return _with_features(B, N, d, h, 2 * d + 1, 2 * 3 * n * d + 5)

@@ -530,8 +530,14 @@ def allocator_finding(results: pd.DataFrame, dtype: str, current: str | None = N
                 "allocator keeps freed blocks).")
     n = int(eff.tokens.max())
     e = eff[eff.tokens == n].set_index("attention")
-    said = [f"{name} {sig(e.loc[att, 'default_ms'])} ms per call against {sig(e.loc[att, 'kept_ms'])} ms with the "
-            f"kept heap ({e.loc[att, 'slowdown']:.2f} times)"
+    def pair(att: str) -> str:
+        r = e.loc[att]
+        spread = noise(r.default_ms, r.default_iqr_ms, r.kept_ms, r.kept_iqr_ms)
+        return (f"{sig(r.default_ms)} ms per call (IQR {sig(r.default_iqr_ms)}) against {sig(r.kept_ms)} ms "
+                f"(IQR {sig(r.kept_iqr_ms)}) with the kept heap ({r.slowdown:.2f} times by the medians"
+                + ("" if beyond_spread(r.slowdown, spread) else ", within their spread") + ")")
+
+    said = [f"{name} {pair(att)}"
             for att, name in (("softmax_explicit", "the explicit softmax takes"), ("softmax", "fused SDPA"))
             if att in e.index]
     current = current or allocator_state()

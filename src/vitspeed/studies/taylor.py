@@ -52,7 +52,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "compact": ("taylor2_compact", {}),
     "compact (code)": ("taylor2_compact", {"mode": "reference"}),
 }
-TIMED = ("softmax", "softmax (explicit)", "full", "pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
+TIMED = ("softmax", "softmax (explicit)", "full", "pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random",
+         "compact", "compact (code)")
 # QT-ViT Table 3: ImageNet top-1 (%) of QT-ViT-1 trained with each way of cutting the Kronecker cost
 PUBLISHED_ABLATION = {"full": 79.7, "pool p=2": 79.3, "pool p=4": 79.1, "chunk c=2": 79.4, "chunk c=4": 79.3,
                       "chunk c=8": 79.1, "random": 61.8, "compact": 79.6}
@@ -231,7 +232,9 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
     random projection against compact, same MACs), per_mac_range / per_mac_most / per_mac_least (how
     far time per MAC spreads over the Taylor variants, and which spend most and least), best_soft_hi, best_soft_lo, compact_vs_softmax_hi(_word),
     compact_vs_softmax_lo(_word), fused_vs_explicit_hi(_word), full_vs_softmax_hi(_word),
-    fastest_cut, time_macs_spearman (time vs MACs over the Taylor variants at the largest N).
+    fastest_cut, time_macs_spearman (time vs MACs over the Taylor variants at the largest N),
+    code_vs_compact_said (the authors' code form, D = d + 1, against the paper's compact form, D = 2d + 1,
+    with the spread caveat; "not measured" when either is missing).
     """
     n_lo, n_hi, ms, macs = core_grid(rows, dtype, head_dim=int(head_dim))
     hi, lo = ms.loc[n_hi].dropna(), ms.loc[n_lo].dropna()
@@ -257,6 +260,8 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
         macs.loc[n_hi, "random"], macs.loc[n_hi, "compact"], rel_tol=0.01)
     out["random_vs_compact_said"] = (said(ratio_of(hi, "random", "compact"), _noise("random", "compact"),
                                           above="slower", below="faster") if same_macs else "not measured")
+    out["code_vs_compact_said"] = (said(ratio_of(hi, "compact", "compact (code)"), _noise("compact (code)", "compact"))
+                                   if {"compact", "compact (code)"} <= set(hi.index) else "not measured")
     for key, (series, a, b) in {"compact_vs_softmax_hi": (hi, best_hi, "compact"),
                                 "compact_vs_softmax_lo": (lo, best_lo, "compact"),
                                 "fused_vs_explicit_hi": (hi, "softmax (explicit)", "softmax"),
