@@ -82,7 +82,7 @@ def test_roof_summary_at_the_largest_token_count():
     assert s["tokens"] == 100 and s["ridge"] == 10 and s["n_cores"] == 2 and s["n_memory_bound"] == 1
     assert s["reference_efficiency"] == 0.5 and s["reference_intensity"] == 40
     assert s["best"] == s["worst"] == "a" and s["linear_intensity"] == (1.0, 1.0)
-    assert (s["n_linear"], s["n_linear_memory_bound"]) == (1, 1)
+    assert (s["n_linear"], s["n_linear_memory_bound"], s["n_linear_near_ridge"]) == (1, 1, 0)
     assert s["linear_efficiency"][0] == s["linear_efficiency"][1] == s["best_efficiency"]
     with pytest.raises(ValueError, match="no roofline rows"):
         roof_summary(roof.iloc[0:0])
@@ -99,6 +99,8 @@ def test_roof_mechanism_says_whether_bandwidth_explains_the_linear_cores():
     assert "1 of the 4 linear cores lie left of the ridge point and 3 right of it" in roof_mechanism(
         {**base, "n_linear_memory_bound": 1})
     assert roof_mechanism({"n_linear": 0}) == ""
+    text = roof_mechanism({**base, "n_linear_memory_bound": 1, "n_linear_near_ridge": 2, "dtype": "float32"})
+    assert text.startswith("Here in float32 1 of the 4") and "(2 of them lie within 10% of the ridge point" in text
 
 
 def test_roofline_puts_an_upcasting_core_under_the_roof_of_the_dtype_it_computes_in():

@@ -170,3 +170,9 @@ def test_bare_kernel_caveat_quotes_flattens_deit_t_ablation():
     text = C.bare_kernel_caveat()
     assert "1.7 points below softmax (70.5 against 72.2)" in text
     assert "0.4 below (71.8)" in text and "(74.1)" in text and "EfficientViT-B1" in text
+
+
+def test_within_budget_reads_qtvit_table_2():
+    assert C.within_budget(0.5) == {"linear_relu", "taylor2_compact"}  # 79.4 and 79.6 against 79.8
+    assert "linear_mean" in C.within_budget(1.0) and "softmax" not in C.within_budget(5.0)
+    assert "focused" not in C.within_budget(5.0)  # not in Table 2: another setting

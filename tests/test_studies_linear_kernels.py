@@ -120,7 +120,10 @@ def test_core_findings_state_what_the_rows_say():
     assert f["explicit_hi_ratio"] == 2.0 and "looks faster than it is" in f["explicit_sentence"]
     # at 196 the explicit form is the faster softmax, so it is the reference there
     assert (f["ref_lo"], f["ref_hi"]) == ("the explicit form", "fused SDPA")
-    assert "At N = 196, though, the explicit form is the faster one (1.25 times)" in f["explicit_sentence"]
+    assert ("At N = 196, though, the explicit form was the faster one in this measurement (1.25 times)"
+            in f["explicit_sentence"])
+    wide = _core_rows(times).assign(iqr_ms=lambda d: 0.5 * d.median_ms)  # 50% spreads: 1.25x is inside them
+    assert "(1.25 times, within the spread of the two medians)" in L.core_findings(wide, "float32")["explicit_sentence"]
     assert f["focused_hi_ratio"] == 1.25 and f["focused_hi_word"] == "slower"
     assert f["missing_sentence"] == "Every kernel ran at N = 3136."
     times[196]["linear_relu"] = 0.9  # faster than fused softmax at 196 but not than the explicit form
@@ -256,7 +259,7 @@ def test_compiled_table_and_findings_judge_gains_by_the_spread():
                                   "(1.1 times); 1 of 3 within the spread.")
     assert f["softmax_sentence"] == "Compiling softmax made it 1.1 times slower at N = 196."
     # against the faster softmax (eager, 1.0 ms): relu beats it (2x), focused only compiled (1.25x)
-    assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat the faster softmax form (its eager one) when run eagerly and 2 when compiled."
+    assert f["count_sentence"] == "At N = 196, 1 of 2 kernels beat fused softmax in its faster form (here eager) when run eagerly and 2 when compiled."
     assert f["failed_sentence"] == "Not timed both ways: taylor1 (compile_error)."
     assert f["compile_s_median"] == 1.5 and f["max_rel_err"] == pytest.approx(1e-7)
     assert f["softmax_overhead_us"] == pytest.approx(100.0) and f["overhead_where"] == "at N = 196"
@@ -288,8 +291,8 @@ def test_model_findings_compare_with_the_faster_softmax_form():
     f = L.compile_findings(rows, "float32", "model_compiled")
     assert f["settings"] == ["deit_small_patch16_224 at 224 px"]
     # eager focused (9 ms) loses to compiled softmax (8 ms); compiled focused (7 ms) beats it
-    assert f["count_sentence"] == ("In deit_small_patch16_224 at 224 px, 0 of 1 variants beat the faster "
-                                   "softmax form (its compiled one) when run eagerly and 1 when compiled.")
+    assert f["count_sentence"] == ("In deit_small_patch16_224 at 224 px, 0 of 1 variants beat fused softmax in "
+                                   "its faster form (here compiled) when run eagerly and 1 when compiled.")
     assert f["softmax_overhead_us"] == pytest.approx(-2000.0)
     with pytest.raises(ValueError, match="valid choices: compiled, model_compiled"):
         L.compiled_table(rows, "model")
@@ -305,7 +308,7 @@ def test_findings_cope_with_failed_forms():
     f = L.compile_findings(rows, "float32")
     assert f["gain_sentence"] == ("At N = 196, faster when compiled: linear_relu (1.25 times); none slower; "
                                   "0 of 1 within the spread.")
-    assert f["count_sentence"] == "At N = 196, 1 of 1 kernels beat the faster softmax form (its eager one) when run eagerly and 1 when compiled."
+    assert f["count_sentence"] == "At N = 196, 1 of 1 kernels beat fused softmax in its faster form (here eager) when run eagerly and 1 when compiled."
     assert f["softmax_sentence"] == "" and math.isnan(f["softmax_overhead_us"]) and f["n_timed"] == 1
     assert f["failed_sentence"] == "Not timed both ways: softmax (compile_error), focused (eager nonfinite)."
     # nothing compiled at all (no C++ compiler): said so, without counts of nothing

@@ -229,6 +229,12 @@ def test_allocator_finding_states_the_slowdowns_or_their_absence():
     assert "(1.50 times by the medians, within their spread)" in S.allocator_finding(wild, "bfloat16")
     assert text.endswith("used the kept heap setting (the cpu preset's).")
     assert S.allocator_finding(rows, "bfloat16", current="glibc default").endswith("glibc default setting.")
+    # several precisions: one sentence each, in the order asked
+    both = pd.concat([rows, rows.assign(dtype="float32", median_ms=rows.median_ms * 2)])
+    text = S.allocator_finding(both, ["float32", "bfloat16"], current="kept heap")
+    assert text.startswith("At 4096 tokens in float32, with glibc's default allocator the explicit softmax takes 288 ms")
+    assert " At 4096 tokens in bfloat16, with glibc's default allocator the explicit softmax takes 144 ms" in text
+    assert text.count("The other rows of this run") == 1
     assert "not run here" in S.allocator_finding(rows, "float32")
     assert "not run here" in S.allocator_finding(rows.assign(level="core"), "bfloat16")
 
@@ -257,7 +263,7 @@ def test_level_comparison_says_where_model_and_core_crossovers_differ():
     model = table([("linear_relu", 250.0, S.CROSSES), ("taylor2_compact", 262.0, S.CROSSES),
                    ("linear_mean", 110.0, S.CROSSES), ("focused", 300.0, S.CROSSES)])
     text = S.level_comparison(core, model)
-    assert text.startswith("Of the 3 variants whose crossover is placed at both levels, 1 cross at about the same")
+    assert text.startswith("Of the 3 variants whose crossover is placed at both levels, 1 crosses at about the same")
     assert "later in the whole model: linear_relu (250 in the model, 130 as a core)" in text
     # a core bound (at or below 1024) above the model's 262 cannot order the two
     assert "1 cannot be ordered, a bound at the measured sizes being too coarse (taylor2_compact)" in text

@@ -9,6 +9,8 @@ def test_times_says_a_ratio_the_way_round_that_is_at_least_one():
     assert times(1 / 3) == 3.0 and times(1.2345) == 1.23
     assert times(39.584) == 39.6 and times(1 / 25.16) == 25.2 and times(2958.4) == 2960 and isinstance(times(2958.4), int)
     assert math.isnan(times(float("nan"))) and math.isnan(times(float("inf")))
+    # a difference that three digits would round away keeps four decimals
+    assert times(1.0004) == 1.0004 and times(1 / 1.003) == 1.003 and times(1.0) == 1.0
 
 
 def test_word_names_the_side_of_one_and_marks_missing_comparisons():

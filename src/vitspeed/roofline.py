@@ -34,7 +34,7 @@ import torch
 from vitspeed.envinfo import resolve_device, resolve_dtype, tf32_state
 from vitspeed.timing import empty_cuda_cache, measure
 
-__all__ = ["roof_mechanism", "default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY",
+__all__ = ["NEAR_RIDGE", "roof_mechanism", "default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY",
            "TF32", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
 
 MATMUL = "matmul"
@@ -179,6 +179,11 @@ def roofline(results: pd.DataFrame, level: str = "core",
     return df
 
 
+#: A core whose intensity lies within this fraction of the ridge point is called bound one way or the
+#: other by less than the ceilings' own run-to-run spread.
+NEAR_RIDGE = 0.1
+
+
 def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, Any]:
     """What the roofline says at the largest token count of one group of :func:`roofline` rows.
 
@@ -187,8 +192,9 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
     reference_efficiency and
     reference_intensity (NaN if the reference was not measured), best / worst (the other cores
     closest to and furthest from their roof, with best_efficiency / worst_efficiency as fractions),
-    linear_intensity and linear_efficiency (min, max) over the linear family, and n_linear /
-    n_linear_memory_bound (how many linear cores, and how many of them memory-bound). Raises
+    linear_intensity and linear_efficiency (min, max) over the linear family, n_linear /
+    n_linear_memory_bound / n_linear_near_ridge (how many linear cores, how many of them memory-bound,
+    how many within :data:`NEAR_RIDGE` of their ridge point) and dtype. Raises
     ValueError on an empty frame or one mixing hardware or dtypes.
     """
     if roof.empty:
@@ -218,6 +224,9 @@ def roof_summary(roof: pd.DataFrame, reference: str = "softmax") -> dict[str, An
         "linear_efficiency": ((float(lin_rows.efficiency.min()), float(lin_rows.efficiency.max())) if len(lin_rows)
                               else (math.nan, math.nan)),
         "n_linear": int(len(lin_rows)), "n_linear_memory_bound": int((lin_rows.bound == "memory").sum()),
+        "n_linear_near_ridge": int(((lin_rows.intensity / lin_rows.ridge - 1).abs() <= NEAR_RIDGE).sum())
+        if len(lin_rows) else 0,
+        "dtype": str(top.dtype.iloc[0]) if "dtype" in top else "",
     }
 
 
@@ -231,16 +240,20 @@ def roof_mechanism(summary: dict[str, Any]) -> str:
         return ""
     lo, hi = summary["linear_efficiency"]
     at = f"{100 * lo:.0f}% to {100 * hi:.0f}%" if round(100 * lo) != round(100 * hi) else f"{100 * lo:.0f}%"
+    where = f" in {summary['dtype']}" if summary.get("dtype") else ""
+    near = summary.get("n_linear_near_ridge", 0)
+    caveat = (f" ({near} of them lie within {100 * NEAR_RIDGE:.0f}% of the ridge point, where the verdict rests on "
+              "ceilings measured with a spread of their own)" if near else "")
     if mem == n:
-        return (f"Here all {n} linear cores lie left of the ridge point, so the bandwidth roof is what holds them "
-                f"back (they run at {at} of it).")
+        return (f"Here{where} all {n} linear cores lie left of the ridge point{caveat}, so the bandwidth roof is what "
+                f"holds them back (they run at {at} of it).")
     if mem == 0:
-        return (f"Here, though, the ridge point lies below every linear core's intensity: by the traffic model all "
-                f"{n} are compute-bound, so the bandwidth roof does not explain their late crossover on this device; "
-                f"they run at {at} of their roof, held back by something the model leaves out (small, skinny "
-                "products that use the machine poorly, and the cost of each eager operator).")
-    return (f"Here {mem} of the {n} linear cores lie left of the ridge point and {n - mem} right of it, so the "
-            f"bandwidth roof explains only part of their lag; they run at {at} of their roofs.")
+        return (f"Here{where}, though, the ridge point lies below every linear core's intensity{caveat}: by the "
+                f"traffic model all {n} are compute-bound, so the bandwidth roof does not explain their late crossover "
+                f"on this device; they run at {at} of their roof, held back by something the model leaves out (small, "
+                "skinny products that use the machine poorly, and the cost of each eager operator).")
+    return (f"Here{where} {mem} of the {n} linear cores lie left of the ridge point and {n - mem} right of it"
+            f"{caveat}, so the bandwidth roof explains only part of their lag; they run at {at} of their roofs.")
 
 
 def roof_curve(peak_flops_per_s: float, peak_bytes_per_s: float, lo: float, hi: float,

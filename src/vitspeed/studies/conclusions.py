@@ -16,7 +16,7 @@ import pandas as pd
 from vitspeed.studies.wording import beyond_spread, noise, tied
 
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy", "ok_rows", "speedups", "fastest", "tied_with", "swin_sets",
-           "SEED_SETS", "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS",
+           "SEED_SETS", "within_budget", "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS",
            "core_share", "faster_architecture"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
@@ -129,6 +129,13 @@ def reference_forms(speed: pd.DataFrame, hardware: str) -> str:
     return "; ".join(parts)
 
 
+def within_budget(min_top1_drop: float) -> set[str]:
+    """The replacements of softmax whose published top-1 in QT-ViT's Table 2 (EfficientViT-B1 setting)
+    is within ``min_top1_drop`` points of that table's softmax baseline."""
+    table2 = {k: v[0] for k, v in PUBLISHED_TOP1.items() if "Table 2" in v[1]}
+    return {k for k, top1 in table2.items() if table2["softmax"] - top1 <= min_top1_drop and k not in SOFTMAX_FORMS}
+
+
 def fastest(speed: pd.DataFrame, min_top1_drop: float | None = None) -> pd.DataFrame:
     """The fastest variant per (hardware, dtype, img_size, batch_size).
 
@@ -138,10 +145,7 @@ def fastest(speed: pd.DataFrame, min_top1_drop: float | None = None) -> pd.DataF
     """
     df = speed
     if min_top1_drop is not None:
-        table2 = {k: v[0] for k, v in PUBLISHED_TOP1.items() if "Table 2" in v[1]}
-        keep = {k for k, top1 in table2.items()
-                if table2["softmax"] - top1 <= min_top1_drop and k not in SOFTMAX_FORMS}
-        df = df[df.attention.isin(keep)]
+        df = df[df.attention.isin(within_budget(min_top1_drop))]
     idx = df.groupby(["hardware", "dtype", "img_size", "batch_size"]).median_ms.idxmin()
     return df.loc[idx].reset_index(drop=True)
 

@@ -517,32 +517,38 @@ def allocator_effect(results: pd.DataFrame, by: Sequence[str] = ("hardware", "dt
     return out.reset_index()
 
 
-def allocator_finding(results: pd.DataFrame, dtype: str, current: str | None = None) -> str:
-    """Sentences on the allocator rows of ``results`` in ``dtype`` (see :func:`allocator_effect`):
-    the time of explicit and fused softmax under glibc's default allocator against the kept heap, at
-    the largest token count measured, and which setting the run's other rows used (``current``,
-    default :func:`vitspeed.allocator.allocator_state` of this process); says so when there are no
-    allocator rows (CUDA runs)."""
+def allocator_finding(results: pd.DataFrame, dtype: str | Sequence[str], current: str | None = None) -> str:
+    """Sentences on the allocator rows of ``results`` in ``dtype`` (one precision or several, each
+    in its own sentence; see :func:`allocator_effect`): the time of explicit and fused softmax under
+    glibc's default allocator against the kept heap, at the largest token count measured, and which
+    setting the run's other rows used (``current``, default
+    :func:`vitspeed.allocator.allocator_state` of this process); says so when there are no allocator
+    rows (CUDA runs)."""
+    dtypes = [dtype] if isinstance(dtype, str) else list(dtype)
     eff = allocator_effect(results, by=("dtype", "tokens"))
-    eff = eff[eff.dtype == dtype] if len(eff) else eff
+    eff = eff[eff.dtype.isin(dtypes)] if len(eff) else eff
     if eff.empty:
         return ("The allocator comparison was not run here (it is a CPU measurement; CUDA's caching "
                 "allocator keeps freed blocks).")
-    n = int(eff.tokens.max())
-    e = eff[eff.tokens == n].set_index("attention")
-    def pair(att: str) -> str:
-        r = e.loc[att]
+
+    def pair(r: Any) -> str:
         spread = noise(r.default_ms, r.default_iqr_ms, r.kept_ms, r.kept_iqr_ms)
         return (f"{sig(r.default_ms)} ms per call (IQR {sig(r.default_iqr_ms)}) against {sig(r.kept_ms)} ms "
                 f"(IQR {sig(r.kept_iqr_ms)}) with the kept heap ({r.slowdown:.2f} times by the medians"
                 + ("" if beyond_spread(r.slowdown, spread) else ", within their spread") + ")")
 
-    said = [f"{name} {pair(att)}"
-            for att, name in (("softmax_explicit", "the explicit softmax takes"), ("softmax", "fused SDPA"))
-            if att in e.index]
+    sentences = []
+    for dt in (d for d in dtypes if (eff.dtype == d).any()):
+        here = eff[eff.dtype == dt]
+        n = int(here.tokens.max())
+        e = here[here.tokens == n].set_index("attention")
+        said = [f"{name} {pair(e.loc[att])}"
+                for att, name in (("softmax_explicit", "the explicit softmax takes"), ("softmax", "fused SDPA"))
+                if att in e.index]
+        sentences.append(f"At {n} tokens in {dt}, with glibc's default allocator " + "; ".join(said) + ".")
     current = current or allocator_state()
-    return (f"At {n} tokens in {dtype}, with glibc's default allocator " + "; ".join(said)
-            + ". With the defaults every large tensor is mapped, page-faulted and unmapped on each call, and "
+    return (" ".join(sentences)
+            + " With the defaults every large tensor is mapped, page-faulted and unmapped on each call, and "
               f"the explicit form's N x N map pays it most. The other rows of this run used the {current} "
               "setting" + (" (the cpu preset's)." if current == KEPT_LABEL else "."))
 
@@ -585,6 +591,6 @@ def level_comparison(core: pd.DataFrame, model: pd.DataFrame) -> str:
     if unordered:
         parts.append(f"{len(unordered)} cannot be ordered, a bound at the measured sizes being too coarse "
                      f"({', '.join(unordered)})")
-    head = (f"Of the {len(both)} variants whose crossover is placed at both levels, {len(same)} cross at about the "
-            f"same token count")
+    head = (f"Of the {len(both)} variants whose crossover is placed at both levels, {len(same)} "
+            f"{'crosses' if len(same) == 1 else 'cross'} at about the same token count")
     return head + ("; " + "; ".join(parts) if parts else "") + "."

@@ -234,7 +234,7 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
     compact_vs_softmax_lo(_word), fused_vs_explicit_hi(_word), full_vs_softmax_hi(_word),
     fastest_cut, time_macs_spearman (time vs MACs over the Taylor variants at the largest N),
     code_vs_compact_said (the authors' code form, D = d + 1, against the paper's compact form, D = 2d + 1,
-    with the spread caveat; "not measured" when either is missing).
+    at the largest and the smallest N, with the spread caveat; "not measured" when either is missing).
     """
     n_lo, n_hi, ms, macs = core_grid(rows, dtype, head_dim=int(head_dim))
     hi, lo = ms.loc[n_hi].dropna(), ms.loc[n_lo].dropna()
@@ -260,8 +260,17 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
         macs.loc[n_hi, "random"], macs.loc[n_hi, "compact"], rel_tol=0.01)
     out["random_vs_compact_said"] = (said(ratio_of(hi, "random", "compact"), _noise("random", "compact"),
                                           above="slower", below="faster") if same_macs else "not measured")
-    out["code_vs_compact_said"] = (said(ratio_of(hi, "compact", "compact (code)"), _noise("compact (code)", "compact"))
-                                   if {"compact", "compact (code)"} <= set(hi.index) else "not measured")
+    def _code_said(series: pd.Series, n: int) -> str:
+        pair = {"compact", "compact (code)"}
+        if not pair <= set(series.index):
+            return ""
+        i = _iqr_at(rows, dtype, int(head_dim), n)
+        spread = noise(series["compact"], i.get("compact", math.nan), series["compact (code)"],
+                       i.get("compact (code)", math.nan))
+        return f"{said(ratio_of(series, 'compact', 'compact (code)'), spread)} at N = {n}"
+
+    code_parts = [p for p in (_code_said(hi, n_hi), _code_said(lo, n_lo)) if p]
+    out["code_vs_compact_said"] = " and ".join(code_parts) if code_parts else "not measured"
     for key, (series, a, b) in {"compact_vs_softmax_hi": (hi, best_hi, "compact"),
                                 "compact_vs_softmax_lo": (lo, best_lo, "compact"),
                                 "fused_vs_explicit_hi": (hi, "softmax (explicit)", "softmax"),

@@ -11,10 +11,14 @@ __all__ = ["times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "
 
 def times(ratio: float) -> float:
     """``ratio`` said the way round that is at least 1 ("2 times slower" rather than "0.5 times"),
-    to 3 significant digits (1.18, 39.6; an int from 100 on, 2960 rather than 2960.0); nan stays nan."""
+    to 3 significant digits (1.18, 39.6; an int from 100 on, 2960 rather than 2960.0), or to 4
+    decimals where 3 digits would round a difference away (1.0004, not "1.0 times slower"); nan stays nan."""
     if not math.isfinite(ratio):
         return math.nan
-    value = float(f"{ratio if ratio >= 1 else 1 / ratio:.3g}")
+    r = ratio if ratio >= 1 else 1 / ratio
+    value = float(f"{r:.3g}")
+    if value == 1.0:
+        return round(r, 4)
     return int(value) if value >= 100 else value
 
 
