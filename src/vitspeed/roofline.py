@@ -34,8 +34,8 @@ import torch
 from vitspeed.envinfo import resolve_device, resolve_dtype, tf32_state
 from vitspeed.timing import empty_cuda_cache, measure
 
-__all__ = ["NEAR_RIDGE", "roof_mechanism", "default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_curve", "MATMUL", "COPY",
-           "TF32", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
+__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_mechanism", "roof_curve", "MATMUL",
+           "COPY", "NEAR_RIDGE", "TF32", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
 
 MATMUL = "matmul"
 COPY = "copy"

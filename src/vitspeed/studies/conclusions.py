@@ -13,11 +13,12 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from vitspeed.studies.wording import beyond_spread, noise, tied
+from vitspeed.studies.wording import SOFTMAX_FORM_NAMES, beyond_spread, noise, tied
 
-__all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy", "ok_rows", "speedups", "fastest", "tied_with", "swin_sets",
-           "SEED_SETS", "within_budget", "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS",
-           "core_share", "faster_architecture"]
+__all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
+           "ok_rows", "speedups", "fastest", "within_budget", "tied_with", "swin_sets", "SEED_SETS",
+           "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
+           "faster_architecture"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -113,19 +114,17 @@ def reference_forms(speed: pd.DataFrame, hardware: str) -> str:
         raise ValueError(f"no speedups for hardware {hardware!r}; valid choices: "
                          f"{', '.join(sorted(speed.hardware.unique()))}")
 
-    def name(form: str) -> str:
-        return "fused SDPA" if form == "softmax" else "the explicit form"
-
     parts = []
     for dtype in sorted(forms.index.get_level_values(0).unique()):
         f = forms.loc[dtype]
         if f.nunique() == 1:
-            parts.append(f"{name(f.iloc[0])} at every measured size in {dtype}")
+            parts.append(f"{SOFTMAX_FORM_NAMES[f.iloc[0]]} at every measured size in {dtype}")
             continue
         by_form: dict[str, list[str]] = {}
         for size, form in f.items():
             by_form.setdefault(form, []).append(str(int(size)))
-        parts.append(f"in {dtype} " + ", ".join(f"{name(v)} at {' and '.join(s)} px" for v, s in by_form.items()))
+        parts.append(f"in {dtype} " + ", ".join(f"{SOFTMAX_FORM_NAMES[v]} at {' and '.join(s)} px"
+                                                for v, s in by_form.items()))
     return "; ".join(parts)
 
 
@@ -202,9 +201,9 @@ def swin_sets(swin: pd.DataFrame) -> pd.DataFrame:
 
 
 #: The stock models several chapters time at 224 px and batch 1, each in its own interleaved run:
-#: chapter -> how to find them (column filters) and how each is named there.
-#: measurement -> which rows of which chapter's results ("results", default: the measurement's name)
-#: hold the stock model. The linear-kernels chapter times eager DeiT-S twice, in separate groups.
+#: measurement -> how to find them (column filters of the chapter's results named by "results",
+#: default the measurement's own name) and how each is named there. The linear-kernels chapter
+#: times eager DeiT-S twice, in separate groups.
 _SAME_MODEL_ROWS: dict[str, dict[str, Any]] = {
     "time_share": {"where": {"component": "attention"}, "name": "model", "median": "total_ms", "iqr": "total_iqr_ms"},
     "swin_similarity": {"where": {"label": "stock"}, "name": "model"},

@@ -67,8 +67,7 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "deit_tiny_patch16_224": {"gmacs": 1.3, "params_m": 5.7, "top1": 72.2, "source": "touvron2021deit"},
     # DeiT-S's 4.6 G is printed in the Swin paper's Table 1 (the DeiT paper prints no FLOPs)
     "deit_small_patch16_224": {"gmacs": 4.6, "params_m": 22.1, "top1": 79.9, "source": "liu2021swin"},
-    # 28 M as the official Swin README gives it; the paper's Table 1 rounds to 29 M
-    # params: the paper's Table 1 (29M); the Swin README rounds the same model to 28M
+    # params: the paper's Table 1 (29 M), the source cited; the official Swin README gives 28 M
     "swin_tiny_patch4_window7_224": {"gmacs": 4.5, "params_m": 29.0, "top1": 81.3, "source": "liu2021swin"},
     "flatten_swin_tiny": {"top1": 82.1, "source": "han2023flatten"},
     "levit_128s": {"gmacs": 0.305, "params_m": 7.8, "top1": 76.6, "source": "graham2021levit"},

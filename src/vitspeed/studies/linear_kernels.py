@@ -26,14 +26,14 @@ import torch
 from vitspeed.attention import build_core, get_attention, validate_options
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, core_grid, implied_attention, ratio_of, run_sweep)
-from vitspeed.studies.wording import beyond_spread, rows_noise, said, sig, verdict
+from vitspeed.studies.wording import SOFTMAX_FORM_NAMES, beyond_spread, rows_noise, said, sig, verdict
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
 __all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PUBLISHED_LABEL",
            "ELU_FORM_LABELS", "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels",
-           "kernel_diagnostics", "elu_form_finding",
-           "approximation_table", "SOFTMAX_FORM_NAMES", "faster_softmax", "core_findings", "model_verdicts", "COMPILED_SUFFIX", "COMPILED_KINDS", "compile_candidates",
+           "kernel_diagnostics", "elu_form_finding", "approximation_table", "SOFTMAX_FORM_NAMES", "faster_softmax",
+           "core_findings", "model_verdicts", "COMPILED_SUFFIX", "COMPILED_KINDS", "compile_candidates",
            "compiled_table", "compile_findings", "compile_prose"]
 
 CHAPTER = "linear_kernels"
@@ -244,8 +244,8 @@ def approximation_table(names: Sequence[str] | None = None, tokens: int = 196, h
 
     One row per variant (registry defaults; ``forms`` adds those of :data:`APPROXIMATION_FORMS`, the
     normalised and unnormalised cosine and mean kernels, that differ from the defaults, labelled
-    "name (option=value)"; the ``options`` column names every row's settings), plus ``uniform`` (A = 1/N, the plain mean
-    of V, for reference). Columns: label, attention, options, rel_error and row entropy (nats) from
+    "name (option=value)"; the ``options`` column names every row's settings), plus ``uniform``
+    (A = 1/N, the plain mean of V, for reference). Columns: label, attention, options, rel_error and row entropy (nats) from
     :func:`~vitspeed.studies.compare.approximation`, the :func:`kernel_diagnostics`, and
     ``published_top1`` (QT-ViT Table 2, EfficientViT-B1 setting; NaN where the paper has no row).
     """
@@ -536,10 +536,6 @@ def _speed_verdict(ref: Any, row: Any) -> str:
     return verdict(float(ref["median_ms"] / row["median_ms"]), rows_noise(row, ref), above="faster", below="slower")
 
 
-#: The two softmax forms, as the prose names them.
-SOFTMAX_FORM_NAMES = {"softmax": "fused SDPA", "softmax_explicit": "the explicit form"}
-
-
 def faster_softmax(medians: pd.Series) -> str:
     """Which softmax form (``softmax``, fused SDPA, or ``softmax_explicit``) has the lower median in
     ``medians`` (label -> median ms at one setting); fused when the explicit form is missing (out of
@@ -619,7 +615,8 @@ def core_findings(rows: pd.DataFrame, dtype: str) -> dict[str, Any]:
     lo_clause = (f" At N = {n_lo}, though, the explicit form was the faster one in this measurement "
                  f"({_times(explicit_lo)} times"
                  + ("" if beyond_spread(explicit_lo, lo_noise) else ", within the spread of the two medians")
-                 + "), which is why every kernel is compared with the faster form at each N." if explicit_lo < 1 else "")
+                 + "), which is why every kernel is compared with the faster form at each N."
+                 if explicit_lo < 1 else "")
     if math.isfinite(explicit):
         out["explicit_hi_ratio"] = float(round(explicit, 2))
         out["explicit_sentence"] = (f"At N = {n_hi} the explicit softmax takes {explicit:.2f} times the time of the "

@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "said", "sig", "listed", "tied",
-           "tie_note"]
+__all__ = ["SOFTMAX_FORM_NAMES", "times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "said", "sig",
+           "listed", "tied", "tie_note"]
+
+
+#: The two softmax forms (registry labels) as the prose names them.
+SOFTMAX_FORM_NAMES = {"softmax": "fused SDPA", "softmax_explicit": "the explicit form"}
 
 
 def times(ratio: float) -> float:
