@@ -504,7 +504,11 @@ def compile_prose(rows: pd.DataFrame, dtype: str, device: str) -> dict[str, str]
         if device == "cpu" and any(x.startswith("linear_mean ") for x in slow):
             slow_big += (" Profiling the mean kernel on this study's CPU put the difference inside the batched "
                          "products, not in the compiled code's per-call checks, although its compiled code skips "
-                         "two scaling passes; we did not find why.")
+                         "two scaling passes. In development probes (not kept in data/), the generated code's "
+                         "exact calls (same library function, buffers and strides) replayed outside the compiled "
+                         "region ran at the eager speed, while a compiled graph of one batched product was slower "
+                         "by a margin that grew with N: the cost comes with running inside the compiled region, by "
+                         "a mechanism we did not find.")
     n_settings = table.tokens.nunique()
     gain_all = [v for v, g in table.groupby("variant", sort=False) if v != "softmax" and len(g) == n_settings
                 and all(_compiled_verdict(r) == "faster" for _, r in g.iterrows())]
