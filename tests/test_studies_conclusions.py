@@ -176,3 +176,21 @@ def test_within_budget_reads_qtvit_table_2():
     assert C.within_budget(0.5) == {"linear_relu", "taylor2_compact"}  # 79.4 and 79.6 against 79.8
     assert "linear_mean" in C.within_budget(1.0) and "softmax" not in C.within_budget(5.0)
     assert "focused" not in C.within_budget(5.0)  # not in Table 2: another setting
+
+
+def test_precision_answer_names_the_fastest_and_the_fastest_within_budget():
+    def row(size, att, speedup, clear):
+        return {"hardware": "hw", "dtype": "bfloat16", "img_size": size, "attention": att, "speedup": speedup,
+                "clear": clear}
+
+    best = pd.DataFrame([row(224, "hallucinated", 1.04, True), row(512, "linear_relu", 1.53, True)])
+    good = pd.DataFrame([row(224, "linear_relu", 1.0, False), row(512, "linear_relu", 1.53, True)])
+    text = C.precision_answer(best, good, "hw", "bfloat16")
+    assert text.startswith("In bfloat16 on hw, at 224 px the fastest variant is hallucinated, 1.04x the best softmax "
+                           "(beyond the spread of the two medians), and the fastest within the accuracy budget is "
+                           "linear_relu, 1.00x (within the spread of the two medians, so not a clear win);")
+    assert text.endswith("at 512 px linear_relu is both the fastest variant and the fastest within the accuracy "
+                         "budget, 1.53x the best softmax (beyond the spread of the two medians).")
+    assert "within the accuracy budget" not in C.precision_answer(best, good.iloc[:0], "hw", "bfloat16")
+    with pytest.raises(ValueError, match="valid choices: hw bfloat16"):
+        C.precision_answer(best, good, "hw", "float32")

@@ -16,7 +16,7 @@ import pandas as pd
 from vitspeed.studies.wording import SOFTMAX_FORM_NAMES, beyond_spread, noise, tied
 
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
-           "ok_rows", "speedups", "fastest", "within_budget", "tied_with", "swin_sets", "SEED_SETS",
+           "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
            "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
            "faster_architecture"]
 
@@ -147,6 +147,36 @@ def fastest(speed: pd.DataFrame, min_top1_drop: float | None = None) -> pd.DataF
         df = df[df.attention.isin(within_budget(min_top1_drop))]
     idx = df.groupby(["hardware", "dtype", "img_size", "batch_size"]).median_ms.idxmin()
     return df.loc[idx].reset_index(drop=True)
+
+
+def spread_words(clear: bool) -> str:
+    """Whether a speedup exceeds the two medians' spread (the ``clear`` column of :func:`speedups`), in words."""
+    return ("beyond the spread of the two medians" if clear
+            else "within the spread of the two medians, so not a clear win")
+
+
+def precision_answer(best: pd.DataFrame, good: pd.DataFrame, hardware: str, dtype: str) -> str:
+    """One sentence: the fastest variant (``best``, :func:`fastest` rows) and the fastest within the
+    accuracy budget (``good``, :func:`fastest` with ``min_top1_drop``) at the smallest and largest
+    image size of ``best`` on ``hardware`` in ``dtype``, with speedups and the spread caveat."""
+    here = best[(best.hardware == hardware) & (best.dtype == dtype)].set_index("img_size")
+    if here.empty:
+        raise ValueError(f"no speedups for {hardware} in {dtype}; valid choices: "
+                         f"{', '.join(sorted(set(best.hardware + ' ' + best.dtype)))}")
+    ok = good[(good.hardware == hardware) & (good.dtype == dtype)].set_index("img_size")
+    parts = []
+    for size in sorted({int(here.index.min()), int(here.index.max())}):
+        b = here.loc[size]
+        g = ok.loc[size] if size in ok.index else None
+        if g is not None and g.attention == b.attention:
+            parts.append(f"at {size} px {b.attention} is both the fastest variant and the fastest within the accuracy "
+                         f"budget, {b.speedup:.2f}x the best softmax ({spread_words(b.clear)})")
+            continue
+        within = (f", and the fastest within the accuracy budget is {g.attention}, {g.speedup:.2f}x "
+                  f"({spread_words(g.clear)})" if g is not None else "")
+        parts.append(f"at {size} px the fastest variant is {b.attention}, {b.speedup:.2f}x the best softmax "
+                     f"({spread_words(b.clear)}){within}")
+    return f"In {dtype} on {hardware}, " + "; ".join(parts) + "."
 
 
 def tied_with(speed: pd.DataFrame, row: Mapping[str, Any]) -> list[str]:

@@ -260,11 +260,11 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
         macs.loc[n_hi, "random"], macs.loc[n_hi, "compact"], rel_tol=0.01)
     out["random_vs_compact_said"] = (said(ratio_of(hi, "random", "compact"), _noise("random", "compact"),
                                           above="slower", below="faster") if same_macs else "not measured")
+
     def _code_said(series: pd.Series, n: int) -> str:
-        pair = {"compact", "compact (code)"}
-        if not pair <= set(series.index):
+        if not {"compact", "compact (code)"} <= set(series.index):
             return ""
-        i = _iqr_at(rows, dtype, int(head_dim), n)
+        i = iqr if n == n_hi else _iqr_at(rows, dtype, int(head_dim), n)
         spread = noise(series["compact"], i.get("compact", math.nan), series["compact (code)"],
                        i.get("compact (code)", math.nan))
         return f"{said(ratio_of(series, 'compact', 'compact (code)'), spread)} at N = {n}"
