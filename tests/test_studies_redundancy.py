@@ -77,3 +77,36 @@ def test_interpretation_quotes_both_modules():
     text = R.interpretation()
     assert "OUR INTERPRETATION" in text and "AFTER" in text
     assert "cFFN" in text and "rank-r" in text
+
+
+def _share_rows(shares):
+    return pd.DataFrame([{"base_label": b, "variant": v, "batch_size": n, "status": "ok",
+                          "macs_saved_pct": 10.0, "latency_saved_pct": 10.0 * s}
+                         for (b, v, n), s in shares.items()]
+                        + [{"base_label": b, "variant": "stock", "batch_size": 1, "status": "ok",
+                            "macs_saved_pct": 0.0, "latency_saved_pct": 0.0} for b in {k[0] for k in shares}])
+
+
+def test_conversion_is_latency_saved_over_macs_saved_without_stock_rows():
+    share = R.conversion(_share_rows({("DeiT-S", "hmhsa", 1): 0.5, ("DeiT-S", "cffn", 1): 0.8}))
+    assert share[("DeiT-S", "hmhsa", 1)] == pytest.approx(0.5)
+    assert share[("DeiT-S", "cffn", 1)] == pytest.approx(0.8)
+    assert "stock" not in share.index.get_level_values(1)
+
+
+def test_conversion_words_compare_with_cffn_per_batch_and_hedge_the_cause():
+    share = R.conversion(_share_rows({
+        ("DeiT-S", "hmhsa", 1): 0.54, ("DeiT-S", "cffn", 1): 0.69, ("DeiT-S", "hmhsa", 8): 0.88,
+        ("DeiT-S", "cffn", 8): 0.85, ("DeiT-T", "hmhsa", 1): 0.42, ("DeiT-T", "cffn", 1): 0.79,
+        ("DeiT-T", "hmhsa", 8): 0.68, ("DeiT-T", "cffn", 8): 0.82}))
+    text = R.conversion_words(share)
+    assert text.startswith("hMHSA turns 54% (batch 1) and 88% (batch 8) of its MACs saving into time on DeiT-S, "
+                           "42% and 68% on DeiT-T.")
+    assert "At batch 1 that is less than cFFN on both models" in text
+    assert "at batch 8 about as much as cFFN on DeiT-S and less than cFFN on DeiT-T" in text
+    assert "fits, but does not prove" in text
+    # a share that does not grow with the batch gets no per-call-overhead story
+    flat = R.conversion(_share_rows({("DeiT-S", "hmhsa", 1): 0.9, ("DeiT-S", "cffn", 1): 0.5,
+                                              ("DeiT-S", "hmhsa", 8): 0.9, ("DeiT-S", "cffn", 8): 0.5}))
+    words = R.conversion_words(flat)
+    assert "more than cFFN" in words and "fits" not in words and "no run here profiles them" in words

@@ -59,11 +59,15 @@ def test_unknown_variant_is_a_value_error():
 
 
 def test_ratio_table_pairs_ours_with_the_seed():
-    results = pd.DataFrame([{**_row(v, m, batch=1), "hardware": "hw", "dtype": "float32", "threads": 2}
+    results = pd.DataFrame([{**_row(v, m, batch=1), "hardware": "hw", "dtype": "float32", "threads": 2,
+                             "p10_ms": m - 1.0, "p90_ms": m + 2.0}
                             for v, m in [("stock", 10.0), ("softmax", 8.0), ("jaccard", 12.0)]])
     results = pd.DataFrame(S.add_ratios(results.to_dict("records")))
     table = S.ratio_table(results, batch_size=1).set_index("label")
     assert table.loc["jaccard", "ours_vs_stock"] == pytest.approx(1.2)
+    # whiskers: jaccard's own percentiles over the stock model's median
+    assert table.loc["jaccard", "ours_p10_vs_stock"] == pytest.approx(1.1)
+    assert table.loc["jaccard", "ours_p90_vs_stock"] == pytest.approx(1.4)
     assert table.loc["jaccard", "seed_ratio"] == pytest.approx(1.0523, abs=1e-4)
     assert math.isnan(table.loc["softmax", "seed_ratio"])
 
@@ -135,3 +139,14 @@ def test_a_run_over_several_dtypes_records_each(tmp_path, monkeypatch):
     assert list(df.dtype) == ["float32", "bfloat16"] and set(df.status) == {"ok"}
     (env,) = (tmp_path / S.CHAPTER).glob("*__t2.env.json")
     assert json.loads(env.read_text())["dtype"] == "float32,bfloat16"
+
+
+def test_single_pass_spread_is_the_p10_to_p90_range_over_the_median_per_variant():
+    rows = pd.DataFrame([{"label": "stock", "median_ms": 50.0, "p10_ms": 48.0, "p90_ms": 55.0, "status": "ok"},
+                         {"label": "jaccard", "median_ms": 20.0, "p10_ms": 19.0, "p90_ms": 20.0, "status": "ok"},
+                         {"label": "cosine", "median_ms": float("nan"), "p10_ms": float("nan"),
+                          "p90_ms": float("nan"), "status": "oom"}])
+    spread = S.single_pass_spread(rows)
+    assert list(spread.index) == ["stock", "jaccard"]
+    assert spread["stock"] == pytest.approx(14.0)
+    assert spread["jaccard"] == pytest.approx(5.0)

@@ -28,7 +28,8 @@ from vitspeed.models.hvit import merge_ffns
 from vitspeed.studies.compare import Candidate, candidate, compare_models_finite, run_sweep
 
 __all__ = ["BASES", "VARIANTS", "hmhsa_ratio", "redundancy_candidates", "compare_redundancy",
-           "run_redundancy", "predicted_savings", "counted_savings", "interpretation", "CLAIMED_RANGE_PCT"]
+           "run_redundancy", "predicted_savings", "counted_savings", "interpretation", "CLAIMED_RANGE_PCT",
+           "conversion", "conversion_words"]
 
 CHAPTER = "redundancy"
 # base timm name -> (short label, composite hViT model)
@@ -212,3 +213,56 @@ def interpretation() -> str:
     fstop = ffn.index("Cost (MACs per token")
     return ("hMHSA (vitspeed.attention.hallucinated):\n" + hall[start:stop].rstrip() + "\n\n"
             "cFFN (vitspeed.ffn):\n" + ffn[fstart:fstop].rstrip())
+
+
+def conversion(rows: pd.DataFrame) -> pd.DataFrame:
+    """How much of its MACs saving each variant turns into latency saved: ``latency_saved_pct /
+    macs_saved_pct`` (a fraction; 1 = the latency falls by as much as the MACs, below 1 = less) per
+    (base_label, variant, batch_size), from rows of one measurement with those columns; stock rows
+    (nothing saved) are left out."""
+    saved = rows[(rows.variant != "stock") & (rows.status.fillna("ok") == "ok")]
+    return (saved.assign(share=saved.latency_saved_pct / saved.macs_saved_pct)
+            .set_index(["base_label", "variant", "batch_size"]).share.sort_index())
+
+
+def conversion_words(share: pd.Series, close: float = 0.05) -> str:
+    """hMHSA's conversion of MACs into time (see :func:`conversion`) per base and batch size, set against
+    cFFN's in words. Shares within ``close`` (fraction points) of each other are "about as much"; the
+    cause is said as a hypothesis (fits / does not fit a fixed per-call overhead), since no run here
+    profiles hMHSA's operators."""
+    bases = [b for b in dict.fromkeys(share.index.get_level_values(0)) if (b, "hmhsa") in share.droplevel(2).index]
+    if not bases:
+        return ""
+    batches = sorted(set(share.loc[bases[0], "hmhsa"].index))
+
+    def _cmp(base: str, b: int) -> str:
+        h, c = share.get((base, "hmhsa", b)), share.get((base, "cffn", b))
+        if h is None or c is None:
+            return "not compared"
+        return "about as much as cFFN" if abs(h - c) <= close else ("less than cFFN" if h < c else "more than cFFN")
+
+    def _pcts(base: str, labelled: bool) -> str:
+        parts = [f"{100 * share[(base, 'hmhsa', n)]:.0f}%" + (f" (batch {n})" if labelled else "") for n in batches]
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+    text = (f"hMHSA turns {_pcts(bases[0], True)} of its MACs saving into time on {bases[0]}"
+            + "".join(f", {_pcts(b, False)} on {b}" for b in bases[1:]) + ".")
+    clauses = []
+    for n in batches:
+        words = [_cmp(b, n) for b in bases]
+        if len(set(words)) == 1:
+            clauses.append(f"at batch {n} that is {words[0]}" + (" on both models" if len(bases) == 2 else ""))
+        else:
+            clauses.append(f"at batch {n} " + " and ".join(f"{w} on {b}" for w, b in zip(words, bases)))
+    joined = "; ".join(clauses)
+    text += " " + joined[0].upper() + joined[1:] + "."
+    rising = len(batches) > 1 and all(share[(b, "hmhsa", batches[-1])] > share[(b, "hmhsa", batches[0])] + close
+                                      for b in bases)
+    ops = "its extra operators (the head-mixing product, the split into computed and hallucinated heads, the concatenation)"
+    if rising:
+        text += (f" Its share grows with the batch on {'both models' if len(bases) == 2 else bases[0]}, which fits, "
+                 f"but does not prove, a fixed per-call cost of {ops} that a larger batch spreads over more images.")
+    else:
+        text += (f" Where the shares differ, {ops} and the attention maps it forms explicitly for its computed "
+                 "heads (the stock model's fused kernel does not) are where we would look; no run here profiles them.")
+    return text

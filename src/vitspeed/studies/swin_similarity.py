@@ -28,7 +28,8 @@ import pandas as pd
 from vitspeed.studies.compare import Candidate, candidate, compare_models_finite, run_sweep
 
 __all__ = ["CHAPTER", "SWIN", "BASE", "VARIANTS", "SEED_SECONDS", "timm_fused_attn", "seed_ratios",
-           "add_ratios", "swin_similarity_group", "run_swin_similarity", "ratio_table"]
+           "add_ratios", "swin_similarity_group", "run_swin_similarity", "ratio_table",
+           "single_pass_spread"]
 
 CHAPTER = "swin_similarity"
 SWIN = "swin_tiny_patch4_window7_224"
@@ -138,8 +139,20 @@ def ratio_table(results: pd.DataFrame, batch_size: int = 1) -> pd.DataFrame:
 
     ``ours_vs_stock`` pairs with the seed (its base was the unfused Swin), ``ours_vs_softmax`` is the
     slowdown against the fused base; ``seed_ratio`` is NaN for variants the seed did not time.
+    ``ours_p10_vs_stock`` and ``ours_p90_vs_stock`` are the variant's 10th and 90th percentile of single
+    passes over the stock model's median (the whiskers of one run's spread).
     """
     ok = results[(results.status.fillna("ok") == "ok") & (results.batch_size == batch_size)]
     cols = ["hardware", "dtype", "threads", "label", "ratio_vs_stock", "ratio_vs_softmax"]
     table = ok[cols].rename(columns={"ratio_vs_stock": "ours_vs_stock", "ratio_vs_softmax": "ours_vs_softmax"})
+    table["ours_p10_vs_stock"] = ok.p10_ms / ok.median_ms * ok.ratio_vs_stock
+    table["ours_p90_vs_stock"] = ok.p90_ms / ok.median_ms * ok.ratio_vs_stock
     return table.merge(seed_ratios()[["label", "seed_ratio"]], on="label", how="left")
+
+
+def single_pass_spread(rows: pd.DataFrame) -> pd.Series:
+    """How far single forward passes of one model spread, per variant (``rows``' label column): the
+    10th-to-90th percentile range over the median, in percent. With the few passes of a CPU run (8 to
+    10) the two percentiles are close to the fastest and slowest pass, so one slow pass widens it."""
+    ok = rows[rows.status.fillna("ok") == "ok"] if "status" in rows else rows
+    return (100 * (ok.p90_ms - ok.p10_ms) / ok.median_ms).set_axis(ok.label).astype(float)
