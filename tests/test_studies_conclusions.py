@@ -66,7 +66,10 @@ def _chapter_frames():
             {**base, "model": "deit_small_patch16_224", "label": "DeiT-S", "median_ms": 66.0, "iqr_ms": 2.0},
             {**base, "model": "levit_128s", "label": "LeViT-128S", "median_ms": 9.0, "iqr_ms": 0.3},
             {**base, "model": "deit_small_patch16_224", "label": "DeiT-S", "batch_size": 8, "median_ms": 400.0,
-             "iqr_ms": 5.0}]),
+             "iqr_ms": 5.0},
+            # Swin-T through the fused shell is not timm's stock Swin-T: not the same model as chapter 3's
+            {**base, "model": "swin_tiny_patch4_window7_224", "attention": "softmax", "label": "Swin-T",
+             "median_ms": 70.0, "iqr_ms": 1.0}]).fillna({"attention": "stock"}),
         "scaling": pd.DataFrame([
             {**base, "level": "model", "attention": a, "median_ms": ms, "iqr_ms": 1.0, "cpu_pressure_pct": 12.5,
              "steal_pct": 0.5}
@@ -79,6 +82,7 @@ def test_same_models_finds_one_stock_model_per_chapter():
     rows = C.same_models(_chapter_frames()).set_index("chapter")
     assert sorted(rows.index) == ["hybrids", "scaling", "time_share"]  # no LeViT, no batch 8, no 384 px
     assert (rows.model == "DeiT-S").all() and (rows.dtype == "float32").all() and (rows.hardware == "hw").all()
+    assert "Swin-T" not in set(rows.model)
     assert rows.loc["time_share", "median_ms"] == 60.0 and rows.loc["time_share", "iqr_ms"] == 1.2  # whole model
     assert rows.loc["scaling", "median_ms"] == 63.0  # softmax, not the swapped attention
     # the Taylor chapter's EfficientViT-B1 keeps its BatchNorms (the hybrids chapter folds them): not the same model

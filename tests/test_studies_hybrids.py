@@ -98,6 +98,8 @@ def test_run_writes_rows_with_cost_per_gmac(tmp_path, monkeypatch):
                        run_id="t1")
     assert list(df.label) == ["LeViT-128S", "EfficientViT-B1"] and set(df.status) == {"ok"}
     assert list(df.family) == ["LeViT", "EfficientViT"] and df.bn_folded.all()
+    no_bn = H.run_hybrids(models=["deit_tiny_patch16_224"], batch_sizes=[1], warmup=0, repeats=1, run_id="t2")
+    assert not no_bn.bn_folded.any()  # LayerNorm only: nothing folded
     for col in ["median_ms", "iqr_ms", "throughput", "gmacs", "params_m", "peak_mem_mb", "ms_per_image",
                 "ms_per_gmac"]:
         assert col in df, col
@@ -108,3 +110,42 @@ def test_run_writes_rows_with_cost_per_gmac(tmp_path, monkeypatch):
     assert by.loc["efficientvit_b1", "gmacs"] == pytest.approx(0.52, rel=0.01)  # published 0.52G, BN folded
     left = H.batchnorms_left(["levit_128s", "efficientvit_b1"]).set_index("model").batchnorms
     assert left.to_dict() == {"levit_128s": 0, "efficientvit_b1": 0}
+
+
+def test_inversions_are_pairs_flops_order_one_way_and_latency_the_other_beyond_the_spread():
+    inv = H.inversions(_results().assign(iqr_ms=lambda d: 0.1 * d.median_ms))
+    assert inv[["batch_size", "more", "fewer"]].values.tolist() == [[1, "C", "B"]]
+    assert inv.macs_ratio.iloc[0] == pytest.approx(2.0) and inv.time_ratio.iloc[0] == pytest.approx(0.5)
+    # a reversal inside the spread is not an inversion
+    wide = _results().assign(iqr_ms=lambda d: 2.0 * d.median_ms)
+    assert H.inversions(wide).empty
+
+
+def test_per_gmac_drop_is_the_share_of_the_small_batch_cost_per_gmac_removed():
+    drop = H.per_gmac_drop(_results().assign(family="f"), 1, 8).set_index("model")
+    # a: 1 ms per GMAC at batch 1, 1 at batch 8; b: 2 -> 1; c: 0.5 -> 0.75
+    assert drop.loc["a", "drop_pct"] == pytest.approx(0.0)
+    assert drop.loc["b", "drop_pct"] == pytest.approx(50.0)
+    assert drop.loc["c", "drop_pct"] == pytest.approx(-50.0)
+    assert "d" not in drop.index  # failed at batch 1, absent at batch 8
+
+
+def test_swin_is_timed_with_fused_softmax_and_sources_are_named():
+    cands = {c["model"]: c for c in H._candidates(["swin_tiny_patch4_window7_224", "flatten_swin_tiny"], True)}
+    assert cands["swin_tiny_patch4_window7_224"]["attention"] == "softmax"
+    assert "attention" not in cands["flatten_swin_tiny"]
+    pub = H.published_table().set_index("model")
+    assert pub.loc["deit_tiny_patch16_224", "cited"] == "PVT (Wang et al. 2021), Table 2"
+    assert set(pub.source) - {""} <= set(H.SOURCES)
+
+
+def test_flops_fit_extreme_names_a_runner_up_within_the_spread():
+    rows = H.add_flops_fit(_results().assign(iqr_ms=lambda d: 0.1 * d.median_ms))
+    one = rows[rows.batch_size == 1]  # ms per GMAC: a 1.0, b 2.0, c 0.5
+    worst = H.flops_fit_extreme(one, worst=True)
+    assert worst["label"] == "B" and worst["runner_up"] == "A" and not worst["tied"]
+    assert worst["time_vs_flops"] == pytest.approx(2.0)
+    best = H.flops_fit_extreme(one, worst=False)
+    assert best["label"] == "C" and best["time_vs_flops"] == pytest.approx(0.5)
+    noisy = H.add_flops_fit(_results().assign(iqr_ms=lambda d: 3.0 * d.median_ms))
+    assert H.flops_fit_extreme(noisy[noisy.batch_size == 1])["tied"]

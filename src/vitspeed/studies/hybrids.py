@@ -6,6 +6,11 @@ how well FLOPs predict latency: ``ms_per_gmac`` (latency per image over GMACs pe
 ratio to the group's median (``time_vs_flops``: > 1 means slower than its FLOPs suggest), and the
 Spearman rank correlation between GMACs and latency (:func:`rank_correlation`).
 
+Swin-T is timed with its window attention through fused ``scaled_dot_product_attention`` (the
+study's ``softmax`` shell, :data:`ATTENTION`), the fastest softmax form, not timm's default explicit
+path: FLatten-Swin-T's softmax stages run fused too, so their pair changes only the attention of
+stages 1-2.
+
 Inference form: LeViT's BatchNorms are folded by :func:`vitspeed.models.create_model`; with
 ``fold_bn`` (default) the BatchNorm after every EfficientViT/QT-ViT ``ConvNormAct`` convolution is
 folded too (:func:`fold_conv_bn`), so no hybrid is timed with a BatchNorm an inference build would
@@ -13,7 +18,7 @@ remove. QT-ViT's BatchNorm on V (its GELU(BN(V)) shortcut, not after a convoluti
 
 Units: latency in ms per forward pass of the whole batch (median, IQR, 10th/90th percentiles),
 throughput in images/s, FLOPs in GMACs per image (the literature's "FLOPs"), parameters in
-millions, peak memory in MB. Published figures (:data:`PUBLISHED`) come from the papers as
+millions, peak memory in MiB. Published figures (:data:`PUBLISHED`) come from the papers as
 collected in the study's reference notes; top-1 is never measured here (weights are random).
 """
 from __future__ import annotations
@@ -27,9 +32,9 @@ from torch import nn
 from vitspeed.studies.compare import candidate, compare_models_finite, run_sweep
 from vitspeed.studies.wording import rows_noise
 
-__all__ = ["CHAPTER", "MODELS", "PUBLISHED", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn", "count_batchnorms",
+__all__ = ["CHAPTER", "MODELS", "ATTENTION", "PUBLISHED", "SOURCES", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn", "count_batchnorms",
            "batchnorms_left", "published_table", "hybrids_group", "run_hybrids", "spearman", "rank_correlation",
-           "add_flops_fit", "pair_ratios"]
+           "add_flops_fit", "pair_ratios", "inversions", "per_gmac_drop", "flops_fit_extreme"]
 
 CHAPTER = "hybrids"
 
@@ -50,6 +55,10 @@ MODELS: dict[str, tuple[str, str]] = {
     "qtvit_3": ("QT-ViT-3", "QT-ViT"),
 }
 
+#: Models timed with an attention swapped in (registry name); the rest as timm or the study builds them.
+#: Swin-T's window attention through fused SDPA: the fastest honest softmax, as FLatten-Swin-T's stages 3-4.
+ATTENTION: dict[str, str] = {"swin_tiny_patch4_window7_224": "softmax"}
+
 #: A small set for CPU-sized defaults: one model of each kind.
 DEFAULT_MODELS = ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "flatten_swin_tiny", "levit_128s",
                   "efficientvit_b1", "qtvit_1"]
@@ -64,15 +73,27 @@ PAIRS: list[tuple[str, str]] = [
 
 #: Published FLOPs (GMACs), params (M) and ImageNet top-1 (%) with their bib key; absent = not collected.
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "deit_tiny_patch16_224": {"gmacs": 1.3, "params_m": 5.7, "top1": 72.2, "source": "touvron2021deit"},
-    # DeiT-S's 4.6 G is printed in the Swin paper's Table 1 (the DeiT paper prints no FLOPs)
+    # DeiT-T's 1.3 G as printed in PVT's Table 2 (the FLatten paper prints 1.2 G); params and top-1 are DeiT's
+    "deit_tiny_patch16_224": {"gmacs": 1.3, "params_m": 5.7, "top1": 72.2, "source": "wang2021pvt"},
+    # DeiT-S's 4.6 G is printed in the Swin paper's Table 1 (and PVT's Table 2; the DeiT paper prints no FLOPs)
     "deit_small_patch16_224": {"gmacs": 4.6, "params_m": 22.1, "top1": 79.9, "source": "liu2021swin"},
     # params: the paper's Table 1 (29 M), the source cited; the official Swin README gives 28 M
     "swin_tiny_patch4_window7_224": {"gmacs": 4.5, "params_m": 29.0, "top1": 81.3, "source": "liu2021swin"},
     "flatten_swin_tiny": {"top1": 82.1, "source": "han2023flatten"},
+    # LeViT and EfficientViT: the figures of the authors' official READMEs (model zoo tables)
     "levit_128s": {"gmacs": 0.305, "params_m": 7.8, "top1": 76.6, "source": "graham2021levit"},
     "efficientvit_b1": {"gmacs": 0.52, "params_m": 9.1, "top1": 79.4, "source": "cai2023efficientvit"},
     "qtvit_1": {"top1": 79.6, "source": "xu2024qtvit"},
+}
+
+
+#: Bib key -> how the tables name the source (the bibliography page holds the full references).
+SOURCES: dict[str, str] = {
+    "touvron2021deit": "DeiT (Touvron et al. 2021)", "wang2021pvt": "PVT (Wang et al. 2021), Table 2",
+    "liu2021swin": "Swin (Liu et al. 2021), Table 1", "han2023flatten": "FLatten (Han et al. 2023)",
+    "graham2021levit": "LeViT (Graham et al. 2021), official README",
+    "cai2023efficientvit": "EfficientViT (Cai et al. 2023), official README",
+    "xu2024qtvit": "QT-ViT (Xu et al. 2024), compact-kernel ablation",
 }
 
 
@@ -107,7 +128,7 @@ def batchnorms_left(models: Iterable[str], fold_bn: bool = True, img_size: int =
 
     rows = []
     for cand in _candidates(list(models), fold_bn):
-        model = create_model(cand["model"], img_size=img_size)
+        model = create_model(cand["model"], img_size=img_size, attention=cand.get("attention"))
         if cand.get("prepare") is not None:
             model = cand["prepare"](model)
         rows.append({"model": cand["model"], "label": cand["label"], "batchnorms": count_batchnorms(model)})
@@ -122,6 +143,8 @@ def _candidates(models: Sequence[str], fold_bn: bool) -> list[dict[str, Any]]:
     cands = []
     for name in models:
         spec: dict[str, Any] = {"model": name}
+        if name in ATTENTION:
+            spec["attention"] = ATTENTION[name]
         if fold_bn and name.startswith(("efficientvit_", "qtvit_")):
             spec["prepare"] = fold_conv_bn
         cands.append(candidate(MODELS[name][0], **spec))
@@ -130,14 +153,16 @@ def _candidates(models: Sequence[str], fold_bn: bool) -> list[dict[str, Any]]:
 
 def published_table(models: Iterable[str] | None = None) -> pd.DataFrame:
     """Published figures, one row per model: model, label, family, published_gmacs, published_params_m,
-    published_top1 (ImageNet-1k, %), source (bib key); NaN where the reference notes give none."""
+    published_top1 (ImageNet-1k, %), source (bib key), cited (the source as the tables name it,
+    :data:`SOURCES`); NaN (and "") where the reference notes give none."""
     rows = []
     for name in (models if models is not None else MODELS):
         pub = PUBLISHED.get(name, {})
         rows.append({"model": name, "label": MODELS[name][0], "family": MODELS[name][1],
                      "published_gmacs": pub.get("gmacs", float("nan")),
                      "published_params_m": pub.get("params_m", float("nan")),
-                     "published_top1": pub.get("top1", float("nan")), "source": pub.get("source", "")})
+                     "published_top1": pub.get("top1", float("nan")), "source": pub.get("source", ""),
+                     "cited": SOURCES.get(pub.get("source", ""), pub.get("source", ""))})
     return pd.DataFrame(rows)
 
 
@@ -145,7 +170,9 @@ def hybrids_group(models: Sequence[str], img_size: int, batch_size: int, dtype: 
                   warmup: int = 3, repeats: int = 10, fold_bn: bool = True) -> list[dict[str, Any]]:
     """Time ``models`` interleaved at one (image size, batch, dtype); one row per model.
 
-    Rows of :func:`vitspeed.studies.compare.compare_models` plus ``family``, ``bn_folded``,
+    Rows of :func:`vitspeed.studies.compare.compare_models` plus ``family``, ``bn_folded`` (True where
+    BatchNorms were folded: LeViT always, EfficientViT/QT-ViT with ``fold_bn``; False for the
+    LayerNorm models, which have none),
     ``ms_per_image`` (median_ms / batch) and ``ms_per_gmac`` (ms per image per GMAC per image).
     """
     rows = compare_models_finite(_candidates(list(models), fold_bn), img_size=img_size, batch_size=batch_size,
@@ -153,7 +180,8 @@ def hybrids_group(models: Sequence[str], img_size: int, batch_size: int, dtype: 
     family = {label: fam for label, fam in MODELS.values()}
     for r in rows:
         r["family"] = family[r["label"]]
-        r["bn_folded"] = bool(fold_bn or r["model"].startswith("levit_"))
+        r["bn_folded"] = bool(r["model"].startswith("levit_")
+                              or (fold_bn and r["model"].startswith(("efficientvit_", "qtvit_"))))
         ok = r.get("status") == "ok"
         r["ms_per_image"] = r["median_ms"] / batch_size if ok else float("nan")
         r["ms_per_gmac"] = r["ms_per_image"] / r["gmacs"] if ok else float("nan")
@@ -246,3 +274,67 @@ def pair_ratios(results: pd.DataFrame, pairs: Sequence[tuple[str, str]] = tuple(
                         "noise": rows_noise(a, b) if "iqr_ms" in g else float("nan")})
     return pd.DataFrame(out, columns=[*keys, "model", "reference", "pair", "macs_ratio", "time_ratio",
                                       "time_per_macs", "noise"])
+
+
+def inversions(results: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of models that FLOPs order one way and latency the other, beyond the spread.
+
+    Per (hardware, dtype, threads, batch): every pair (more, fewer) where ``more`` has more GMACs per
+    image yet a lower ms per image, by more than the two medians' spread (half the relative IQR of
+    each, added). Columns: the group keys, more, fewer (labels), macs_ratio (more / fewer, > 1),
+    time_ratio (more / fewer, < 1), noise. Sorted by group, then largest MACs ratio first.
+    """
+    ok = results[results.status.fillna("ok") == "ok"]
+    keys = [k for k in _GROUP if k in ok]
+    out = []
+    for key, g in ok.groupby(keys, sort=True):
+        rows = list(g.itertuples(index=False))
+        for a in rows:
+            for b in rows:
+                if a.gmacs <= b.gmacs or a.ms_per_image >= b.ms_per_image:
+                    continue
+                noise = rows_noise(a._asdict(), b._asdict())
+                time_ratio = a.ms_per_image / b.ms_per_image
+                if abs(time_ratio - 1) > noise:
+                    out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "more": a.label,
+                                "fewer": b.label, "macs_ratio": a.gmacs / b.gmacs, "time_ratio": time_ratio,
+                                "noise": noise})
+    cols = [*keys, "more", "fewer", "macs_ratio", "time_ratio", "noise"]
+    df = pd.DataFrame(out, columns=cols)
+    return df.sort_values([*keys, "macs_ratio"], ascending=[True] * len(keys) + [False]).reset_index(drop=True)
+
+
+def per_gmac_drop(results: pd.DataFrame, small: int, large: int) -> pd.DataFrame:
+    """How much cheaper a GMAC gets from batch ``small`` to batch ``large``, per model.
+
+    One row per (hardware, dtype, threads, model) measured at both: label, family, ms_per_gmac at each
+    batch and ``drop_pct`` = 100 x (1 - large / small), the share of the batch-``small`` cost per GMAC
+    that the larger batch removes.
+    """
+    ok = results[results.status.fillna("ok") == "ok"]
+    keys = [k for k in ("hardware", "dtype", "threads") if k in ok]
+    lo = ok[ok.batch_size == small].set_index([*keys, "model"])
+    hi = ok[ok.batch_size == large].set_index([*keys, "model"])
+    both = lo.index.intersection(hi.index)
+    df = pd.DataFrame({"label": lo.loc[both, "label"], "family": lo.loc[both, "family"],
+                       "ms_per_gmac_small": lo.loc[both, "ms_per_gmac"],
+                       "ms_per_gmac_large": hi.loc[both, "ms_per_gmac"]})
+    df["drop_pct"] = 100 * (1 - df.ms_per_gmac_large / df.ms_per_gmac_small)
+    return df.reset_index()
+
+
+def flops_fit_extreme(rows: pd.DataFrame, worst: bool = True) -> dict[str, Any]:
+    """The model slowest (``worst``) or fastest for its FLOPs in one group (rows of :func:`add_flops_fit`,
+    one per model): label, ``time_vs_flops``, and the runner-up's label and value with ``tied`` = True
+    when the two costs per GMAC are no different within the two medians' spread (the runner-up could
+    as well be the extreme in another run)."""
+    ranked = rows.sort_values("time_vs_flops", ascending=not worst)
+    first = ranked.iloc[0]
+    out = {"label": first.label, "time_vs_flops": float(first.time_vs_flops), "runner_up": None,
+           "runner_up_time_vs_flops": float("nan"), "tied": False}
+    if len(ranked) > 1:
+        second = ranked.iloc[1]
+        ratio = float(first.ms_per_gmac / second.ms_per_gmac)
+        out.update(runner_up=second.label, runner_up_time_vs_flops=float(second.time_vs_flops),
+                   tied=abs(ratio - 1) <= rows_noise(first, second))
+    return out
