@@ -46,3 +46,12 @@ def test_rest_spread_adds_the_three_iqrs_in_quadrature():
     gaps = T.share_gaps(df)
     assert gaps.loc["attention", "max_pp"] == pytest.approx(2.0)
     assert gaps.loc["ffn", "max_pp"] == pytest.approx(10.0) and gaps.loc["rest", "max_pp"] == pytest.approx(8.0)
+
+
+def test_attention_core_macs_are_the_two_sequence_products_of_every_block():
+    from vitspeed.studies.time_share import attention_core_macs
+    # DeiT-S: 12 blocks, 197 tokens, C = 384: QK^T and AV each N^2 C
+    assert attention_core_macs("deit_small_patch16_224", 224) == 12 * 2 * 197 ** 2 * 384
+    # Swin-T: 7x7 windows; stage s has (56 / 2^s)^2 tokens of 96 * 2^s channels, depths 2, 2, 6, 2
+    swin = sum(d * 2 * 49 * (56 // 2 ** s) ** 2 * 96 * 2 ** s for s, d in enumerate([2, 2, 6, 2]))
+    assert attention_core_macs("swin_tiny_patch4_window7_224", 224) == swin

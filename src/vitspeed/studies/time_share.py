@@ -20,7 +20,8 @@ from vitspeed.flops import count_flops
 from vitspeed.models import create_model
 from vitspeed.timing import check_output, measure
 
-__all__ = ["record_component_inputs", "time_share", "run_time_share", "with_spread", "share_gaps"]
+__all__ = ["record_component_inputs", "time_share", "run_time_share", "with_spread", "share_gaps",
+           "attention_core_macs"]
 
 Call = tuple[nn.Module, tuple, dict]
 
@@ -152,3 +153,21 @@ def share_gaps(results: pd.DataFrame) -> pd.DataFrame:
     percentage points, over every model, size and dtype in ``results``."""
     gap = (100 * (results.time_share - results.macs_share)).abs()
     return gap.groupby(results.component).agg(max_pp="max", mean_pp="mean")
+
+
+def attention_core_macs(model_name: str, img_size: int) -> float:
+    """MACs per image of the attention *core* alone: the two products over the sequence (QK^T and the
+    weighted sum of V), ``2 * b * n^2 * C`` per attention call on a (b, n, C) input (b windows of n
+    tokens for Swin, one sequence for ViT), summed over every block; the projections around it (qkv,
+    output), which the attention module's MACs also hold, are left out. Counted from one forward pass
+    of the model at batch 1 (shapes only; nothing is timed)."""
+    model = create_model(model_name, img_size=img_size).eval()
+    calls, _ = record_component_inputs(model, torch.zeros(1, 3, img_size, img_size))
+    total = 0
+    for _, args, _ in calls:
+        x = args[0]
+        if x.dim() != 3:
+            raise ValueError(f"attention input of shape {tuple(x.shape)}; expected (batch or windows, tokens, channels)")
+        b, n, c = x.shape
+        total += 2 * b * n * n * c
+    return float(total)
