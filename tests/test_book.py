@@ -121,3 +121,20 @@ def test_legend_below_puts_the_legend_under_the_panels():
     bare = sns.FacetGrid(data)
     book.legend_below(bare)  # no legend: nothing to move, no error
     plt.close(bare.figure)
+
+
+def test_short_citation_names_first_author_and_year(tmp_path):
+    from vitspeed.book import short_citation
+    bib = tmp_path / "refs.bib"
+    bib.write_text("@article{a2020x,\n  title = {T},\n  author = {Doe, Jane and Roe, Rick},\n  year = {2020}\n}\n"
+                   "@misc{org,\n  author = {{Some Lab}},\n  year = {2019}\n}\n"
+                   "@book{solo,\n  author = {J{\\'e}gou, Herv{\\'e}},\n  year = {1958}\n}\n", encoding="utf-8")
+    assert short_citation("a2020x", bib) == "Doe et al. 2020"
+    assert short_citation("org", bib) == "Some Lab 2019"
+    assert short_citation("solo", bib) == "Jegou 1958"
+    assert short_citation("missing", bib) == "missing" and short_citation("", bib) == ""
+    # the book's own bibliography names every attention variant's source
+    from vitspeed.attention import get_attention, list_attentions
+    for name in list_attentions():
+        key = get_attention(name).paper
+        assert short_citation(key) != key, key

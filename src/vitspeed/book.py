@@ -12,9 +12,13 @@ run) it would only store the text ``<Figure size ...>``.
 from __future__ import annotations
 
 import io
+import re
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["glue", "figure_png", "measured_ticks", "legend_below", "tidy", "FIGURE_DPI", "INTEGER_FIELDS"]
+__all__ = ["glue", "figure_png", "measured_ticks", "legend_below", "tidy", "short_citation", "FIGURE_DPI",
+           "INTEGER_FIELDS"]
 
 FIGURE_DPI = 110
 RECORD_PREFIX = "application/papermill.record/"  # myst-nb's prefix for glued values not shown
@@ -157,3 +161,44 @@ def glue(name: str, variable: Any, display: bool = True) -> None:
     prefix = "" if display else RECORD_PREFIX
     metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
     ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
+
+
+#: The book's bibliography, at the repository root (where an editable install or PYTHONPATH=src finds it).
+BIBLIOGRAPHY = Path(__file__).resolve().parents[2] / "references.bib"
+
+
+@lru_cache(maxsize=4)
+def _bib_entries(path: str) -> dict[str, tuple[str, bool, str]]:
+    """bib key -> (first author's family name, whether there are several authors, year) of every entry
+    in a BibTeX file. A braced author ("{Facebook AI Research}") is a name of its own."""
+    text = Path(path).read_text(encoding="utf-8")
+    entries = {}
+    for match in re.finditer(r"@\w+\{([^,\s]+),(.*?)\n\}", text, flags=re.S):
+        key, body = match.group(1), match.group(2)
+        author = re.search(r"author\s*=\s*\{(.*)\},?\s*$", body, flags=re.M)
+        year = re.search(r"year\s*=\s*\{?([^},\n]+)", body)
+        names = author.group(1) if author else ""
+        if names.startswith("{") and names.endswith("}"):
+            first, several = names[1:-1], False
+        else:
+            parts = names.split(" and ")
+            first, several = parts[0], len(parts) > 1
+            first = first.split(",")[0] if "," in first else first.split(" ")[-1]
+        family = re.sub(r"\\[a-zA-Z]+|[{}\\'`^\"~]", "", first).strip()
+        entries[key] = (family, several, year.group(1).strip() if year else "")
+    return entries
+
+
+def short_citation(key: str, bib: str | Path | None = None) -> str:
+    """A bib key as a table cell names its source: "Vaswani et al. 2017" (one author: "Tanimoto 1958").
+
+    Read from ``bib`` (default: the book's references.bib); a key not found there, or an empty one, is
+    returned unchanged, so a table never loses its source."""
+    path = Path(bib) if bib is not None else BIBLIOGRAPHY
+    if not key or not path.exists():
+        return key
+    entry = _bib_entries(str(path)).get(key)
+    if entry is None:
+        return key
+    family, several, year = entry
+    return f"{family}{' et al.' if several else ''} {year}".strip()
