@@ -80,3 +80,9 @@ def test_tied_names_the_rows_within_the_spread_of_the_best():
     rows = pd.DataFrame({"median_ms": [10.0, 10.3, 12.0], "iqr_ms": [1.0, 1.0, 0.1]}, index=["a", "b", "c"])
     assert tied(rows, "a") == ["b"]  # 3% apart against a 9.8% spread; c is 20% slower against 5.4%
     assert tie_note(tied(rows, "a")) == " (b within the spread of it)" and tie_note([]) == ""
+
+
+def test_joined_lists_items_as_prose():
+    from vitspeed.studies.wording import joined
+    assert joined([]) == "" and joined(["a"]) == "a"
+    assert joined(["a", "b"]) == "a and b" and joined(["a", "b", "c"]) == "a, b and c"

@@ -32,9 +32,9 @@ from torch import nn
 from vitspeed.studies.compare import candidate, compare_models_finite, run_sweep
 from vitspeed.studies.wording import rows_noise
 
-__all__ = ["CHAPTER", "MODELS", "ATTENTION", "PUBLISHED", "SOURCES", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn", "count_batchnorms",
-           "batchnorms_left", "published_table", "hybrids_group", "run_hybrids", "spearman", "rank_correlation",
-           "add_flops_fit", "pair_ratios", "inversions", "per_gmac_drop", "flops_fit_extreme"]
+__all__ = ["CHAPTER", "MODELS", "ATTENTION", "PUBLISHED", "SOURCES", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn",
+           "count_batchnorms", "batchnorms_left", "published_table", "hybrids_group", "run_hybrids", "spearman",
+           "rank_correlation", "add_flops_fit", "pair_ratios", "inversions", "per_gmac_drop", "flops_fit_extreme"]
 
 CHAPTER = "hybrids"
 

@@ -26,6 +26,7 @@ from vitspeed.ffn import cffn_rank
 from vitspeed.models import create_model
 from vitspeed.models.hvit import merge_ffns
 from vitspeed.studies.compare import Candidate, candidate, compare_models_finite, run_sweep
+from vitspeed.studies.wording import joined
 
 __all__ = ["BASES", "VARIANTS", "hmhsa_ratio", "redundancy_candidates", "compare_redundancy",
            "run_redundancy", "predicted_savings", "counted_savings", "interpretation", "CLAIMED_RANGE_PCT",
@@ -242,8 +243,8 @@ def conversion_words(share: pd.Series, close: float = 0.05) -> str:
         return "about as much as cFFN" if abs(h - c) <= close else ("less than cFFN" if h < c else "more than cFFN")
 
     def _pcts(base: str, labelled: bool) -> str:
-        parts = [f"{100 * share[(base, 'hmhsa', n)]:.0f}%" + (f" (batch {n})" if labelled else "") for n in batches]
-        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        return joined([f"{100 * share[(base, 'hmhsa', n)]:.0f}%" + (f" (batch {n})" if labelled else "")
+                       for n in batches])
 
     text = (f"hMHSA turns {_pcts(bases[0], True)} of its MACs saving into time on {bases[0]}"
             + "".join(f", {_pcts(b, False)} on {b}" for b in bases[1:]) + ".")
@@ -254,8 +255,8 @@ def conversion_words(share: pd.Series, close: float = 0.05) -> str:
             clauses.append(f"at batch {n} that is {words[0]}" + (" on both models" if len(bases) == 2 else ""))
         else:
             clauses.append(f"at batch {n} " + " and ".join(f"{w} on {b}" for w, b in zip(words, bases)))
-    joined = "; ".join(clauses)
-    text += " " + joined[0].upper() + joined[1:] + "."
+    per_batch = "; ".join(clauses)
+    text += " " + per_batch[0].upper() + per_batch[1:] + "."
     rising = len(batches) > 1 and all(share[(b, "hmhsa", batches[-1])] > share[(b, "hmhsa", batches[0])] + close
                                       for b in bases)
     ops = "its extra operators (the head-mixing product, the split into computed and hallucinated heads, the concatenation)"

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 __all__ = ["SOFTMAX_FORM_NAMES", "times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "said", "sig",
-           "listed", "tied", "tie_note"]
+           "joined", "listed", "tied", "tie_note"]
 
 
 #: The two softmax forms (registry labels) as the prose names them.
@@ -80,6 +80,13 @@ def sig(value: float, digits: int = 3) -> str:
     return f"{rounded:.{digits}g}"
 
 
+def joined(parts: list[str]) -> str:
+    """Items as prose: "a", "a and b", "a, b and c"; "" for none."""
+    if not parts:
+        return ""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def listed(names: list[str], settings: list[str], values: list[str] | None = None,
            together: str = "both") -> str:
     """Who came first in each of several settings, said once when it is the same everywhere.
@@ -91,16 +98,13 @@ def listed(names: list[str], settings: list[str], values: list[str] | None = Non
     if not names or len(names) != len(settings) or (values is not None and len(values) != len(names)):
         raise ValueError("listed() needs one name (and value) per setting, and at least one")
 
-    def _and(parts: list[str]) -> str:
-        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
     if len(set(names)) == 1:
         if values is not None:
             return f"{names[0]} (" + ", ".join(f"{v} at {s}" for v, s in zip(values, settings)) + ")"
         return f"{names[0]} at {settings[0] if len(names) == 1 else together}"
     if values is not None:
-        return _and([f"{n} ({v}) at {s}" for n, v, s in zip(names, values, settings)])
-    return _and([f"{n} at {s}" for n, s in zip(names, settings)])
+        return joined([f"{n} ({v}) at {s}" for n, v, s in zip(names, values, settings)])
+    return joined([f"{n} at {s}" for n, s in zip(names, settings)])
 
 
 def tied(rows: Any, best: str) -> list[str]:
