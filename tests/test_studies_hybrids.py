@@ -149,3 +149,19 @@ def test_flops_fit_extreme_names_a_runner_up_within_the_spread():
     assert best["label"] == "C" and best["time_vs_flops"] == pytest.approx(0.5)
     noisy = H.add_flops_fit(_results().assign(iqr_ms=lambda d: 3.0 * d.median_ms))
     assert H.flops_fit_extreme(noisy[noisy.batch_size == 1])["tied"]
+
+
+def test_swin_form_is_read_from_the_rows_and_the_swin_chapter(tmp_path, monkeypatch):
+    rows = pd.DataFrame([{"model": "swin_tiny_patch4_window7_224", "attention": "stock"}])
+    assert not H.swin_is_fused(rows)
+    assert H.swin_is_fused(rows.assign(attention="softmax"))
+    assert not H.swin_is_fused(rows.iloc[:0])
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    assert math.isnan(H.swin_fused_vs_stock("cpu-x-2t", "float32"))  # nothing measured
+    from vitspeed.results import ResultsWriter
+    writer = ResultsWriter("swin_similarity", {"device": "cpu", "cpu": "x", "threads": 2}, run_id="r1")
+    writer.extend([{"label": "stock", "dtype": "float32", "batch_size": 1, "median_ms": 50.0, "status": "ok"},
+                   {"label": "softmax", "dtype": "float32", "batch_size": 1, "median_ms": 49.0, "status": "ok"}])
+    hw = writer.hardware
+    assert H.swin_fused_vs_stock(hw, "float32") == pytest.approx(0.98)
+    assert math.isnan(H.swin_fused_vs_stock(hw, "bfloat16"))

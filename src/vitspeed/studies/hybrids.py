@@ -34,7 +34,8 @@ from vitspeed.studies.wording import rows_noise
 
 __all__ = ["CHAPTER", "MODELS", "ATTENTION", "PUBLISHED", "SOURCES", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn",
            "count_batchnorms", "batchnorms_left", "published_table", "hybrids_group", "run_hybrids", "spearman",
-           "rank_correlation", "add_flops_fit", "pair_ratios", "inversions", "per_gmac_drop", "flops_fit_extreme"]
+           "rank_correlation", "add_flops_fit", "pair_ratios", "inversions", "per_gmac_drop", "flops_fit_extreme",
+           "HYBRID_FAMILIES", "swin_is_fused", "swin_fused_vs_stock"]
 
 CHAPTER = "hybrids"
 
@@ -54,6 +55,9 @@ MODELS: dict[str, tuple[str, str]] = {
     "qtvit_2": ("QT-ViT-2", "QT-ViT"),
     "qtvit_3": ("QT-ViT-3", "QT-ViT"),
 }
+
+#: The families that mix convolutions with attention (the rest are plain transformers: ViT, Swin, FLatten).
+HYBRID_FAMILIES = ("LeViT", "EfficientViT", "QT-ViT")
 
 #: Models timed with an attention swapped in (registry name); the rest as timm or the study builds them.
 #: Swin-T's window attention through fused SDPA: the fastest honest softmax, as FLatten-Swin-T's stages 3-4.
@@ -338,3 +342,25 @@ def flops_fit_extreme(rows: pd.DataFrame, worst: bool = True) -> dict[str, Any]:
         out.update(runner_up=second.label, runner_up_time_vs_flops=float(second.time_vs_flops),
                    tied=abs(ratio - 1) <= rows_noise(first, second))
     return out
+
+
+def swin_is_fused(rows: pd.DataFrame) -> bool:
+    """Whether the Swin-T of these rows (one run) was timed with fused SDPA (:data:`ATTENTION`); runs made
+    before that choice timed timm's own explicit window attention. False when Swin-T is absent."""
+    att = rows.loc[rows.model == "swin_tiny_patch4_window7_224", "attention"]
+    return bool(len(att)) and att.iloc[0] == ATTENTION["swin_tiny_patch4_window7_224"]
+
+
+def swin_fused_vs_stock(hardware: str, dtype: str, batch_size: int = 1) -> float:
+    """The Swin chapter's ratio of Swin-T with fused softmax to timm's stock Swin-T (median over median,
+    one interleaved run) on ``hardware`` at ``dtype`` and ``batch_size``; nan where it was not measured."""
+    from vitspeed.results import read_results
+
+    sw = read_results("swin_similarity", latest_only=True)
+    if sw.empty:
+        return float("nan")
+    sw = sw[(sw.status.fillna("ok") == "ok") & (sw.hardware == hardware) & (sw.dtype == dtype)
+            & (sw.batch_size == batch_size)].set_index("label")
+    if not {"softmax", "stock"} <= set(sw.index):
+        return float("nan")
+    return float(sw.loc["softmax", "median_ms"] / sw.loc["stock", "median_ms"])
