@@ -6,6 +6,7 @@ import socket
 import pytest
 import torch
 
+from vitspeed import envinfo
 from vitspeed.envinfo import (dtype_name, environment_record, hardware_slug, resolve_device,
                               resolve_dtype)
 
@@ -164,3 +165,29 @@ def test_nvidia_smi_fields_are_read_when_the_tool_exists(tmp_path, monkeypatch):
     assert envinfo._nvidia_smi(0) == {}  # a failing tool leaves the record without them
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert envinfo._nvidia_smi(0) == {}
+
+
+def test_cpu_identity_reads_the_first_processor_block(tmp_path, monkeypatch):
+    import builtins
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: AMD EPYC\nstepping\t: 1\nmicrocode\t: 0x1000065\n\n"
+                    "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path,
+                                                                          *a, **k))
+    assert envinfo.cpu_identity() == {"cpu_family": 26, "cpu_model_number": 2, "cpu_stepping": 1,
+                                      "cpu_microcode": "0x1000065"}
+    record = envinfo.environment_record("cpu")
+    assert (record["cpu_family"], record["cpu_model_number"]) == (26, 2)
+
+
+def test_cpu_identity_is_none_without_cpuinfo(monkeypatch):
+    import builtins
+
+    def no_file(path, *a, **k):
+        raise OSError("absent")
+    monkeypatch.setattr(builtins, "open", no_file)
+    assert envinfo.cpu_identity() == dict.fromkeys(["cpu_family", "cpu_model_number", "cpu_stepping",
+                                                    "cpu_microcode"])

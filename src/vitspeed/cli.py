@@ -70,7 +70,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None,
                    help="run id of the results (default: the preset's, else a UTC timestamp); "
                         "an interrupted run resumes when run again with its id")
+
+    p = sub.add_parser("profile", help="where a core's or model's CPU time goes (Linux perf), saved to data/profiles")
+    p.add_argument("kind", choices=["core", "model"], help="an attention core or a whole model")
+    p.add_argument("targets", nargs="+", help="attention variants (core) or model names (model)")
+    p.add_argument("--tokens", type=int, default=4096, help="core: sequence length N (default 4096)")
+    p.add_argument("--heads", type=int, default=6, help="core: heads (default 6, DeiT-S)")
+    p.add_argument("--head-dim", type=int, default=64, help="core: head size d (default 64)")
+    p.add_argument("--img-size", type=int, default=224, help="model: input resolution (default 224)")
+    p.add_argument("--attention", help="model: attention variant to swap in")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--dtypes", nargs="+", default=["float32"], help="float32 and/or bfloat16 (default float32)")
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"],
+                   help="eager and/or compiled with torch.compile (default eager)")
+    p.add_argument("--seconds", type=float, default=3.0, help="how long each call is repeated under the sampler")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--run-id", default=None, help="run id of the saved profile (default: a UTC timestamp)")
+    p.add_argument("--no-save", action="store_true", help="print only; write nothing to data/")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
+    from vitspeed.profiling import profile_many, profile_rows
+
+    configs = []
+    for target in args.targets:
+        for dtype in args.dtypes:
+            for mode in args.modes:
+                cfg = {"kind": args.kind, "target": target, "dtype": dtype, "batch_size": args.batch_size,
+                       "compiled": mode == "compiled", "seconds": args.seconds, "threads": args.threads}
+                if args.kind == "core":
+                    cfg.update(tokens=args.tokens, heads=args.heads, head_dim=args.head_dim)
+                else:
+                    cfg.update(img_size=args.img_size, attention=args.attention)
+                configs.append(cfg)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.no_save:
+        rows, _ = profile_rows(configs)
+        path = None
+    else:
+        path = profile_many(configs, run_id=args.run_id)
+        from vitspeed.results import read_csv
+
+        rows = read_csv(path).to_dict("records")
+    if not args.json:
+        last = None
+        for r in rows:
+            key = (r["target"], r["dtype"], r["compiled"])
+            if key != last:
+                mode = "compiled" if str(r["compiled"]) == "True" else "eager"
+                print(f"{r['kind']} {r['target']} ({r['dtype']}, {mode}): {r['calls']} calls, "
+                      f"{float(r['ms_per_call']):.2f} ms per call under the sampler, {r['total_samples']} samples")
+                last = key
+            print(f"  {float(r['share_pct']):5.1f}%  {r['group']:<30} {r['top_symbol'][:70]}")
+        if path:
+            print(f"saved: {path}")
+    return {"rows": rows, "path": str(path) if path else None}
 
 
 def _cmd_list(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vitspeed.timing import is_oom_error
 
     args = build_parser().parse_args(argv)
-    handlers = {"list": _cmd_list, "flops": _cmd_flops, "bench": _cmd_bench, "run": _cmd_run}
+    handlers = {"list": _cmd_list, "flops": _cmd_flops, "bench": _cmd_bench, "run": _cmd_run, "profile": _cmd_profile}
     previous = signal.signal(signal.SIGTERM, _terminate) if args.command == "run" else None
     try:
         result = handlers[args.command](args)

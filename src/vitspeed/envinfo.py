@@ -24,6 +24,7 @@ __all__ = [
     "strict_fp32",
     "tf32_state",
     "available_devices",
+    "cpu_identity",
     "cpu_model",
     "dtype_name",
     "environment_record",
@@ -160,6 +161,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_identity() -> dict[str, Any]:
+    """/proc/cpuinfo's ``cpu family``, ``model``, ``stepping`` and ``microcode`` of the first CPU, as
+    ``cpu_family``, ``cpu_model_number``, ``cpu_stepping`` and ``cpu_microcode`` (numbers as integers,
+    microcode as its string), None where absent (not Linux x86). A virtual machine's 'model name' can be
+    as vague as "AMD EPYC": these say which generation the host is (AMD family 25 is Zen 3/4, 26 is Zen 5),
+    so two runs of one hardware id on different hosts can be told apart."""
+    wanted = {"cpu family": "cpu_family", "model": "cpu_model_number", "stepping": "cpu_stepping",
+              "microcode": "cpu_microcode"}
+    out: dict[str, Any] = dict.fromkeys(wanted.values())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    break  # the first processor's block only
+                key, _, value = line.partition(":")
+                name = wanted.get(key.strip().lower())
+                if name:
+                    value = value.strip()
+                    out[name] = value if name == "cpu_microcode" else (int(value) if value.isdigit() else value)
+    except OSError:
+        pass
+    return out
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -213,6 +238,7 @@ def environment_record(device: str = "cpu", dtype: str = "float32", threads: int
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "cpu_model": cpu_model(),
+        **cpu_identity(),
         "cpu_count_logical": os.cpu_count(),
         "cpu_count_physical": _physical_cores(),
         "cpu_capability": _cpu_capability(),
