@@ -1,5 +1,7 @@
 """vitspeed.profiling: perf report parsing, grouping by library routine, bad input, and (where perf can
 sample) an end-to-end profile written to the results store."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -111,6 +113,8 @@ def test_profile_of_a_core_is_written_with_its_environment(tmp_path):
     assert rows.share_pct.sum() == pytest.approx(100.0, abs=0.01)
     assert (rows.calls > 0).all() and (rows.total_samples >= rows.samples.sum()).all()
     assert rows.total_samples.iloc[0] == rows.samples.sum()
+    env = json.loads(path.with_suffix("").with_suffix(".env.json").read_text())
+    assert env["cpu_allocator"] == "kept heap" and "cpu_family" in env  # the profiled process's allocator
     # a second profile under the same run id would mix two runs: refused, before profiling
     with pytest.raises(ValueError, match="exists already"):
         profiling.profile_many([{"kind": "core", "target": "softmax", "tokens": 64}], run_id="t1", root=tmp_path)

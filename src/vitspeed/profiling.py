@@ -249,8 +249,13 @@ def profile_rows(configs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
                 "batch_size": cfg.get("batch_size", 1), "threads": got["threads"], "calls": got["calls"],
                 "ms_per_call": got["ms_per_call"], "total_samples": got["total_samples"]}
         rows += [{**base, **g} for g in got["groups"].to_dict("records")]
+    from vitspeed.allocator import KEPT_HEAP, allocator_state
+
     threads = rows[0]["threads"] if rows else None
     env = environment_record("cpu", "float32", threads)
+    # the profiled process ran with the kept heap (profile sets it), whatever this process has
+    env["cpu_allocator"] = allocator_state({**os.environ, **KEPT_HEAP})
+    env["env_vars"] = {**env.get("env_vars", {}), **KEPT_HEAP}
     env["profiler"] = f"perf record -F {SAMPLE_HZ} (cpu-clock or cycles)"
     return rows, env
 
