@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64, help="core: head size d (default 64)")
     p.add_argument("--img-size", type=int, default=224, help="model: input resolution (default 224)")
     p.add_argument("--attention", help="model: attention variant to swap in")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     p.add_argument("--dtypes", nargs="+", default=["float32"], help="float32 and/or bfloat16 (default float32)")
     p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"],
                    help="eager and/or compiled with torch.compile (default eager)")
@@ -94,19 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
     from vitspeed.profiling import profile_many, profile_rows
 
+    if min(args.batch_sizes) < 1:
+        raise ValueError(f"--batch-sizes must be at least 1, got {min(args.batch_sizes)}")
     configs = []
     for target in args.targets:
-        for dtype in args.dtypes:
-            for mode in args.modes:
-                cfg = {"kind": args.kind, "target": target, "dtype": dtype, "batch_size": args.batch_size,
-                       "compiled": mode == "compiled", "seconds": args.seconds, "threads": args.threads}
-                if args.kind == "core":
-                    cfg.update(tokens=args.tokens, heads=args.heads, head_dim=args.head_dim)
-                else:
-                    cfg.update(img_size=args.img_size, attention=args.attention)
-                configs.append(cfg)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        for batch_size in args.batch_sizes:
+            for dtype in args.dtypes:
+                for mode in args.modes:
+                    cfg = {"kind": args.kind, "target": target, "dtype": dtype, "batch_size": batch_size,
+                           "compiled": mode == "compiled", "seconds": args.seconds, "threads": args.threads}
+                    if args.kind == "core":
+                        cfg.update(tokens=args.tokens, heads=args.heads, head_dim=args.head_dim)
+                    else:
+                        cfg.update(img_size=args.img_size, attention=args.attention)
+                    configs.append(cfg)
     if args.no_save:
         rows, _ = profile_rows(configs)
         path = None
@@ -118,10 +119,10 @@ def _cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         last = None
         for r in rows:
-            key = (r["target"], r["dtype"], r["compiled"])
+            key = (r["target"], r["batch_size"], r["dtype"], r["compiled"])
             if key != last:
                 mode = "compiled" if str(r["compiled"]) == "True" else "eager"
-                print(f"{r['kind']} {r['target']} ({r['dtype']}, {mode}): {r['calls']} calls, "
+                print(f"{r['kind']} {r['target']} (batch {r['batch_size']}, {r['dtype']}, {mode}): {r['calls']} calls, "
                       f"{float(r['ms_per_call']):.2f} ms per call under the sampler, {r['total_samples']} samples")
                 last = key
             print(f"  {float(r['share_pct']):5.1f}%  {r['group']:<30} {r['top_symbol'][:70]}")

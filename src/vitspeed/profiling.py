@@ -178,6 +178,8 @@ def _spec(kind: str, target: str, dtype: str, tokens: int | None, img_size: int 
             raise ValueError(f"unknown model {target!r}; valid: {', '.join(list_models())}")
         if attention is not None:
             validate_options(get_attention(attention), dict(options or {}))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     return {"kind": kind, "target": target, "dtype": dtype, "tokens": tokens, "img_size": img_size,
