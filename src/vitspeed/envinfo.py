@@ -147,18 +147,24 @@ def _valid_names() -> str:
     return "float32 (fp32), bfloat16 (bf16), float16 (fp16)"
 
 
-def cpu_model() -> str:
-    """The CPU model string: /proc/cpuinfo 'model name', else platform.processor(), else the machine type."""
+def _cpuinfo_first_block() -> dict[str, str]:
+    """The fields of the first processor in /proc/cpuinfo (lower-case keys), empty where it is absent."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.lower().startswith("model name"):
-                    value = line.split(":", 1)[1].strip()
-                    if value:
-                        return value
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU model string: /proc/cpuinfo 'model name', else platform.processor(), else the machine type."""
+    return _cpuinfo_first_block().get("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_identity() -> dict[str, Any]:
@@ -167,21 +173,12 @@ def cpu_identity() -> dict[str, Any]:
     microcode as its string), None where absent (not Linux x86). A virtual machine's 'model name' can be
     as vague as "AMD EPYC": these say which generation the host is (AMD family 25 is Zen 3/4, 26 is Zen 5),
     so two runs of one hardware id on different hosts can be told apart."""
-    wanted = {"cpu family": "cpu_family", "model": "cpu_model_number", "stepping": "cpu_stepping",
-              "microcode": "cpu_microcode"}
-    out: dict[str, Any] = dict.fromkeys(wanted.values())
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if not line.strip():
-                    break  # the first processor's block only
-                key, _, value = line.partition(":")
-                name = wanted.get(key.strip().lower())
-                if name:
-                    value = value.strip()
-                    out[name] = value if name == "cpu_microcode" else (int(value) if value.isdigit() else value)
-    except OSError:
-        pass
+    fields = _cpuinfo_first_block()
+    out: dict[str, Any] = {}
+    for key, name in (("cpu family", "cpu_family"), ("model", "cpu_model_number"), ("stepping", "cpu_stepping")):
+        value = fields.get(key)
+        out[name] = int(value) if value and value.isdigit() else value
+    out["cpu_microcode"] = fields.get("microcode")
     return out
 
 

@@ -20,6 +20,7 @@ allowed to sample the user's own processes (``kernel.perf_event_paranoid`` <= 2)
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -239,8 +240,12 @@ def profile_rows(configs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
     from vitspeed.envinfo import environment_record
 
     for cfg in configs:
-        _spec(**{"dtype": "float32", "tokens": None, "img_size": 224, "batch_size": 1, "heads": 6, "head_dim": 64,
-                 "compiled": False, "seconds": 3.0, "threads": None, "attention": None, "options": None, **cfg})
+        bound = inspect.signature(profile).bind(**cfg)
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+        if args["kind"] != "model":
+            args["img_size"] = None
+        _spec(**args)
     rows = []
     for cfg in configs:
         got = profile(**cfg)
