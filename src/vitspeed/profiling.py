@@ -73,7 +73,6 @@ GROUPS: tuple[Group, ...] = (
     Group("other", "dso", r""),
 )
 
-_GROUP_NAMES = [g.name for g in GROUPS]
 _KINDS = ("core", "model")
 
 
@@ -232,6 +231,13 @@ def profile(kind: str, target: str, dtype: str = "float32", tokens: int | None =
             "symbols": symbols.sort_values("samples", ascending=False).reset_index(drop=True)}
 
 
+def _arguments(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` completed with :func:`profile`'s defaults (TypeError for an unknown key)."""
+    bound = inspect.signature(profile).bind(**cfg)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
 def profile_rows(configs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Profile every config (keyword arguments of :func:`profile`) and return the tidy rows (one per
     config and group: the config's columns, ``group``, ``samples``, ``share_pct``, ``top_symbol``,
@@ -239,22 +245,18 @@ def profile_rows(configs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
     All configs are checked before the first is profiled."""
     from vitspeed.envinfo import environment_record
 
-    for cfg in configs:
-        bound = inspect.signature(profile).bind(**cfg)
-        bound.apply_defaults()
-        args = dict(bound.arguments)
-        if args["kind"] != "model":
-            args["img_size"] = None
-        _spec(**args)
+    calls = [_arguments(cfg) for cfg in configs]
+    for args in calls:
+        _spec(**{**args, "img_size": args["img_size"] if args["kind"] == "model" else None})
     rows = []
-    for cfg in configs:
-        got = profile(**cfg)
-        base = {"kind": cfg["kind"], "target": cfg["target"], "attention": cfg.get("attention") or "",
-                "compiled": bool(cfg.get("compiled", False)), "dtype": cfg.get("dtype", "float32"),
-                "tokens": cfg.get("tokens") if cfg["kind"] == "core" else "",
-                "img_size": cfg.get("img_size", 224) if cfg["kind"] == "model" else "",
-                "batch_size": cfg.get("batch_size", 1), "threads": got["threads"], "calls": got["calls"],
-                "ms_per_call": got["ms_per_call"], "total_samples": got["total_samples"]}
+    for args in calls:
+        got = profile(**args)
+        core = args["kind"] == "core"
+        base = {"kind": args["kind"], "target": args["target"], "attention": args["attention"] or "",
+                "compiled": bool(args["compiled"]), "dtype": args["dtype"], "tokens": args["tokens"] if core else "",
+                "img_size": "" if core else args["img_size"], "batch_size": args["batch_size"],
+                "threads": got["threads"], "calls": got["calls"], "ms_per_call": got["ms_per_call"],
+                "total_samples": got["total_samples"]}
         rows += [{**base, **g} for g in got["groups"].to_dict("records")]
     from vitspeed.allocator import KEPT_HEAP, allocator_state
 

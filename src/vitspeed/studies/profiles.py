@@ -1,7 +1,8 @@
-"""Where a core's CPU time goes, read from data/profiles (written by ``vitspeed profile``).
+"""Where a core's or a model's CPU time goes, read from data/profiles (written by ``vitspeed profile``).
 
 The scaling chapter measures that fused SDPA gains almost nothing from bfloat16 on the CPU while
-the explicit form gains a lot; the profiles say which code each spends its time in. Shares are
+the explicit form gains a lot, and the hybrids chapter that a GMAC costs the hybrids far more at
+batch 1 than at batch 8; the profiles say which code the time is spent in. Shares are
 percentages of the samples taken while the calls ran (:mod:`vitspeed.profiling`).
 """
 from __future__ import annotations
@@ -44,9 +45,11 @@ def load_profiles(hardware: str | None = None, roots: Sequence[str | os.PathLike
 
 def share_table(prof: pd.DataFrame) -> pd.DataFrame:
     """Percent of samples per group (columns, in :data:`~vitspeed.profiling.GROUPS` order, groups no
-    profile has left out) for each profiled call (rows: hardware, kind, target, dtype, mode)."""
+    profile has left out) for each profiled call (rows: hardware, kind, target, size (tokens or image
+    side), batch size, dtype, mode)."""
     if not len(prof):
         return pd.DataFrame()
+
     def size(row) -> str:
         return f"{int(float(row.tokens))} tokens" if row.kind == "core" else f"{int(float(row.img_size))} px"
 
@@ -57,11 +60,15 @@ def share_table(prof: pd.DataFrame) -> pd.DataFrame:
     return t[[g.name for g in GROUPS if g.name in t.columns]].round(1)
 
 
+def _eager(prof: pd.DataFrame) -> pd.DataFrame:
+    return prof[prof.compiled.astype(str) == "False"]
+
+
 def _shares(prof: pd.DataFrame, target: str, dtype: str) -> pd.Series | None:
     if not len(prof) or "kind" not in prof:
         return None
-    rows = prof[(prof.kind == "core") & (prof.target == target) & (prof.dtype == dtype)
-                & (prof.compiled.astype(str) == "False")]
+    rows = _eager(prof)
+    rows = rows[(rows.kind == "core") & (rows.target == target) & (rows.dtype == dtype)]
     if not len(rows):
         return None
     rows = rows[rows.tokens.astype(float) == rows.tokens.astype(float).max()]
@@ -101,7 +108,8 @@ def waiting_shares(prof: pd.DataFrame) -> pd.DataFrame:
     ``batch_size``, ``dtype``, ``waiting_pct``); empty when no model was profiled."""
     if not len(prof) or "kind" not in prof:
         return pd.DataFrame(columns=["hardware", "target", "batch_size", "dtype", "waiting_pct"])
-    m = prof[(prof.kind == "model") & (prof.compiled.astype(str) == "False")]
+    m = _eager(prof)
+    m = m[m.kind == "model"]
     m = m.assign(waiting=m.share_pct.astype(float).where(m.group.isin(WAITING), 0.0),
                  batch_size=m.batch_size.astype(int))
     out = m.groupby(["hardware", "target", "batch_size", "dtype"], as_index=False).waiting.sum()
@@ -114,8 +122,9 @@ def waiting_text(prof: pd.DataFrame, names: Mapping[str, str], reference: str, b
     batch spreads: the :data:`WAITING` share of each profiled model other than ``reference`` at
     batches ``b_lo`` and ``b_hi``, against ``reference``'s. ``prof`` holds one hardware's profiles;
     ``names`` maps model names to the labels to print. None when ``reference`` or no other model was
-    profiled at both batches, or when ``b_lo`` is not below ``b_hi``. It bears it out when every other model waits more than ``reference``
-    at ``b_lo`` and its share falls more than ``reference``'s by ``b_hi``."""
+    profiled at both batches, or when ``b_lo`` is not below ``b_hi``. It bears it out when every other
+    model waits more than ``reference`` at ``b_lo`` and its share falls more than ``reference``'s by
+    ``b_hi``."""
     if b_lo >= b_hi:
         return None
     w = waiting_shares(prof)
