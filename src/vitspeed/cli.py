@@ -71,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run id of the results (default: the preset's, else a UTC timestamp); "
                         "an interrupted run resumes when run again with its id")
 
-    p = sub.add_parser("profile", help="where a core's or model's CPU time goes (Linux perf), saved to data/profiles")
+    p = sub.add_parser("profile", help="where a core's or model's CPU time goes: by library routine (Linux perf, "
+                       "data/profiles) or by PyTorch operator (torch.profiler, data/op_profiles)")
     p.add_argument("kind", choices=["core", "model"], help="an attention core or a whole model")
+    p.add_argument("--by", choices=["routine", "operator"], default="routine",
+                   help="routine: perf samples grouped by library routine (default); operator: time per "
+                        "top-level aten operator beside its counted MACs (eager only)")
     p.add_argument("targets", nargs="+", help="attention variants (core) or model names (model)")
     p.add_argument("--tokens", type=int, default=4096, help="core: sequence length N (default 4096)")
     p.add_argument("--heads", type=int, default=6, help="core: heads (default 6, DeiT-S)")
@@ -84,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"],
                    help="eager and/or compiled with torch.compile (default eager)")
     p.add_argument("--seconds", type=float, default=3.0, help="how long each call is repeated under the sampler")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="operator profiles: profile every config this many times, interleaved (default 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--run-id", default=None, help="run id of the saved profile (default: a UTC timestamp)")
     p.add_argument("--no-save", action="store_true", help="print only; write nothing to data/")
@@ -92,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
-    from vitspeed.profiling import profile_many, profile_rows
+    if args.by == "operator":
+        from vitspeed.op_profile import op_profile_many as profile_many
+        from vitspeed.op_profile import op_profile_rows as profile_rows
+    else:
+        from vitspeed.profiling import profile_many, profile_rows
 
     if min(args.batch_sizes) < 1:
         raise ValueError(f"--batch-sizes must be at least 1, got {min(args.batch_sizes)}")
@@ -108,15 +118,34 @@ def _cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
                     else:
                         cfg.update(img_size=args.img_size, attention=args.attention)
                     configs.append(cfg)
+    extra = {}
+    if args.by == "operator":
+        extra["rounds"] = args.rounds
+    elif args.rounds != 1:
+        raise ValueError(f"--rounds applies to --by operator only (a routine profile samples once), got {args.rounds}")
     if args.no_save:
-        rows, _ = profile_rows(configs)
+        rows, _ = profile_rows(configs, **extra)
         path = None
     else:
-        path = profile_many(configs, run_id=args.run_id)
+        path = profile_many(configs, run_id=args.run_id, **extra)
         from vitspeed.results import read_csv
 
         rows = read_csv(path).to_dict("records")
-    if not args.json:
+    if not args.json and args.by == "operator":
+        last = None
+        for r in rows:
+            key = (r["target"], r["batch_size"], r["dtype"], r["round"])
+            if key != last:
+                print(f"{r['kind']} {r['target']} (batch {r['batch_size']}, {r['dtype']}, eager, round {r['round']}): "
+                      f"{r['passes']} passes, "
+                      f"{float(r['profiled_ms_per_pass']):.2f} ms in operators and "
+                      f"{float(r['wall_ms_per_pass']):.2f} ms wall per pass under the profiler")
+                last = key
+            rate = f"{float(r['gmacs_per_s']):7.1f} GMAC/s" if str(r["gmacs_per_s"]) not in ("", "nan") else ""
+            print(f"  {float(r['share_pct']):5.1f}%  {r['operator']:<36} {r['category']:<14} {rate}")
+        if path:
+            print(f"saved: {path}")
+    elif not args.json:
         last = None
         for r in rows:
             key = (r["target"], r["batch_size"], r["dtype"], r["compiled"])

@@ -288,6 +288,7 @@ def profile_many(configs: Sequence[Mapping[str, Any]], run_id: str | None = None
 # The profiled process: builds the call, warms it up, and repeats it with perf's events enabled.
 
 def _build_call(spec: Mapping[str, Any]):
+    """(module, inputs, call) of a checked spec: the call runs the module, compiled if asked, on the inputs."""
     import torch
 
     from vitspeed.envinfo import resolve_dtype
@@ -317,7 +318,7 @@ def _build_call(spec: Mapping[str, Any]):
         fn, _ = compile_module(module, *inputs)
     else:
         fn = module
-    return lambda: fn(*inputs)
+    return module, inputs, lambda: fn(*inputs)
 
 
 def _worker(spec: Mapping[str, Any]) -> None:
@@ -328,7 +329,7 @@ def _worker(spec: Mapping[str, Any]) -> None:
     if spec["threads"]:
         set_threads(spec["threads"])
     threads = torch.get_num_threads()
-    call = _build_call(spec)
+    _, _, call = _build_call(spec)
     with torch.inference_mode():
         for _ in range(3):
             call()

@@ -15,7 +15,7 @@ import pandas as pd
 from vitspeed.profiling import CHAPTER, GROUPS
 from vitspeed.results import read_results
 
-__all__ = ["load_profiles", "share_table", "fused_precision_text", "waiting_shares", "waiting_text", "F32_GEMM",
+__all__ = ["load_profiles", "newest_calls", "share_table", "fused_precision_text", "waiting_shares", "waiting_text", "F32_GEMM",
            "BF16_GEMM", "LOOPS", "WAITING", "CALL_KEY"]
 
 F32_GEMM, BF16_GEMM, LOOPS = "MKL float32 GEMM", "MKL bfloat16 GEMM", "fused-attention kernel loops"
@@ -32,12 +32,19 @@ def load_profiles(hardware: str | None = None, roots: Sequence[str | os.PathLike
     """Every profiled call of every hardware (of ``hardware`` only when given), from all its profile
     runs: a call profiled in several runs is taken from the newest (greatest run id, a UTC time).
     An empty frame when there is none. ``roots``: as for :func:`vitspeed.results.read_results`."""
-    prof = read_results(CHAPTER, roots=roots)
+    return newest_calls(read_results(CHAPTER, roots=roots), CALL_KEY, hardware)
+
+
+def newest_calls(prof: pd.DataFrame, call_key: Sequence[str], hardware: str | None = None) -> pd.DataFrame:
+    """The rows of ``prof`` (profile rows of any runs) from the newest run (greatest ``run_id``, a
+    UTC time) of each call, a call being the hardware and the ``call_key`` columns present; of
+    ``hardware`` only when given. All of the newest run's rows of a call are kept (its groups,
+    operators or rounds)."""
     if not len(prof):
         return prof
     if hardware is not None:
         prof = prof[prof.hardware == hardware]
-    key = ["hardware"] + [c for c in CALL_KEY if c in prof]
+    key = ["hardware"] + [c for c in call_key if c in prof]
     ids = ["|".join(map(str, row)) for row in prof[key].itertuples(index=False)]
     newest = prof.assign(_call=ids).groupby("_call").run_id.transform("max")
     return prof[prof.run_id == newest].reset_index(drop=True)
