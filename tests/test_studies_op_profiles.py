@@ -107,7 +107,9 @@ def test_taylor_text_lists_products_and_copies_per_core():
     text = OP.taylor_text(pd.DataFrame(rows), {"taylor2_compact": "compact", "taylor2_random": "random"})
     assert "at N = 3136" in text
     assert "products take compact 50%, random 20%" in text
-    assert "take compact 30%, random 80%" in text
+    assert "elementwise passes (the squares, outer products and means that form the features, the final " \
+           "division) compact 20%, random 0%" in text
+    assert "(concatenations, pads, gathers) compact 30%, random 80%" in text
     assert "gathers (index_select) alone take 30%" in text
     assert OP.taylor_text(pd.DataFrame(rows[3:]), {}) is None  # no compact core
 

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "an interrupted run resumes when run again with its id")
 
     p = sub.add_parser("profile", help="where a core's or model's CPU time goes: by library routine (Linux perf, "
-                       "data/profiles) or by PyTorch operator (torch.profiler, data/op_profiles)")
+                       "data/profiles) or by PyTorch operator (a timing dispatch mode, data/op_profiles)")
     p.add_argument("kind", choices=["core", "model"], help="an attention core or a whole model")
     p.add_argument("--by", choices=["routine", "operator"], default="routine",
                    help="routine: perf samples grouped by library routine (default); operator: time per "
@@ -139,7 +139,8 @@ def _cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{r['kind']} {r['target']} (batch {r['batch_size']}, {r['dtype']}, eager, round {r['round']}): "
                       f"{r['passes']} passes, "
                       f"{float(r['profiled_ms_per_pass']):.2f} ms in operators and "
-                      f"{float(r['wall_ms_per_pass']):.2f} ms wall per pass under the profiler")
+                      f"{float(r['wall_ms_per_pass']):.2f} ms wall per pass under the timer, "
+                      f"{float(r['page_faults_per_pass']):.0f} page faults per pass")
                 last = key
             rate = f"{float(r['gmacs_per_s']):7.1f} GMAC/s" if str(r["gmacs_per_s"]) not in ("", "nan") else ""
             print(f"  {float(r['share_pct']):5.1f}%  {r['operator']:<36} {r['category']:<14} {rate}")

@@ -2,12 +2,20 @@
 
 :mod:`vitspeed.profiling` says which *library routine* the time is spent in (MKL's GEMM, oneDNN,
 the OpenMP runtime). This module says which *operator of the forward pass* it is spent in: the call
-is repeated under ``torch.profiler`` and each top-level ``aten::`` operator (one the Python code
-calls, not one called from inside another operator) is charged its inclusive wall time on the
-calling thread. The operators' MACs and elementwise counts come from :func:`vitspeed.flops.count_flops`
-of the same call, so each row says how much work an operator does and how fast it does it
-(``gmacs_per_s``): the test of readings such as "these narrow products and elementwise passes run at
-a lower MAC rate than the convolutions".
+is repeated under a timing dispatch mode (:class:`OperatorTimer`) that charges each top-level
+``aten::`` operator (one the Python code calls, ``aten::linear``, not the ``aten::addmm`` it runs
+inside) its wall time on the calling thread. The operators' MACs and elementwise counts come from
+:func:`vitspeed.flops.count_flops` of the same call, so each row says how much work an operator does
+and how fast it does it (``gmacs_per_s``): the test of readings such as "these narrow products and
+elementwise passes run at a lower MAC rate than the convolutions".
+
+Why not ``torch.profiler``: it stores a record per operator in memory it allocates as the call
+runs, and those small allocations land in the heap between the call's large tensors. Freed large
+blocks are then split, each pass takes fresh pages from the operating system, and whichever
+operator first writes a large tensor pays thousands of page faults (the exact Taylor kernel ran
+several times slower under the profiler than without it, where it takes none). The timer
+keeps one number per operator name, so the heap behaves as in the chapters' timings;
+``page_faults_per_pass`` (minor page faults of the process per pass) checks that it does.
 
 Categories (:data:`CATEGORIES`): ``products`` (an operator with counted MACs other than a
 normalization: linear, conv, matmul, bmm, einsum, SDPA), ``normalization`` (batch, layer, group
@@ -15,11 +23,12 @@ norms: counted as MACs the fvcore way), ``elementwise`` (elementwise ops, reduct
 softmax), ``data movement`` (the counter's zero-cost ops: copies, cat, gathers, reshapes, padding),
 ``other`` (any operator the counter has no rule for).
 
-Times are means per forward pass (milliseconds) under the profiler, which adds a few microseconds per
-operator: ``profiled_ms_per_pass`` (the sum over operators) is therefore above the chapters' untimed
-latency for models of many small operators; shares within one profile are what this is for. CPU
-only, eager only (a compiled graph hides its operators). The process runs with the CPU preset's
-allocator settings (:data:`vitspeed.allocator.KEPT_HEAP`), as in every published CPU timing.
+Times are means per forward pass (milliseconds). ``profiled_ms_per_pass`` is the sum over operators;
+``wall_ms_per_pass`` also holds the Python code between operators and the timer's own cost (some
+microseconds per operator), so it is above the chapters' latency for models of many small
+operators; shares within one profile are what this is for. CPU only, eager only (a compiled graph
+hides its operators). The process runs with the CPU preset's allocator settings
+(:data:`vitspeed.allocator.KEPT_HEAP`), as in every published CPU timing.
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["CATEGORIES", "CHAPTER", "operator_category", "count_name", "top_level_times", "op_profile",
+__all__ = ["CATEGORIES", "CHAPTER", "OperatorTimer", "operator_category", "count_name", "op_profile",
            "op_profile_rows", "op_profile_many"]
 
 #: results folder under data/
@@ -72,24 +81,31 @@ def operator_category(op: str, macs: int, elementwise: int) -> str:
     return "other"
 
 
-def top_level_times(events: Sequence[Any]) -> dict[str, dict[str, float]]:
-    """Inclusive time (``us``, microseconds) and number of calls (``calls``) per top-level ``aten::``
-    operator in a list of ``torch.profiler`` events (objects with ``name``, ``cpu_time_total`` and
-    ``cpu_parent``): an ``aten::`` event is top-level when no event above it is an ``aten::`` one,
-    so an operator's children (``aten::linear`` -> ``aten::addmm``) are charged to it, never twice."""
-    out: dict[str, dict[str, float]] = {}
-    for ev in events:
-        if not ev.name.startswith("aten::"):
-            continue
-        parent = ev.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
-            parent = parent.cpu_parent
-        if parent is not None:
-            continue
-        entry = out.setdefault(ev.name, {"us": 0.0, "calls": 0})
-        entry["us"] += float(ev.cpu_time_total)
-        entry["calls"] += 1
-    return out
+class OperatorTimer:
+    """A ``TorchDispatchMode`` (built on first use, so importing this module does not import torch)
+    that times every operator dispatched while it is active: ``times`` maps ``aten::`` names to
+    ``{"us": microseconds, "calls": n}``. An operator called inside another one runs with the mode
+    off, so only top-level operators are timed, each once. CPU operators run synchronously, so the
+    wall time of the call is the operator's time."""
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class _Timer(TorchDispatchMode):
+            def __init__(self) -> None:
+                super().__init__()
+                self.times: dict[str, dict[str, float]] = {}
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                t0 = time.perf_counter()
+                out = func(*args, **(kwargs or {}))
+                elapsed = time.perf_counter() - t0
+                entry = self.times.setdefault(func._schema.name, {"us": 0.0, "calls": 0})
+                entry["us"] += 1e6 * elapsed
+                entry["calls"] += 1
+                return out
+
+        return _Timer()
 
 
 def _check(spec: Mapping[str, Any]) -> None:
@@ -102,11 +118,11 @@ def op_profile(kind: str, target: str, dtype: str = "float32", tokens: int | Non
                batch_size: int = 1, heads: int = 6, head_dim: int = 64, compiled: bool = False, seconds: float = 3.0,
                threads: int | None = None, attention: str | None = None,
                options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Profile one eager call on the CPU by operator for about ``seconds`` (same arguments as
+    """Time one eager call on the CPU by operator for about ``seconds`` (same arguments as
     :func:`vitspeed.profiling.profile`; ``compiled=True`` is a ValueError).
 
     Returns ``passes`` (forward passes profiled), ``threads``, ``wall_ms_per_pass`` (mean wall time
-    of a pass under the profiler), ``page_faults_per_pass`` (minor page faults of the process per
+    of a pass under the timer), ``page_faults_per_pass`` (minor page faults of the process per
     pass: memory the allocator took fresh from the OS, whose first touch is paid inside an operator)
     and ``operators``: a list of dicts with ``operator`` (``aten::``
     name), ``category``, ``calls_per_pass``, ``ms_per_pass``, ``macs`` and ``elementwise`` (per pass,
@@ -168,7 +184,7 @@ def op_profile_rows(configs: Sequence[Mapping[str, Any]], rounds: int = 1) -> tu
     env = environment_record("cpu", "float32", threads)
     env["cpu_allocator"] = allocator_state({**os.environ, **KEPT_HEAP})
     env["env_vars"] = {**env.get("env_vars", {}), **KEPT_HEAP}
-    env["profiler"] = "torch.profiler (CPU activity), top-level aten operators, inclusive wall time"
+    env["profiler"] = "vitspeed.op_profile.OperatorTimer (a TorchDispatchMode): top-level aten operators, wall time"
     return rows, env
 
 
@@ -193,7 +209,6 @@ def op_profile_many(configs: Sequence[Mapping[str, Any]], rounds: int = 1, run_i
 
 def _worker(spec: Mapping[str, Any]) -> None:
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     from vitspeed.flops import count_flops
     from vitspeed.profiling import _build_call
@@ -210,14 +225,18 @@ def _worker(spec: Mapping[str, Any]) -> None:
             call()
         per_pass = (time.perf_counter() - t0) / 3
         passes = max(3, int(spec["seconds"] / max(per_pass, 1e-6)))
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        timer = OperatorTimer()
+        with timer:
+            call()  # one pass under the timer before counting: the mode's own first-use costs
+        timer.times.clear()
+        with timer:
             faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             for _ in range(passes):
                 call()
             elapsed = time.perf_counter() - t0
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    times = top_level_times(prof.events())
+    times = timer.times
     seen = set()
     operators = []
     for op, t in sorted(times.items(), key=lambda kv: -kv[1]["us"]):

@@ -120,8 +120,8 @@ def _operator_share(ops: pd.DataFrame, target: str, operator: str) -> float:
 def taylor_text(ops: pd.DataFrame, names: Mapping[str, str], compact: str = "taylor2_compact",
                 random: str = "taylor2_random") -> str | None:
     """What the operator profiles of the Taylor cores (eager, one hardware) say about where their
-    time goes: the share of products and of data movement of each profiled core, and the gathers'
-    (``index_select``) share in ``random``. ``names`` maps attention variants to the labels to
+    time goes: the share of products, of elementwise passes and of data movement of each profiled
+    core (medians over rounds), and the gathers' (``index_select``) share in ``random``. ``names`` maps attention variants to the labels to
     print. None when ``compact`` was not profiled as a core."""
     cores = ops[ops.kind == "core"] if len(ops) else ops
     if not len(cores) or compact not in set(cores.target):
@@ -134,11 +134,13 @@ def taylor_text(ops: pd.DataFrame, names: Mapping[str, str], compact: str = "tay
         s = shares[t]
         return float(s.get(cat, 0.0)) if s is not None else 0.0
 
-    listed = ", ".join(f"{names.get(t, t)} {part(t, 'products'):.0f}%" for t in targets)
-    moving = ", ".join(f"{names.get(t, t)} {part(t, 'data movement'):.0f}%" for t in targets)
+    def listed(cat: str) -> str:
+        return ", ".join(f"{names.get(t, t)} {part(t, cat):.0f}%" for t in targets)
+
     text = (f"An operator profile of the cores at N = {tokens} (the profile section below) shows where: the "
-            f"matrix products take {listed} of the operator time; copies that build the feature maps "
-            f"(concatenations, pads, gathers), which count no MACs, take {moving}")
+            f"matrix products take {listed('products')} of the operator time; elementwise passes (the squares, "
+            f"outer products and means that form the features, the final division) {listed('elementwise')}; "
+            f"copies that assemble the feature maps (concatenations, pads, gathers) {listed('data movement')}")
     if random in shares:
         text += (f"; the random cut's two gathers (index_select) alone take "
                  f"{_operator_share(cores, random, 'aten::index_select'):.0f}%")
