@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -127,25 +126,13 @@ def op_profile(kind: str, target: str, dtype: str = "float32", tokens: int | Non
     and ``operators``: a list of dicts with ``operator`` (``aten::``
     name), ``category``, ``calls_per_pass``, ``ms_per_pass``, ``macs`` and ``elementwise`` (per pass,
     from the FLOP counter). Raises ValueError for bad input."""
-    from vitspeed.profiling import _spec
+    from vitspeed.profiling import _spec, run_worker
 
     spec = _spec(kind, target, dtype, tokens, img_size if kind == "model" else None, batch_size, heads, head_dim,
                  compiled, seconds, threads, attention, options)
     _check(spec)
-    from vitspeed.allocator import KEPT_HEAP
-
     with tempfile.TemporaryDirectory(prefix="vitspeed-opprofile-") as tmp:
-        result = os.path.join(tmp, "result.json")
-        env = {**os.environ, **KEPT_HEAP, "VITSPEED_PROFILE_RESULT": result}
-        src = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        res = subprocess.run([sys.executable, "-m", "vitspeed.op_profile", json.dumps(spec)], env=env,
-                             capture_output=True, text=True)
-        if res.returncode != 0 or not os.path.exists(result):
-            tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
-            raise RuntimeError(f"operator profile of {kind} {target} failed (status {res.returncode}): {tail}")
-        with open(result, encoding="utf-8") as fh:
-            return json.load(fh)
+        return run_worker("vitspeed.op_profile", spec, tmp)
 
 
 def op_profile_rows(configs: Sequence[Mapping[str, Any]], rounds: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -157,35 +144,27 @@ def op_profile_rows(configs: Sequence[Mapping[str, Any]], rounds: int = 1) -> tu
     without MACs), ``passes``, ``profiled_ms_per_pass``, ``wall_ms_per_pass``,
     ``page_faults_per_pass``) and the environment record of the machine. All configs are checked
     before the first runs."""
-    from vitspeed.allocator import KEPT_HEAP, allocator_state
-    from vitspeed.envinfo import environment_record
-    from vitspeed.profiling import _arguments, _spec
+    from vitspeed.profiling import call_columns, checked_calls, profile_environment
 
     if int(rounds) != rounds or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
-    calls = [_arguments(cfg) for cfg in configs]
+    calls = checked_calls(configs)
     for args in calls:
-        _check(_spec(**{**args, "img_size": args["img_size"] if args["kind"] == "model" else None}))
+        _check(args)
     rows = []
     for rnd, args in ((r, a) for r in range(int(rounds)) for a in calls):
         got = op_profile(**args)
-        core = args["kind"] == "core"
         total = sum(o["ms_per_pass"] for o in got["operators"])
-        base = {"kind": args["kind"], "target": args["target"], "attention": args["attention"] or "",
-                "dtype": args["dtype"], "tokens": args["tokens"] if core else "",
-                "img_size": "" if core else args["img_size"], "batch_size": args["batch_size"],
-                "threads": got["threads"], "round": rnd, "passes": got["passes"], "profiled_ms_per_pass": total,
-                "wall_ms_per_pass": got["wall_ms_per_pass"], "page_faults_per_pass": got["page_faults_per_pass"]}
+        base = {**call_columns(args, got["threads"]), "round": rnd, "passes": got["passes"],
+                "profiled_ms_per_pass": total, "wall_ms_per_pass": got["wall_ms_per_pass"],
+                "page_faults_per_pass": got["page_faults_per_pass"]}
         for o in got["operators"]:
             rate = o["macs"] / (o["ms_per_pass"] * 1e6) if o["macs"] and o["ms_per_pass"] > 0 else ""
             rows.append({**base, **o, "share_pct": 100.0 * o["ms_per_pass"] / total if total else 0.0,
                          "gmacs_per_s": rate})
     threads = rows[0]["threads"] if rows else None
-    env = environment_record("cpu", "float32", threads)
-    env["cpu_allocator"] = allocator_state({**os.environ, **KEPT_HEAP})
-    env["env_vars"] = {**env.get("env_vars", {}), **KEPT_HEAP}
-    env["profiler"] = "vitspeed.op_profile.OperatorTimer (a TorchDispatchMode): top-level aten operators, wall time"
-    return rows, env
+    return rows, profile_environment(threads, "vitspeed.op_profile.OperatorTimer (a TorchDispatchMode): "
+                                              "top-level aten operators, wall time")
 
 
 def op_profile_many(configs: Sequence[Mapping[str, Any]], rounds: int = 1, run_id: str | None = None,
@@ -193,15 +172,9 @@ def op_profile_many(configs: Sequence[Mapping[str, Any]], rounds: int = 1, run_i
     """:func:`op_profile_rows`, then the rows written in one go to
     ``data/op_profiles/<hardware>__<run id>.csv`` (with its ``.env.json``); nothing is written when
     any profile fails. Returns the CSV's path."""
-    from vitspeed.envinfo import environment_record
-    from vitspeed.results import ResultsWriter
+    from vitspeed.profiling import save_profile
 
-    writer = ResultsWriter(CHAPTER, environment_record("cpu"), run_id=run_id, root=root)
-    if writer.resumed:
-        raise ValueError(f"{writer.path} exists already; choose another run id")
-    rows, writer.env_record = op_profile_rows(configs, rounds)
-    writer.extend(rows)
-    return writer.path
+    return save_profile(CHAPTER, lambda: op_profile_rows(configs, rounds), run_id, root)
 
 
 # ---------------------------------------------------------------------------------------------------

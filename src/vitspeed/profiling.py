@@ -36,7 +36,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 __all__ = ["GROUPS", "SAMPLE_HZ", "PERF_ENV", "Group", "ProfilerUnavailable", "perf_binary", "check_perf",
-           "parse_report", "group_samples", "profile", "profile_many", "profile_rows", "CHAPTER"]
+           "parse_report", "group_samples", "profile", "profile_many", "profile_rows", "CHAPTER", "run_worker",
+           "checked_calls", "call_columns", "profile_environment", "save_profile"]
 
 #: sampling frequency per CPU (Hz): an odd number, so it does not beat with periodic work
 SAMPLE_HZ = 999
@@ -203,24 +204,14 @@ def profile(kind: str, target: str, dtype: str = "float32", tokens: int | None =
     spec = _spec(kind, target, dtype, tokens, img_size if kind == "model" else None, batch_size, heads, head_dim,
                  compiled, seconds, threads, attention, options)
     perf = check_perf()
-    from vitspeed.allocator import KEPT_HEAP
-
     with tempfile.TemporaryDirectory(prefix="vitspeed-profile-") as tmp:
-        ctl, ack, data, result = (os.path.join(tmp, n) for n in ("ctl", "ack", "perf.data", "result.json"))
+        ctl, ack, data = (os.path.join(tmp, n) for n in ("ctl", "ack", "perf.data"))
         os.mkfifo(ctl)
         os.mkfifo(ack)
-        env = {**os.environ, **KEPT_HEAP, "VITSPEED_PROFILE_CTL": ctl, "VITSPEED_PROFILE_ACK": ack,
-               "VITSPEED_PROFILE_RESULT": result}
-        src = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = [perf, "record", "-q", "-F", str(SAMPLE_HZ), "-D", "-1", "--control", f"fifo:{ctl},{ack}", "-o", data,
-               "--", sys.executable, "-m", "vitspeed.profiling", json.dumps(spec)]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if res.returncode != 0 or not os.path.exists(result):
-            tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
-            raise RuntimeError(f"profiling {kind} {target} failed (status {res.returncode}): {tail}")
-        with open(result, encoding="utf-8") as fh:
-            loop = json.load(fh)
+        prefix = [perf, "record", "-q", "-F", str(SAMPLE_HZ), "-D", "-1", "--control", f"fifo:{ctl},{ack}", "-o",
+                  data, "--"]
+        loop = run_worker("vitspeed.profiling", spec, tmp, prefix,
+                          {"VITSPEED_PROFILE_CTL": ctl, "VITSPEED_PROFILE_ACK": ack})
         rep = subprocess.run([perf, "report", "-i", data, "--no-children", "--sort", "dso,sym", "-F",
                               "overhead,sample,dso,sym", "--stdio", "-g", "none", "--percent-limit", "0", "-t", "|"],
                              capture_output=True, text=True)
@@ -231,6 +222,27 @@ def profile(kind: str, target: str, dtype: str = "float32", tokens: int | None =
             "symbols": symbols.sort_values("samples", ascending=False).reset_index(drop=True)}
 
 
+def run_worker(module: str, spec: Mapping[str, Any], tmp: str, prefix: Sequence[str] = (),
+               extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python -m module SPEC_JSON`` (after ``prefix``, e.g. a perf command line) in a fresh
+    process with the CPU preset's allocator settings (:data:`vitspeed.allocator.KEPT_HEAP`) and this
+    package first on its path, and return the JSON object the process wrote to the file named by
+    ``$VITSPEED_PROFILE_RESULT`` (in ``tmp``). RuntimeError with the process's last lines when it fails."""
+    from vitspeed.allocator import KEPT_HEAP
+
+    result = os.path.join(tmp, "result.json")
+    env = {**os.environ, **KEPT_HEAP, **(extra_env or {}), "VITSPEED_PROFILE_RESULT": result}
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    res = subprocess.run([*prefix, sys.executable, "-m", module, json.dumps(spec)], env=env, capture_output=True,
+                         text=True)
+    if res.returncode != 0 or not os.path.exists(result):
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"profiling {spec['kind']} {spec['target']} failed (status {res.returncode}): {tail}")
+    with open(result, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def _arguments(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` completed with :func:`profile`'s defaults (TypeError for an unknown key)."""
     bound = inspect.signature(profile).bind(**cfg)
@@ -238,50 +250,72 @@ def _arguments(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return dict(bound.arguments)
 
 
+def checked_calls(configs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The configs (keyword arguments of :func:`profile`) completed with its defaults, every one
+    checked (ValueError naming the valid choices) before any is run."""
+    calls = [_arguments(cfg) for cfg in configs]
+    for args in calls:
+        _spec(**{**args, "img_size": args["img_size"] if args["kind"] == "model" else None})
+    return calls
+
+
+def call_columns(args: Mapping[str, Any], threads: int) -> dict[str, Any]:
+    """The columns that name a profiled call in a results row (tokens for a core, image size for a
+    model, the other left empty)."""
+    core = args["kind"] == "core"
+    return {"kind": args["kind"], "target": args["target"], "attention": args["attention"] or "",
+            "dtype": args["dtype"], "tokens": args["tokens"] if core else "",
+            "img_size": "" if core else args["img_size"], "batch_size": args["batch_size"], "threads": threads}
+
+
+def profile_environment(threads: int | None, profiler: str) -> dict[str, Any]:
+    """The environment record of a profile: this machine's, with the allocator the profiled process
+    ran with (the kept heap, whatever this process has) and the ``profiler`` used."""
+    from vitspeed.allocator import KEPT_HEAP, allocator_state
+    from vitspeed.envinfo import environment_record
+
+    env = environment_record("cpu", "float32", threads)
+    env["cpu_allocator"] = allocator_state({**os.environ, **KEPT_HEAP})
+    env["env_vars"] = {**env.get("env_vars", {}), **KEPT_HEAP}
+    env["profiler"] = profiler
+    return env
+
+
+def save_profile(chapter: str, make_rows, run_id: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Write the rows and environment record ``make_rows()`` returns to
+    ``data/<chapter>/<hardware>__<run id>.csv`` (with its ``.env.json``) in one go: nothing is
+    written when it raises, and an existing file of that run id is refused before it runs."""
+    from vitspeed.envinfo import environment_record
+    from vitspeed.results import ResultsWriter
+
+    writer = ResultsWriter(chapter, environment_record("cpu"), run_id=run_id, root=root)
+    if writer.resumed:
+        raise ValueError(f"{writer.path} exists already; choose another run id")
+    rows, writer.env_record = make_rows()
+    writer.extend(rows)
+    return writer.path
+
+
 def profile_rows(configs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Profile every config (keyword arguments of :func:`profile`) and return the tidy rows (one per
     config and group: the config's columns, ``group``, ``samples``, ``share_pct``, ``top_symbol``,
     ``total_samples``, ``calls``, ``ms_per_call``) and the environment record of the machine.
     All configs are checked before the first is profiled."""
-    from vitspeed.envinfo import environment_record
-
-    calls = [_arguments(cfg) for cfg in configs]
-    for args in calls:
-        _spec(**{**args, "img_size": args["img_size"] if args["kind"] == "model" else None})
     rows = []
-    for args in calls:
+    for args in checked_calls(configs):
         got = profile(**args)
-        core = args["kind"] == "core"
-        base = {"kind": args["kind"], "target": args["target"], "attention": args["attention"] or "",
-                "compiled": bool(args["compiled"]), "dtype": args["dtype"], "tokens": args["tokens"] if core else "",
-                "img_size": "" if core else args["img_size"], "batch_size": args["batch_size"],
-                "threads": got["threads"], "calls": got["calls"], "ms_per_call": got["ms_per_call"],
-                "total_samples": got["total_samples"]}
+        base = {**call_columns(args, got["threads"]), "compiled": bool(args["compiled"]), "calls": got["calls"],
+                "ms_per_call": got["ms_per_call"], "total_samples": got["total_samples"]}
         rows += [{**base, **g} for g in got["groups"].to_dict("records")]
-    from vitspeed.allocator import KEPT_HEAP, allocator_state
-
     threads = rows[0]["threads"] if rows else None
-    env = environment_record("cpu", "float32", threads)
-    # the profiled process ran with the kept heap (profile sets it), whatever this process has
-    env["cpu_allocator"] = allocator_state({**os.environ, **KEPT_HEAP})
-    env["env_vars"] = {**env.get("env_vars", {}), **KEPT_HEAP}
-    env["profiler"] = f"perf record -F {SAMPLE_HZ} (cpu-clock or cycles)"
-    return rows, env
+    return rows, profile_environment(threads, f"perf record -F {SAMPLE_HZ} (cpu-clock or cycles)")
 
 
 def profile_many(configs: Sequence[Mapping[str, Any]], run_id: str | None = None,
                  root: str | os.PathLike | None = None) -> Path:
     """:func:`profile_rows`, then the rows written in one go to ``data/profiles/<hardware>__<run id>.csv``
     (with its ``.env.json``); nothing is written when any profile fails. Returns the CSV's path."""
-    from vitspeed.envinfo import environment_record
-    from vitspeed.results import ResultsWriter
-
-    writer = ResultsWriter(CHAPTER, environment_record("cpu"), run_id=run_id, root=root)
-    if writer.resumed:
-        raise ValueError(f"{writer.path} exists already; choose another run id")
-    rows, writer.env_record = profile_rows(configs)
-    writer.extend(rows)
-    return writer.path
+    return save_profile(CHAPTER, lambda: profile_rows(configs), run_id, root)
 
 
 # ---------------------------------------------------------------------------------------------------
