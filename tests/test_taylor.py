@@ -262,3 +262,44 @@ def test_feature_dimensions_order_costs():
         "random": Taylor2Random(d, H).features(*_qkv(torch.float32, d=d)[:2])[0].shape[-1],
     }
     assert dims == {"full": 290, "chunk": 145, "pool": 82, "compact": 33, "random": 33}
+
+
+def test_constant_feature_block_equals_the_appended_feature_with_the_same_macs():
+    q, k, v = _qkv()
+    mq, mk = q * q, k * 0.5
+    c = 0.7
+    split = kernel_attention(mq, mk, v, const=c)
+    appended = kernel_attention(torch.nn.functional.pad(mq, (0, 1), value=c),
+                                torch.nn.functional.pad(mk, (0, 1), value=c), v)
+    assert torch.allclose(split, appended, rtol=1e-12, atol=1e-12)
+
+    class Split(torch.nn.Module):
+        def forward(self, a, b, x):
+            return kernel_attention(a, b, x, const=c)
+
+    class Appended(torch.nn.Module):
+        def forward(self, a, b, x):
+            pad = torch.nn.functional.pad
+            return kernel_attention(pad(a, (0, 1), value=c), pad(b, (0, 1), value=c), x)
+
+    s, a = count_flops(Split(), (mq, mk, v)), count_flops(Appended(), (mq, mk, v))
+    assert (s.macs, s.elementwise) == (a.macs, a.elementwise) and not s.unhandled
+
+
+@pytest.mark.parametrize("name", ["taylor2_full", "taylor2_pool", "taylor2_chunk", "taylor2_random"])
+def test_kronecker_kernels_never_pad_their_feature_map(name):
+    # the constant feature is a block of its own: the only pads are of v (and of the Kronecker
+    # vector w), never of a (d+1)^2-wide or 2d-wide map
+    core = _core(name)
+    q, k, v = _qkv()
+    padded = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.pad:
+                padded.append(args[0].shape[-1])
+            return func(*args, **(kwargs or {}))
+
+    with torch.inference_mode(), Spy():
+        core(q, k, v)
+    assert padded and max(padded) <= D + 1
