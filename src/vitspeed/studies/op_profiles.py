@@ -16,10 +16,10 @@ import pandas as pd
 
 from vitspeed.op_profile import CATEGORIES, CHAPTER
 from vitspeed.results import read_results
-from vitspeed.studies.profiles import newest_calls
+from vitspeed.studies.profiles import call_size, newest_calls
 
-__all__ = ["load_op_profiles", "CALL_KEY", "category_ms", "category_table", "product_rates", "per_conv_ms",
-           "taylor_text", "qtvit_text", "NO_MACS"]
+__all__ = ["load_op_profiles", "CALL_KEY", "category_ms", "median_shares", "category_table", "product_rates",
+           "per_conv_ms", "taylor_text", "qtvit_text", "NO_MACS"]
 
 #: what identifies one profiled call within a hardware (rounds are repeats of a call)
 CALL_KEY = ["kind", "target", "attention", "tokens", "img_size", "batch_size", "dtype", "threads"]
@@ -41,8 +41,7 @@ def load_op_profiles(hardware: str | None = None, roots: Sequence[str | os.PathL
                        batch_size=prof.batch_size.astype(int), round=prof["round"].astype(int))
 
 
-def _size(row) -> str:
-    return f"{int(float(row.tokens))} tokens" if row.kind == "core" else f"{int(float(row.img_size))} px"
+_CALL = ["hardware", "kind", "target", "size", "batch_size", "dtype"]
 
 
 def category_ms(ops: pd.DataFrame) -> pd.DataFrame:
@@ -52,11 +51,29 @@ def category_ms(ops: pd.DataFrame) -> pd.DataFrame:
     if not len(ops):
         return pd.DataFrame(columns=["hardware", "kind", "target", "size", "batch_size", "dtype", "round",
                                      "category", "ms", "share_pct", "macs"])
-    df = ops.assign(size=[_size(r) for r in ops.itertuples()])
+    df = ops.assign(size=[call_size(r) for r in ops.itertuples()])
     keys = ["hardware", "kind", "target", "size", "batch_size", "dtype", "round"]
     out = df.groupby(keys + ["category"], as_index=False).agg(ms=("ms_per_pass", "sum"), share_pct=("share_pct", "sum"),
                                                               macs=("macs", "sum"))
     return out
+
+
+def _round_shares(c: pd.DataFrame) -> pd.DataFrame:
+    """:func:`category_ms` rows as percent per category (columns) for each call and round (rows), a
+    category a round has no operator of counted as 0."""
+    return c.pivot_table(index=_CALL + ["round"], columns="category", values="share_pct", aggfunc="sum",
+                         fill_value=0.0)
+
+
+def median_shares(ops: pd.DataFrame) -> pd.DataFrame:
+    """Percent of the operator time per category, the median over rounds, one row per profiled call
+    and category: columns ``hardware``, ``kind``, ``target``, ``size``, ``batch_size``, ``dtype``,
+    ``category``, ``share_pct`` (as :func:`category_table`'s medians, for figures and prose)."""
+    c = category_ms(ops)
+    if not len(c):
+        return pd.DataFrame(columns=_CALL + ["category", "share_pct"])
+    med = _round_shares(c).groupby(level=_CALL).median()
+    return med.stack().rename("share_pct").reset_index()
 
 
 def category_table(ops: pd.DataFrame) -> pd.DataFrame:
@@ -67,9 +84,8 @@ def category_table(ops: pd.DataFrame) -> pd.DataFrame:
     c = category_ms(ops)
     if not len(c):
         return pd.DataFrame()
-    keys = ["hardware", "kind", "target", "size", "batch_size", "dtype"]
-    full = c.pivot_table(index=keys + ["round"], columns="category", values="share_pct", aggfunc="sum",
-                         fill_value=0.0)
+    keys = _CALL
+    full = _round_shares(c)
     # a category no round gives half a percent (``other``: a type promotion) would be a column of zeros
     cats = [x for x in CATEGORIES if x in full.columns and full[x].max() >= 0.5]
     g = full[cats].groupby(level=keys)
@@ -90,8 +106,8 @@ def product_rates(ops: pd.DataFrame) -> pd.DataFrame:
             "time_pct"]
     if not len(ops):
         return pd.DataFrame(columns=cols)
-    df = ops.assign(size=[_size(r) for r in ops.itertuples()])
-    keys = ["hardware", "kind", "target", "size", "batch_size", "dtype"]
+    df = ops.assign(size=[call_size(r) for r in ops.itertuples()])
+    keys = _CALL
     total_macs = df.groupby(keys + ["round"]).macs.transform("sum")
     df = df.assign(macs_pct=100.0 * df.macs / total_macs)
     p = df[df.category == "products"]
@@ -99,17 +115,6 @@ def product_rates(ops: pd.DataFrame) -> pd.DataFrame:
                                                             macs_pct=("macs_pct", "median"),
                                                             time_pct=("share_pct", "median"))
     return out[cols]
-
-
-def _median_shares(ops: pd.DataFrame, target: str, **where) -> pd.Series | None:
-    c = category_ms(ops)
-    rows = c[c.target == target]
-    for col, value in where.items():
-        rows = rows[rows[col] == value]
-    if not len(rows):
-        return None
-    return rows.pivot_table(index="round", columns="category", values="share_pct", aggfunc="sum",
-                            fill_value=0.0).median()
 
 
 def _operator_share(ops: pd.DataFrame, target: str, operator: str) -> float:
@@ -121,18 +126,18 @@ def taylor_text(ops: pd.DataFrame, names: Mapping[str, str], compact: str = "tay
                 random: str = "taylor2_random") -> str | None:
     """What the operator profiles of the Taylor cores (eager, one hardware) say about where their
     time goes: the share of products, of elementwise passes and of data movement of each profiled
-    core (medians over rounds), and the gathers' (``index_select``) share in ``random``. ``names`` maps attention variants to the labels to
-    print. None when ``compact`` was not profiled as a core."""
+    core (medians over rounds, :func:`median_shares`), and the gathers' (``index_select``) share in
+    ``random``. ``names`` maps attention variants to the labels to print. None when ``compact`` was
+    not profiled as a core."""
     cores = ops[ops.kind == "core"] if len(ops) else ops
     if not len(cores) or compact not in set(cores.target):
         return None
     targets = list(dict.fromkeys(cores.target))
-    shares = {t: _median_shares(cores, t) for t in targets}
+    shares = median_shares(cores).set_index(["target", "category"]).share_pct
     tokens = int(cores.tokens.astype(float).iloc[0])
 
     def part(t: str, cat: str) -> float:
-        s = shares[t]
-        return float(s.get(cat, 0.0)) if s is not None else 0.0
+        return float(shares.get((t, cat), 0.0))
 
     def listed(cat: str) -> str:
         return ", ".join(f"{names.get(t, t)} {part(t, cat):.0f}%" for t in targets)
@@ -141,7 +146,7 @@ def taylor_text(ops: pd.DataFrame, names: Mapping[str, str], compact: str = "tay
             f"matrix products take {listed('products')} of the operator time; elementwise passes (the squares, "
             f"outer products and means that form the features, the final division) {listed('elementwise')}; "
             f"copies that assemble the feature maps (concatenations, pads, gathers) {listed('data movement')}")
-    if random in shares:
+    if random in targets:
         text += (f"; the random cut's two gathers (index_select) alone take "
                  f"{_operator_share(cores, random, 'aten::index_select'):.0f}%")
     return text + "."

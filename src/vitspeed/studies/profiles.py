@@ -15,7 +15,7 @@ import pandas as pd
 from vitspeed.profiling import CHAPTER, GROUPS
 from vitspeed.results import read_results
 
-__all__ = ["load_profiles", "newest_calls", "share_table", "fused_precision_text", "waiting_shares", "waiting_text", "F32_GEMM",
+__all__ = ["load_profiles", "newest_calls", "call_size", "share_table", "fused_precision_text", "waiting_shares", "waiting_text", "F32_GEMM",
            "BF16_GEMM", "LOOPS", "WAITING", "CALL_KEY"]
 
 F32_GEMM, BF16_GEMM, LOOPS = "MKL float32 GEMM", "MKL bfloat16 GEMM", "fused-attention kernel loops"
@@ -50,6 +50,12 @@ def newest_calls(prof: pd.DataFrame, call_key: Sequence[str], hardware: str | No
     return prof[prof.run_id == newest].reset_index(drop=True)
 
 
+def call_size(row) -> str:
+    """The size of a profiled call as the tables print it: ``"4096 tokens"`` for a core, ``"224 px"``
+    for a model (``row`` has ``kind``, ``tokens`` and ``img_size``)."""
+    return f"{int(float(row.tokens))} tokens" if row.kind == "core" else f"{int(float(row.img_size))} px"
+
+
 def share_table(prof: pd.DataFrame) -> pd.DataFrame:
     """Percent of samples per group (columns, in :data:`~vitspeed.profiling.GROUPS` order, groups no
     profile has left out) for each profiled call (rows: hardware, kind, target, size (tokens or image
@@ -57,11 +63,8 @@ def share_table(prof: pd.DataFrame) -> pd.DataFrame:
     if not len(prof):
         return pd.DataFrame()
 
-    def size(row) -> str:
-        return f"{int(float(row.tokens))} tokens" if row.kind == "core" else f"{int(float(row.img_size))} px"
-
     df = prof.assign(mode=prof.compiled.astype(str).map({"True": "compiled", "False": "eager"}),
-                     size=[size(r) for r in prof.itertuples()])
+                     size=[call_size(r) for r in prof.itertuples()])
     t = df.pivot_table(index=["hardware", "kind", "target", "size", "batch_size", "dtype", "mode"], columns="group",
                        values="share_pct", aggfunc="sum", fill_value=0.0)
     return t[[g.name for g in GROUPS if g.name in t.columns]].round(1)
