@@ -40,7 +40,8 @@ def test_sweep_rows_record_the_disturbance(tmp_path, monkeypatch):
     rows = run_sweep("scaling", [{"level": "x", "n": 1}, {"level": "x", "n": 2}],
                      lambda cfg: [{"level": cfg["level"], "n": cfg["n"], "median_ms": 1.0}], key_fields=("n",),
                      run_id="20260101-000000")
-    assert {"steal_pct", "cpu_pressure_pct"} <= set(rows.columns) and len(rows) == 2
+    assert {"steal_pct", "cpu_pressure_pct", "copy_gbps"} <= set(rows.columns) and len(rows) == 2
+    assert (rows.copy_gbps > 0).all()
 
 
 def test_a_sweep_warns_about_a_disturbed_config(tmp_path, monkeypatch):
@@ -56,3 +57,71 @@ def test_a_sweep_warns_about_a_disturbed_config(tmp_path, monkeypatch):
                                  lambda cfg: [{"level": cfg["level"], "n": cfg["n"], "tokens": 64, "median_ms": 1.0}],
                                  key_fields=("n",), run_id="20260101-000001")
     assert rows.cpu_pressure_pct.iloc[0] == 42.0
+
+
+def test_copy_probe_reads_a_plausible_bandwidth_and_keeps_its_buffers():
+    import math
+
+    import pytest
+
+    from vitspeed.disturbance import CopyProbe
+
+    probe = CopyProbe(nbytes=8 * 2**20 + 3, repeats=3)
+    assert probe.nbytes == 8 * 2**20  # whole float32 elements
+    first = probe()
+    buf = probe._src
+    second = probe()
+    assert probe._src is buf  # allocated once: later readings take no page faults
+    for gbps in (first, second):
+        assert math.isfinite(gbps) and 0.05 < gbps < 5000  # any machine: between 50 MB/s and 5 TB/s
+    probe.close()
+    assert probe._src is None
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        CopyProbe(repeats=0)
+
+
+def test_copy_probe_counts_bytes_read_and_written(monkeypatch):
+    from vitspeed import disturbance
+
+    ticks = iter(range(0, 10**9, 10**6))  # every clock reading 1 ms after the previous one
+    monkeypatch.setattr(disturbance.time, "perf_counter_ns", lambda: next(ticks))
+    probe = disturbance.CopyProbe(nbytes=4 * 2**20, repeats=1)
+    assert probe() == 2 * 4 * 2**20 / 1e6  # 8 MiB moved in 1 ms, in GB/s
+
+
+def test_sweep_rows_record_the_copy_bandwidth_on_the_cpu(tmp_path, monkeypatch):
+    from vitspeed.studies import compare
+
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    readings = iter([40.0, 39.0, 41.04, 20.0])
+
+    class FakeProbe:
+        def __call__(self):
+            return next(readings)
+
+    monkeypatch.setattr(compare, "CopyProbe", FakeProbe)
+    import pytest
+    with pytest.warns(RuntimeWarning, match=r"'tokens': 3}.*busy \(copy_gbps 20.0 against 41.0 at best"):
+        rows = compare.run_sweep("scaling", [{"level": "x", "n": n} for n in (1, 2, 3)],
+                                 lambda cfg: [{"level": cfg["level"], "n": cfg["n"], "tokens": cfg["n"],
+                                               "median_ms": 1.0}],
+                                 key_fields=("n",), run_id="20260101-000002")
+    # each config: the lower of the readings before and after it
+    assert rows.sort_values("n").copy_gbps.tolist() == [39.0, 39.0, 20.0]
+
+
+def test_a_sweep_with_steady_copy_bandwidth_does_not_warn(tmp_path, monkeypatch):
+    import warnings
+
+    from vitspeed.studies import compare
+
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(compare, "CopyProbe", lambda: (lambda: 40.0))
+    monkeypatch.setattr(compare, "disturbance_between",
+                        lambda before, after: {"steal_pct": 0.0, "cpu_pressure_pct": 0.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        rows = compare.run_sweep("scaling", [{"level": "x", "n": 1}, {"level": "x", "n": 2}],
+                                 lambda cfg: [{"level": cfg["level"], "n": cfg["n"], "median_ms": 1.0}],
+                                 key_fields=("n",), run_id="20260101-000003")
+    assert rows.copy_gbps.tolist() == [40.0, 40.0]

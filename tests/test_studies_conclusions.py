@@ -63,7 +63,8 @@ def _chapter_frames():
             {**base, "model": "deit_small_patch16_224", "component": c, "median_ms": 1.0, "iqr_ms": 0.1,
              "total_ms": 60.0, "total_iqr_ms": 1.2} for c in ("attention", "ffn", "rest")]),
         "hybrids": pd.DataFrame([
-            {**base, "model": "deit_small_patch16_224", "label": "DeiT-S", "median_ms": 66.0, "iqr_ms": 2.0},
+            {**base, "model": "deit_small_patch16_224", "label": "DeiT-S", "median_ms": 66.0, "iqr_ms": 2.0,
+             "copy_gbps": 31.5},
             {**base, "model": "levit_128s", "label": "LeViT-128S", "median_ms": 9.0, "iqr_ms": 0.3},
             {**base, "model": "deit_small_patch16_224", "label": "DeiT-S", "batch_size": 8, "median_ms": 400.0,
              "iqr_ms": 5.0},
@@ -112,6 +113,7 @@ def test_agreement_reports_the_spread_between_chapters():
     assert agree.spread_pct == pytest.approx(10.0)
     assert agree.median_iqr_pct == pytest.approx(2.0)  # median of 2.0, 3.03 and 1.59 %
     assert agree.max_cpu_pressure_pct == 12.5 and agree.max_steal_pct == 0.5  # chapters without the record: nan
+    assert agree.min_copy_gbps == 31.5  # the one chapter that recorded it
     assert C.agreement(C.same_models({})).empty
 
 

@@ -53,6 +53,33 @@ def test_harness_measures_real_work(one_thread):
     assert res["small"].median_s * res["small"].calls_per_sample >= 0.2e-3
 
 
+def test_page_faults_per_call_count_fresh_pages_not_reused_ones():
+    import mmap
+    import sys
+
+    if sys.platform == "win32":
+        pytest.skip("no getrusage")
+    size = 8 * 2**20
+    kept = bytearray(size)
+
+    def fresh():  # new anonymous pages each call: the kernel faults every page in on first touch
+        m = mmap.mmap(-1, size)
+        for i in range(0, size, mmap.PAGESIZE):
+            m[i] = 1
+        m.close()
+
+    def reuse():  # the same pages every call: no faults once warm
+        for i in range(0, size, mmap.PAGESIZE):
+            kept[i] = 1
+
+    res = measure({"fresh": fresh, "reuse": reuse}, "cpu", warmup=1, repeats=3)
+    # every page of the mapping (huge pages, where the kernel uses them, would give fewer: 4 per 8 MiB)
+    assert res["fresh"].page_faults_per_call >= 4
+    assert res["reuse"].page_faults_per_call < 1
+    assert res["fresh"].row()["page_faults_per_call"] == res["fresh"].page_faults_per_call
+    assert Timing([0.001]).page_faults_per_call is None  # not measured: unknown, not zero
+
+
 def _switches(log):
     return sum(1 for a, b in zip(log, log[1:]) if a != b)
 

@@ -8,17 +8,28 @@ Two system-wide counters, read before and after:
   waited for a CPU (``/proc/pressure/cpu``, "some" total), in percent. Our own measurement uses as
   many threads as it is given cores, so a high value means other processes competed with it.
 
-Neither says a timing is wrong; they say when a result deserves a second run. Units: percent.
+Neither sees a neighbour that leaves our CPUs alone but saturates the memory bus, and on a shared
+host that slows memory-bound operators (a Jaccard core at N = 3136 ran 3.6 times slower for minutes
+while DeiT-S kept its time). So a third reading:
+
+- *copy bandwidth*: :class:`CopyProbe` copies a buffer twice the size of a typical last-level cache
+  and reports GB/s (bytes read plus bytes written, per second, 1e9 bytes); a sweep records the lower of
+  the readings taken before and after each measured group (``copy_gbps``) and compares it with the
+  best reading of its run.
+
+None of them says a timing is wrong; they say when a result deserves a second run. Units: percent
+(steal, pressure), GB/s (copy bandwidth).
 """
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Counters", "read_counters", "disturbance_between"]
+__all__ = ["Counters", "read_counters", "disturbance_between", "CopyProbe", "COPY_PROBE_BYTES"]
 
 _STAT = Path("/proc/stat")
 _PRESSURE = Path("/proc/pressure/cpu")
@@ -78,3 +89,43 @@ def disturbance_between(before: Counters, after: Counters, cpus: int | None = No
     if before.pressure_s is not None and after.pressure_s is not None:
         out["cpu_pressure_pct"] = round(100.0 * (after.pressure_s - before.pressure_s) / wall, 1)
     return out
+
+
+#: bytes copied by one :class:`CopyProbe` reading: twice a 32 MiB last-level cache, so that the copy
+#: streams from and to memory, yet short (a few ms at tens of GB/s)
+COPY_PROBE_BYTES = 64 * 2**20
+
+
+class CopyProbe:
+    """Host memory bandwidth available now, in GB/s (bytes read + bytes written per second, 1e9 bytes).
+
+    Each call times ``repeats`` copies of ``nbytes`` between two float32 CPU tensors with torch's
+    copy (on as many threads as torch uses, like the measurement) and returns the median. The buffers
+    are allocated and touched once, on the first call, and kept, so a reading takes no page faults.
+    A reading well below the best of the same run means something else was using the memory bus.
+    """
+
+    def __init__(self, nbytes: int = COPY_PROBE_BYTES, repeats: int = 5) -> None:
+        if nbytes < 4 or repeats < 1:
+            raise ValueError(f"CopyProbe needs nbytes >= 4 and repeats >= 1; got nbytes={nbytes}, repeats={repeats}")
+        self.nbytes = nbytes - nbytes % 4
+        self.repeats = repeats
+        self._src = self._dst = None
+
+    def __call__(self) -> float:
+        import torch  # the counters above need no torch; only the probe does
+
+        if self._src is None:
+            self._src = torch.ones(self.nbytes // 4, dtype=torch.float32)
+            self._dst = torch.empty_like(self._src)
+            self._dst.copy_(self._src)  # first touch: page faults belong to no reading
+        rates = []
+        for _ in range(self.repeats):
+            start = time.perf_counter_ns()
+            self._dst.copy_(self._src)
+            rates.append(2 * self.nbytes / max(time.perf_counter_ns() - start, 1))  # bytes per ns = GB/s
+        return statistics.median(rates)
+
+    def close(self) -> None:
+        """Free the buffers (a later call allocates them again)."""
+        self._src = self._dst = None

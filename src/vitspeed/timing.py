@@ -13,7 +13,11 @@ How a measurement is taken (see :func:`measure`):
 - then rounds: each round takes one sample of every callable (A B, then B A, ...), so slow drift
   (clock boost, thermal state, other tenants) hits all of them alike;
 - the Python garbage collector is paused during the rounds;
-- median and spread (IQR, 10th/90th percentiles) are reported, never the minimum or the mean alone.
+- median and spread (IQR, 10th/90th percentiles) are reported, never the minimum or the mean alone;
+- on the CPU, the process's minor page faults during the timed samples, per call
+  (``page_faults_per_call``): a call that keeps taking fresh pages (an allocator handing memory back
+  to the OS, a fragmented heap) pays the kernel's page-fault cost inside its timing, which is not the
+  cost of its arithmetic. On a warm, kept heap it is near 0.
 """
 from __future__ import annotations
 
@@ -72,11 +76,14 @@ class Timing:
     """Summary of the samples of one callable; all values in **seconds per call**.
 
     ``samples`` are per-call times (each sample's duration divided by ``calls_per_sample``);
+    ``page_faults_per_call``: minor page faults of the whole process per timed call (CPU timings on
+    systems with ``getrusage``; None otherwise);
     percentiles use linear interpolation (numpy's default); ``iqr_s`` = q75 - q25.
     """
 
     samples: list[float]
     calls_per_sample: int = 1
+    page_faults_per_call: float | None = None
     median_s: float = field(init=False)
     iqr_s: float = field(init=False)
     p10_s: float = field(init=False)
@@ -97,10 +104,11 @@ class Timing:
         self.n = int(arr.size)
 
     def row(self) -> dict[str, Any]:
-        """The summary in **milliseconds per call**: median_ms, iqr_ms, p10_ms, p90_ms, mean_ms, n, calls_per_sample."""
+        """The summary in **milliseconds per call**: median_ms, iqr_ms, p10_ms, p90_ms, mean_ms, n,
+        calls_per_sample, page_faults_per_call."""
         return {"median_ms": self.median_s * 1e3, "iqr_ms": self.iqr_s * 1e3, "p10_ms": self.p10_s * 1e3,
                 "p90_ms": self.p90_s * 1e3, "mean_ms": self.mean_s * 1e3, "n": self.n,
-                "calls_per_sample": self.calls_per_sample}
+                "calls_per_sample": self.calls_per_sample, "page_faults_per_call": self.page_faults_per_call}
 
 
 def _as_device(device: str | torch.device) -> torch.device:
@@ -115,6 +123,15 @@ def _device_context(dev: torch.device) -> contextlib.AbstractContextManager:
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+def _minor_faults() -> int | None:
+    """Minor page faults of this process (all its threads) so far; None without ``getrusage``."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _time_cpu(fn: Callable[[], Any], inner: int) -> float:
@@ -162,8 +179,9 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     seconds in total, up to ``max_repeats`` samples (default 10 x repeats).  On CUDA each sample is
     timed with a pair of CUDA events on the current stream, starting on a synchronized (idle) device
     so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.
-    Callables should not allocate their inputs: everything they do is timed. ``flush_cache`` (default:
-    on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so that no
+    On the CPU each Timing also counts the process's minor page faults per timed call (read between
+    samples, outside the timed window). Callables should not allocate their inputs: everything they
+    do is timed. ``flush_cache`` (default: on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so that no
     sample finds the previous one's inputs and weights in the GPU's L2 cache (50 MB on an H200 holds a
     bfloat16 DeiT-S); the device is idle again before the sample starts.
     """
@@ -179,6 +197,7 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     max_repeats = max(repeats, max_repeats if max_repeats is not None else 10 * repeats)
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    faults = {name: 0 for name in names}
     if flush_cache is None:
         flush_cache = dev.type == "cuda"
     if flush_cache and dev.type != "cuda":
@@ -215,7 +234,11 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
                     samples[name].append(start.elapsed_time(end) * 1e-3 / inner[name])
             else:
                 for name in order:
+                    before = _minor_faults()  # read outside the timed window
                     samples[name].append(_time_cpu(fns[name], inner[name]) / inner[name])
+                    after = _minor_faults()
+                    if before is not None and after is not None:
+                        faults[name] += after - before
 
         bar = _progress_bar(total=len(names) * repeats, desc="timing", enabled=progress)
         gc_was_enabled = gc.isenabled()
@@ -239,7 +262,10 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
             if gc_was_enabled:
                 gc.enable()
             bar.close()
-    return {name: Timing(samples[name], calls_per_sample=inner[name]) for name in names}
+    counted = dev.type == "cpu" and _minor_faults() is not None
+    return {name: Timing(samples[name], calls_per_sample=inner[name],
+                         page_faults_per_call=faults[name] / (len(samples[name]) * inner[name]) if counted else None)
+            for name in names}
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

@@ -17,7 +17,7 @@ import torch
 
 from vitspeed.attention import build_core
 from vitspeed.compiling import CompileFailed, compile_module, no_recompiles
-from vitspeed.disturbance import disturbance_between, read_counters
+from vitspeed.disturbance import CopyProbe, disturbance_between, read_counters
 from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
@@ -215,7 +215,8 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
     for label, t in timings.items():
         r = t.row()
         rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
-                           p90_ms=r["p90_ms"], n=r["n"], throughput=items_per_call / t.median_s, status="ok")
+                           p90_ms=r["p90_ms"], n=r["n"], throughput=items_per_call / t.median_s,
+                           page_faults_per_call=r["page_faults_per_call"], status="ok")
     if not graphs:
         return
     if _timing.GRAPHS_DISABLED:
@@ -500,14 +501,25 @@ def approximation(candidates: Sequence[Candidate], tokens: int = 196, head_dim: 
 #: Percent of steal or CPU pressure above which a measured group is reported as disturbed.
 DISTURBED_PCT = 10.0
 
+#: A group whose copy bandwidth (``copy_gbps``) falls below this fraction of the best reading of its
+#: run is reported as disturbed: something else was using the memory bus.
+SLOW_COPY_FRACTION = 0.75
 
-def _warn_if_disturbed(chapter: str, rows: Sequence[dict[str, Any]], disturbed: dict[str, Any]) -> None:
-    worst = {k: v for k, v in disturbed.items() if v is not None and v > DISTURBED_PCT}
-    if worst and rows:
+
+def _warn_if_disturbed(chapter: str, rows: Sequence[dict[str, Any]], disturbed: dict[str, Any],
+                       best_copy_gbps: float | None = None) -> None:
+    worst = {k: v for k, v in disturbed.items()
+             if k in ("steal_pct", "cpu_pressure_pct") and v is not None and v > DISTURBED_PCT}
+    copy = disturbed.get("copy_gbps")
+    slow_copy = copy is not None and best_copy_gbps and copy < SLOW_COPY_FRACTION * best_copy_gbps
+    if (worst or slow_copy) and rows:
         keys = {k: rows[0].get(k) for k in ("level", "kind", "model", "tokens", "img_size", "batch_size", "dtype")
                 if rows[0].get(k) is not None}
+        why = [f"{k} {v}" for k, v in worst.items()]
+        if slow_copy:
+            why.append(f"copy_gbps {copy} against {best_copy_gbps:.1f} at best in this run")
         warnings.warn(f"{chapter}: {keys} was measured while the machine was busy "
-                      f"({', '.join(f'{k} {v}' for k, v in worst.items())}); other work competed with it, "
+                      f"({', '.join(why)}); other work competed with it, "
                       "so re-run it on an idle machine before reading its timings", RuntimeWarning, stacklevel=3)
 
 
@@ -520,8 +532,11 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
     ``run_id`` (configs already written are skipped);
     a config that runs out of memory as a whole is recorded with status 'oom'. Every row gets
     ``steal_pct`` and ``cpu_pressure_pct`` over its config's measurement
-    (:func:`vitspeed.disturbance.disturbance_between`); a config measured with more than
-    :data:`DISTURBED_PCT` percent of either gets a RuntimeWarning naming it. Returns this run's rows.
+    (:func:`vitspeed.disturbance.disturbance_between`) and, on the CPU, ``copy_gbps``: the lower of
+    two :class:`vitspeed.disturbance.CopyProbe` readings of the memory bandwidth, just before and just
+    after the config (GB/s). A config measured with more than :data:`DISTURBED_PCT` percent of steal or
+    pressure, or with a copy bandwidth below :data:`SLOW_COPY_FRACTION` of the best reading of the run
+    so far, gets a RuntimeWarning naming it. Returns this run's rows.
     Past the deadline in ``$VITSPEED_DEADLINE`` (set by ``vitspeed run --time-budget``) no new config
     starts: :class:`vitspeed.timing.SweepIncomplete` is raised with the finished rows written.
     """
@@ -537,13 +552,21 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
         env["dtype"] = ",".join(dtypes)
         writer = ResultsWriter(chapter, env, run_id=run_id)
         done = writer.done_keys(key_fields)
+        probe = CopyProbe() if dev.type == "cpu" else None
+        copy_before = probe() if probe else None
+        best_copy = copy_before
         before = read_counters()
         for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done,
                             key_fields=key_fields, desc=chapter, deadline=deadline_from_env()):
             # how disturbed the machine was while this config was measured: every row of it says so
             disturbed = disturbance_between(before, read_counters())
+            if probe is not None:
+                copy_after = probe()
+                disturbed["copy_gbps"] = round(min(copy_before, copy_after), 1)
+                best_copy = max(best_copy, copy_after)
+                copy_before = copy_after
             rows = result["rows"] if "rows" in result else [result]
             writer.extend([{**row, **disturbed} for row in rows])
-            _warn_if_disturbed(chapter, rows, disturbed)
+            _warn_if_disturbed(chapter, rows, disturbed, best_copy)
             before = read_counters()
     return read_csv(writer.path) if writer.path.exists() else pd.DataFrame()

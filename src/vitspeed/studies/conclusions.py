@@ -246,7 +246,7 @@ _SAME_MODEL_ROWS: dict[str, dict[str, Any]] = {
     # the hybrids chapter times (folded), so a gap between the two would not be run-to-run variation
     "scaling": {"where": {"level": "model", "attention": "softmax"}, "name": None},
 }
-_DISTURBANCE = ("steal_pct", "cpu_pressure_pct")
+_DISTURBANCE = ("steal_pct", "cpu_pressure_pct", "copy_gbps")
 #: Models named in more than one chapter, and their short names.
 SAME_MODELS = {"deit_tiny_patch16_224": "DeiT-T", "deit_small_patch16_224": "DeiT-S",
                "swin_tiny_patch4_window7_224": "Swin-T", "efficientvit_b1": "EfficientViT-B1"}
@@ -260,9 +260,9 @@ def same_models(frames: Mapping[str, pd.DataFrame], img_size: int = 224, batch_s
     hardware's newest run); chapters not given are skipped. Only the models of :data:`SAME_MODELS`
     with softmax attention as timm ships it (fused SDPA for DeiT), eager, at ``img_size`` and
     ``batch_size``. Columns: model (short name), hardware, dtype, chapter (results name), measurement
-    (the chapter, or which of its groups), median_ms, iqr_ms (whole forward pass), steal_pct and
-    cpu_pressure_pct while it was measured (nan for runs that predate the record). The scaling
-    chapter's backbone is DeiT-S.
+    (the chapter, or which of its groups), median_ms, iqr_ms (whole forward pass), steal_pct,
+    cpu_pressure_pct and copy_gbps (host memory bandwidth, GB/s) while it was measured (nan for runs
+    that predate the record). The scaling chapter's backbone is DeiT-S.
     """
     out = []
     for measurement, rule in _SAME_MODEL_ROWS.items():
@@ -294,17 +294,18 @@ def agreement(rows: pd.DataFrame) -> pd.DataFrame:
     """How far apart the chapters' medians of one model are (:func:`same_models` rows): per (model,
     hardware, dtype) the number of chapters and of measurements (a chapter may time it in two groups),
     the lowest and highest median (ms), ``spread_pct`` = 100 x (highest / lowest - 1),
-    ``median_iqr_pct``, the typical relative IQR within one run, and the largest CPU pressure and
-    steal (percent) recorded while any of them was measured."""
+    ``median_iqr_pct``, the typical relative IQR within one run, the largest CPU pressure and
+    steal (percent) and the lowest copy bandwidth (``min_copy_gbps``, GB/s) recorded while any of
+    them was measured (nan where no run of them has the record)."""
     cols = ["model", "hardware", "dtype", "chapters", "measurements", "lowest_ms", "highest_ms", "spread_pct",
-            "median_iqr_pct", "max_cpu_pressure_pct", "max_steal_pct"]
+            "median_iqr_pct", "max_cpu_pressure_pct", "max_steal_pct", "min_copy_gbps"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
     g = rows.assign(rel_iqr=100 * rows.iqr_ms / rows.median_ms).groupby(["model", "hardware", "dtype"])
     out = g.agg(chapters=("chapter", "nunique"), measurements=("measurement", "nunique"),
                 lowest_ms=("median_ms", "min"), highest_ms=("median_ms", "max"),
                 median_iqr_pct=("rel_iqr", "median"), max_cpu_pressure_pct=("cpu_pressure_pct", "max"),
-                max_steal_pct=("steal_pct", "max")).reset_index()
+                max_steal_pct=("steal_pct", "max"), min_copy_gbps=("copy_gbps", "min")).reset_index()
     out["spread_pct"] = 100 * (out.highest_ms / out.lowest_ms - 1)
     return out[cols]
 

@@ -174,7 +174,8 @@ def gemm_shapes(img_sizes: Iterable[int], device: str = "cpu", dtype: str = "flo
         rows.append({"level": "gemm", "family": "gemm", "attention": "fc1", "label": f"M={m}", "size": m,
                      "model_img_size": s, "device": dev.type, "dtype": dtype, "threads": torch.get_num_threads(),
                      "median_ms": r["median_ms"], "iqr_ms": r["iqr_ms"], "n": r["n"], "flops": flops,
-                     "flops_per_s": flops / (r["median_ms"] / 1e3), "status": "ok"})
+                     "flops_per_s": flops / (r["median_ms"] / 1e3),
+                     "page_faults_per_call": r["page_faults_per_call"], "status": "ok"})
     return rows
 
 

@@ -112,6 +112,7 @@ def time_share(model_name: str, img_size: int, device: str = "cpu", dtype: str =
             "median_ms": parts[comp] * 1e3,
             "iqr_ms": t.iqr_s * 1e3 if t is not None else float("nan"),
             "total_ms": total * 1e3, "total_iqr_ms": timings["total"].iqr_s * 1e3,
+            "page_faults_per_call": t.page_faults_per_call if t is not None else None,
             "time_share": parts[comp] / total, "macs": flops[comp]["macs"],
             "macs_share": flops[comp]["macs"] / total_macs, "repeats": repeats,
         })
