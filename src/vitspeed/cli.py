@@ -94,7 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, help="run id of the saved profile (default: a UTC timestamp)")
     p.add_argument("--no-save", action="store_true", help="print only; write nothing to data/")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("monitor", help="how steady this machine is: memory copy, GEMM, DeiT-S and explicit-attention "
+                       "probes, repeated for a while (data/host_monitor)")
+    p.add_argument("--seconds", type=float, default=600.0, help="how long to keep probing (default 600)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--run-id", default=None, help="run id of the saved series (default: a UTC timestamp)")
+    p.add_argument("--no-save", action="store_true", help="print only; write nothing to data/")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _cmd_monitor(args: argparse.Namespace) -> dict[str, Any]:
+    from vitspeed.host_monitor import monitor_rows, save_monitor
+
+    if args.no_save:
+        rows, _ = monitor_rows(args.seconds, args.threads)
+        path = None
+    else:
+        path = save_monitor(args.seconds, args.threads, run_id=args.run_id)
+        from vitspeed.results import read_csv
+
+        rows = read_csv(path).to_dict("records")
+    if not args.json:
+        print(" tick  elapsed_s  copy GB/s  GEMM GFLOP/s  DeiT-S ms  explicit core ms  steal %  pressure %")
+        for r in rows:
+            print(f"{int(r['tick']):5d} {float(r['elapsed_s']):10.1f} {float(r['copy_gbps']):10.1f} "
+                  f"{float(r['gemm_gflops']):13.1f} {float(r['model_ms']):10.1f} {float(r['core_ms']):17.1f} "
+                  f"{r['steal_pct']!s:>8} {r['cpu_pressure_pct']!s:>11}")
+        if path:
+            print(f"saved: {path}")
+    return {"rows": rows, "path": str(path) if path else None}
 
 
 def _cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
@@ -270,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vitspeed.timing import is_oom_error
 
     args = build_parser().parse_args(argv)
-    handlers = {"list": _cmd_list, "flops": _cmd_flops, "bench": _cmd_bench, "run": _cmd_run, "profile": _cmd_profile}
+    handlers = {"list": _cmd_list, "flops": _cmd_flops, "bench": _cmd_bench, "run": _cmd_run, "profile": _cmd_profile,
+                "monitor": _cmd_monitor}
     previous = signal.signal(signal.SIGTERM, _terminate) if args.command == "run" else None
     try:
         result = handlers[args.command](args)

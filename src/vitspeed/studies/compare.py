@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
@@ -501,24 +502,27 @@ def approximation(candidates: Sequence[Candidate], tokens: int = 196, head_dim: 
 #: Percent of steal or CPU pressure above which a measured group is reported as disturbed.
 DISTURBED_PCT = 10.0
 
-#: A group whose copy bandwidth (``copy_gbps``) falls below this fraction of the best reading of its
-#: run is reported as disturbed: something else was using the memory bus.
-SLOW_COPY_FRACTION = 0.75
+#: A group whose copy bandwidth (``copy_gbps``) is below this fraction of the median reading of its
+#: run so far, or above its inverse, is reported as disturbed. Both ways: on a shared host a
+#: neighbour's traffic lowers it, and the hypervisor moving our virtual CPUs to other cores can
+#: raise it while compute gets slower (seen on the machine of the published CPU runs).
+COPY_DEVIATION = 0.75
 
 
 def _warn_if_disturbed(chapter: str, rows: Sequence[dict[str, Any]], disturbed: dict[str, Any],
-                       best_copy_gbps: float | None = None) -> None:
+                       copy_reference: float | None = None) -> None:
     worst = {k: v for k, v in disturbed.items()
              if k in ("steal_pct", "cpu_pressure_pct") and v is not None and v > DISTURBED_PCT}
     copy = disturbed.get("copy_gbps")
-    slow_copy = copy is not None and best_copy_gbps and copy < SLOW_COPY_FRACTION * best_copy_gbps
-    if (worst or slow_copy) and rows:
+    odd_copy = (copy is not None and bool(copy_reference)
+                and not COPY_DEVIATION * copy_reference <= copy <= copy_reference / COPY_DEVIATION)
+    if (worst or odd_copy) and rows:
         keys = {k: rows[0].get(k) for k in ("level", "kind", "model", "tokens", "img_size", "batch_size", "dtype")
                 if rows[0].get(k) is not None}
         why = [f"{k} {v}" for k, v in worst.items()]
-        if slow_copy:
-            why.append(f"copy_gbps {copy} against {best_copy_gbps:.1f} at best in this run")
-        warnings.warn(f"{chapter}: {keys} was measured while the machine was busy "
+        if odd_copy:
+            why.append(f"copy_gbps {copy} against a run median of {copy_reference:.1f}")
+        warnings.warn(f"{chapter}: {keys} was measured while the machine was busy or changed "
                       f"({', '.join(why)}); other work competed with it, "
                       "so re-run it on an idle machine before reading its timings", RuntimeWarning, stacklevel=3)
 
@@ -535,8 +539,8 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
     (:func:`vitspeed.disturbance.disturbance_between`) and, on the CPU, ``copy_gbps``: the lower of
     two :class:`vitspeed.disturbance.CopyProbe` readings of the memory bandwidth, just before and just
     after the config (GB/s). A config measured with more than :data:`DISTURBED_PCT` percent of steal or
-    pressure, or with a copy bandwidth below :data:`SLOW_COPY_FRACTION` of the best reading of the run
-    so far, gets a RuntimeWarning naming it. Returns this run's rows.
+    pressure, or with a copy bandwidth off the median reading of the run so far by more than
+    :data:`COPY_DEVIATION` either way, gets a RuntimeWarning naming it. Returns this run's rows.
     Past the deadline in ``$VITSPEED_DEADLINE`` (set by ``vitspeed run --time-budget``) no new config
     starts: :class:`vitspeed.timing.SweepIncomplete` is raised with the finished rows written.
     """
@@ -554,7 +558,7 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
         done = writer.done_keys(key_fields)
         probe = CopyProbe() if dev.type == "cpu" else None
         copy_before = probe() if probe else None
-        best_copy = copy_before
+        copy_readings = [copy_before]
         before = read_counters()
         for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done,
                             key_fields=key_fields, desc=chapter, deadline=deadline_from_env()):
@@ -563,10 +567,11 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
             if probe is not None:
                 copy_after = probe()
                 disturbed["copy_gbps"] = round(min(copy_before, copy_after), 1)
-                best_copy = max(best_copy, copy_after)
+                copy_readings.append(copy_after)
                 copy_before = copy_after
             rows = result["rows"] if "rows" in result else [result]
             writer.extend([{**row, **disturbed} for row in rows])
-            _warn_if_disturbed(chapter, rows, disturbed, best_copy)
+            _warn_if_disturbed(chapter, rows, disturbed,
+                               statistics.median(copy_readings) if probe is not None else None)
             before = read_counters()
     return read_csv(writer.path) if writer.path.exists() else pd.DataFrame()

@@ -1,0 +1,56 @@
+"""vitspeed.host_monitor and `vitspeed monitor`: a time series of the host's probes."""
+import json
+import math
+
+import pytest
+
+from vitspeed import host_monitor
+from vitspeed.cli import main
+from vitspeed.results import read_csv
+
+TINY = {"model": "deit_tiny_patch16_224", "core": ("softmax_explicit", 64, 2, 16)}
+PROBES = ("copy_gbps", "gemm_gflops", "model_ms", "core_ms")
+
+
+def test_monitor_ticks_until_the_time_is_up():
+    rows = host_monitor.monitor(0.5, threads=1, **TINY)
+    assert len(rows) >= 2  # a tiny tick takes well under 0.5 s
+    assert [r["tick"] for r in rows] == list(range(len(rows)))
+    assert all(a["elapsed_s"] < b["elapsed_s"] for a, b in zip(rows, rows[1:]))
+    assert rows[-1]["elapsed_s"] < 0.5  # no tick starts after the deadline
+    for r in rows:
+        assert r["threads"] == 1
+        for probe in PROBES:
+            assert math.isfinite(r[probe]) and r[probe] > 0, (probe, r[probe])
+        assert {"steal_pct", "cpu_pressure_pct"} <= set(r)
+    # an explicit 64-token core is far cheaper than DeiT-T's forward
+    assert sorted(r["core_ms"] for r in rows)[len(rows) // 2] < sorted(r["model_ms"] for r in rows)[len(rows) // 2]
+
+
+def test_monitor_takes_at_least_one_tick_and_refuses_no_time():
+    assert len(host_monitor.monitor(1e-9, threads=1, **TINY)) == 1
+    with pytest.raises(ValueError, match="seconds must be positive"):
+        host_monitor.monitor(0)
+
+
+def test_saved_series_names_its_probes_and_refuses_a_used_run_id(tmp_path):
+    path = host_monitor.save_monitor(0.3, threads=1, run_id="20260101-000000", root=tmp_path, **TINY)
+    assert path.parent.name == "host_monitor" and path.name.endswith("__20260101-000000.csv")
+    rows = read_csv(path)
+    assert len(rows) >= 1 and (rows.model == "deit_tiny_patch16_224").all()
+    assert (rows.core == "softmax_explicit").all() and (rows.core_tokens == 64).all()
+    env = json.loads(path.with_suffix(".env.json").read_text())
+    assert env["profiler"] == "host monitor" and env["cpu_allocator"] == "kept heap"
+    with pytest.raises(ValueError, match="exists already"):
+        host_monitor.save_monitor(0.3, threads=1, run_id="20260101-000000", root=tmp_path, **TINY)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["monitor", "--seconds", "0"], "--seconds must be positive"),
+    (["monitor", "--seconds", "1", "--threads", "0"], "--threads must be at least 1"),
+])
+def test_cli_refuses_bad_input_with_status_2_and_writes_nothing(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
