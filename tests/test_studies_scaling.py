@@ -210,6 +210,10 @@ def test_allocator_effect_puts_both_settings_side_by_side():
     assert eff.loc["softmax", "slowdown"] == 1.5 and eff.loc["softmax_explicit", "slowdown"] == 3.0
     assert eff.loc["softmax_explicit", "default_ms"] == 9.0 and eff.loc["softmax_explicit", "kept_ms"] == 3.0
     assert S.allocator_effect(rows[rows.level == "core"]).empty
+    assert eff.default_faults.isna().all()  # rows made before page faults were counted
+    counted = rows.assign(page_faults_per_call=[12.0, 0.0, 4096.0, 0.5, 0.0])
+    eff = S.allocator_effect(counted).set_index("attention")
+    assert (eff.loc["softmax_explicit", "default_faults"], eff.loc["softmax_explicit", "kept_faults"]) == (4096.0, 0.5)
 
 
 def test_allocator_finding_states_the_slowdowns_or_their_absence():
@@ -236,6 +240,9 @@ def test_allocator_finding_states_the_slowdowns_or_their_absence():
     assert " At 4096 tokens in bfloat16, with glibc's default allocator the explicit softmax takes 144 ms" in text
     assert text.count("The other rows of this run") == 1
     assert "not run here" in S.allocator_finding(rows, "float32")
+    counted = rows.assign(page_faults_per_call=[10.0, 0.0, 36864.0, 0.25] * 2)
+    assert ("with the kept heap (48.00 times by the medians, 36,864 against 0 page faults per call)"
+            in S.allocator_finding(counted, "bfloat16"))
     assert "not run here" in S.allocator_finding(rows.assign(level="core"), "bfloat16")
 
 

@@ -501,20 +501,28 @@ def predicted_crossovers(variants: str | Iterable[str] = "all", head_dim: int = 
 def allocator_effect(results: pd.DataFrame, by: Sequence[str] = ("hardware", "dtype", "tokens")) -> pd.DataFrame:
     """The allocator rows (``level='allocator'``, status ok) side by side: per ``by`` group and
     attention, ``default_ms`` (glibc's default allocator) and ``kept_ms`` (the kept heap), medians
-    per call in ms, their IQRs, and ``slowdown`` = default_ms / kept_ms (> 1: glibc's defaults cost
-    time). Empty when no allocator rows exist."""
-    cols = [*by, "attention", "default_ms", "default_iqr_ms", "kept_ms", "kept_iqr_ms", "slowdown"]
+    per call in ms, their IQRs, ``slowdown`` = default_ms / kept_ms (> 1: glibc's defaults cost
+    time) and ``default_faults`` / ``kept_faults``, the minor page faults per timed call (nan for
+    runs that predate the count). Empty when no allocator rows exist."""
+    cols = [*by, "attention", "default_ms", "default_iqr_ms", "kept_ms", "kept_iqr_ms", "slowdown",
+            "default_faults", "kept_faults"]
     if "level" not in results or "allocator" not in results:
         return pd.DataFrame(columns=cols)
     df = results[(results.level == "allocator") & (results.status.fillna("ok") == "ok")]
     if df.empty:
         return pd.DataFrame(columns=cols)
+    if "page_faults_per_call" not in df:
+        df = df.assign(page_faults_per_call=float("nan"))
     keys = [b for b in by if b in df.columns] + ["attention"]
-    wide = df.pivot_table(index=keys, columns="allocator", values=["median_ms", "iqr_ms"], aggfunc="median")
+    wide = df.pivot_table(index=keys, columns="allocator", values=["median_ms", "iqr_ms", "page_faults_per_call"],
+                          aggfunc="median", dropna=False)
+    faults = wide["page_faults_per_call"] if "page_faults_per_call" in wide.columns.get_level_values(0) else None
     out = pd.DataFrame({"default_ms": wide[("median_ms", DEFAULT_LABEL)],
                         "default_iqr_ms": wide[("iqr_ms", DEFAULT_LABEL)],
                         "kept_ms": wide[("median_ms", KEPT_LABEL)], "kept_iqr_ms": wide[("iqr_ms", KEPT_LABEL)]})
     out["slowdown"] = out.default_ms / out.kept_ms
+    for label, col in ((DEFAULT_LABEL, "default_faults"), (KEPT_LABEL, "kept_faults")):
+        out[col] = faults[label] if faults is not None and label in faults else float("nan")
     return out.reset_index()
 
 
@@ -534,9 +542,11 @@ def allocator_finding(results: pd.DataFrame, dtype: str | Sequence[str], current
 
     def pair(r: Any) -> str:
         spread = noise(r.default_ms, r.default_iqr_ms, r.kept_ms, r.kept_iqr_ms)
+        faults = ("" if pd.isna(r.default_faults) or pd.isna(r.kept_faults) else
+                  f", {r.default_faults:,.0f} against {r.kept_faults:,.0f} page faults per call")
         return (f"{sig(r.default_ms)} ms per call (IQR {sig(r.default_iqr_ms)}) against {sig(r.kept_ms)} ms "
                 f"(IQR {sig(r.kept_iqr_ms)}) with the kept heap ({r.slowdown:.2f} times by the medians"
-                + ("" if beyond_spread(r.slowdown, spread) else ", within their spread") + ")")
+                + ("" if beyond_spread(r.slowdown, spread) else ", within their spread") + faults + ")")
 
     sentences = []
     for dt in (d for d in dtypes if (eff.dtype == d).any()):
