@@ -520,10 +520,12 @@ def _warn_if_disturbed(chapter: str, rows: Sequence[dict[str, Any]], disturbed: 
         keys = {k: rows[0].get(k) for k in ("level", "kind", "model", "tokens", "img_size", "batch_size", "dtype")
                 if rows[0].get(k) is not None}
         why = [f"{k} {v}" for k, v in worst.items()]
+        causes = ["other work competed with it"] if worst else []
         if odd_copy:
             why.append(f"copy_gbps {copy} against a run median of {copy_reference:.1f}")
+            causes.append("the host's memory system ran differently from the rest of the run")
         warnings.warn(f"{chapter}: {keys} was measured while the machine was busy or changed "
-                      f"({', '.join(why)}); other work competed with it, "
+                      f"({', '.join(why)}); {' and '.join(causes)}, "
                       "so re-run it on an idle machine before reading its timings", RuntimeWarning, stacklevel=3)
 
 
