@@ -8,14 +8,16 @@ Two system-wide counters, read before and after:
   waited for a CPU (``/proc/pressure/cpu``, "some" total), in percent. Our own measurement uses as
   many threads as it is given cores, so a high value means other processes competed with it.
 
-Neither sees a neighbour that leaves our CPUs alone but saturates the memory bus, and on a shared
-host that slows memory-bound operators (a Jaccard core at N = 3136 ran 3.6 times slower for minutes
-while DeiT-S kept its time). So a third reading:
+Neither sees what a shared host does to memory: a neighbour that leaves our CPUs alone but
+saturates the memory bus slows memory-bound operators (a Jaccard core at N = 3136 ran 3.6 times
+slower for minutes while DeiT-S kept its time), and on the machine of the published CPU runs there
+are spells in which the copy bandwidth is far higher and DeiT-S slower (``vitspeed monitor``; the
+hypervisor placing the virtual CPUs elsewhere, we read). So a third reading:
 
 - *copy bandwidth*: :class:`CopyProbe` copies a buffer twice the size of a typical last-level cache
   and reports GB/s (bytes read plus bytes written, per second, 1e9 bytes); a sweep records the lower of
   the readings taken before and after each measured group (``copy_gbps``) and compares it with the
-  best reading of its run.
+  median reading of its run so far.
 
 None of them says a timing is wrong; they say when a result deserves a second run. Units: percent
 (steal, pressure), GB/s (copy bandwidth).
@@ -102,7 +104,8 @@ class CopyProbe:
     Each call times ``repeats`` copies of ``nbytes`` between two float32 CPU tensors with torch's
     copy (on as many threads as torch uses, like the measurement) and returns the median. The buffers
     are allocated and touched once, on the first call, and kept, so a reading takes no page faults.
-    A reading well below the best of the same run means something else was using the memory bus.
+    A reading far from the others of the same run means the host's memory system ran differently:
+    below, something else was using the memory bus; above, the machine was placed differently.
     """
 
     def __init__(self, nbytes: int = COPY_PROBE_BYTES, repeats: int = 5) -> None:
