@@ -43,3 +43,24 @@ def test_steadiness_text_rounds_for_the_sentence():
     assert (said["copy_hi"], said["copy_lo"]) == (60.5, 40.5)
     assert (said["pressure_hi"], said["pressure_lo"], said["steal_hi"]) == (0.5, 0.5, 0.0)
     assert said["r_model_copy"] > 0.95 and said["model_ms_spread"] == pytest.approx(20.0, abs=0.5)
+
+
+def test_steadiness_text_reads_the_correlation_and_the_counters():
+    said = host.steadiness_text(_two_regimes())
+    assert said["tick_s"] == 6.0
+    assert said["reading"].startswith("Faster copies came with a slower DeiT-S")
+    assert "(a reading:" in said["reading"]  # the interpretation is labelled as one
+    assert said["counters"].startswith("Steal and CPU pressure, the two counters")
+    # copy bandwidth and model time moving together the other way: a neighbour's traffic
+    flipped = _two_regimes().assign(model_ms=lambda d: 132.0 - d.model_ms)
+    assert host.steadiness_text(flipped)["reading"].startswith("Slower copies came with a slower DeiT-S")
+    # pressure that differs between the halves: the counters sentence does not claim they missed it
+    busy = _two_regimes().assign(cpu_pressure_pct=lambda d: [0.5] * 10 + [20.0] * 10)
+    assert host.steadiness_text(busy)["counters"].startswith("The copy bandwidth every CPU row")
+
+
+def test_a_missing_series_gives_placeholders_for_every_key():
+    said = host.steadiness_text(_two_regimes().head(3))
+    full = host.steadiness_text(_two_regimes())
+    assert set(said) == set(full)
+    assert said["reading"] == host.NO_SERIES and said["model_hi"] == "-" and said["counters"] == ""
