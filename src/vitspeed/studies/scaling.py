@@ -511,18 +511,16 @@ def allocator_effect(results: pd.DataFrame, by: Sequence[str] = ("hardware", "dt
     df = results[(results.level == "allocator") & (results.status.fillna("ok") == "ok")]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    if "page_faults_per_call" not in df:
-        df = df.assign(page_faults_per_call=float("nan"))
     keys = [b for b in by if b in df.columns] + ["attention"]
-    wide = df.pivot_table(index=keys, columns="allocator", values=["median_ms", "iqr_ms", "page_faults_per_call"],
-                          aggfunc="median", dropna=False)
-    faults = wide["page_faults_per_call"] if "page_faults_per_call" in wide.columns.get_level_values(0) else None
+    values = ["median_ms", "iqr_ms"] + (["page_faults_per_call"] if "page_faults_per_call" in df else [])
+    wide = df.pivot_table(index=keys, columns="allocator", values=values, aggfunc="median")
     out = pd.DataFrame({"default_ms": wide[("median_ms", DEFAULT_LABEL)],
                         "default_iqr_ms": wide[("iqr_ms", DEFAULT_LABEL)],
                         "kept_ms": wide[("median_ms", KEPT_LABEL)], "kept_iqr_ms": wide[("iqr_ms", KEPT_LABEL)]})
     out["slowdown"] = out.default_ms / out.kept_ms
     for label, col in ((DEFAULT_LABEL, "default_faults"), (KEPT_LABEL, "kept_faults")):
-        out[col] = faults[label] if faults is not None and label in faults else float("nan")
+        # absent for runs that predate the count (pivot_table drops an all-nan column too)
+        out[col] = wide[("page_faults_per_call", label)] if ("page_faults_per_call", label) in wide else float("nan")
     return out.reset_index()
 
 
