@@ -181,9 +181,10 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.
     On the CPU each Timing also counts the process's minor page faults per timed call (read between
     samples, outside the timed window). Callables should not allocate their inputs: everything they
-    do is timed. ``flush_cache`` (default: on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so that no
-    sample finds the previous one's inputs and weights in the GPU's L2 cache (50 MB on an H200 holds a
-    bfloat16 DeiT-S); the device is idle again before the sample starts.
+    do is timed. ``flush_cache`` (default: on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES`
+    before each sample, untimed, so that no sample finds the previous one's inputs and weights in the
+    GPU's L2 cache (50 MB on an H200 holds a bfloat16 DeiT-S); the device is idle again before the
+    sample starts.
     """
     if not fns:
         raise ValueError("measure needs at least one callable; got an empty dict")
