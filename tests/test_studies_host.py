@@ -29,9 +29,19 @@ def test_steadiness_reports_spread_and_correlation_per_probe():
     assert abs(t.loc["core_ms", "r_copy"]) < 0.5
 
 
-def test_split_by_copy_compares_the_two_halves():
-    s = host.split_by_copy(_two_regimes()).set_index("half")
+def test_copy_threshold_falls_in_the_gap_between_two_levels():
+    # 3 ticks at about 65 GB/s, 17 at about 37: the median (37) lies inside the low level, the threshold between
+    copy = pd.Series([65.0, 66.0, 64.0] + [36.0, 37.0, 38.0] * 5 + [37.0, 36.5])
+    cut = host.copy_threshold(copy)
+    assert 45 < cut < 56
+    assert cut == pytest.approx((copy[copy > 50].mean() + copy[copy < 50].mean()) / 2)
+    assert host.copy_threshold(pd.Series([40.0] * 5)) == 40.0  # one level: nothing above it
+
+
+def test_split_by_copy_compares_the_two_states():
+    s = host.split_by_copy(_two_regimes()).set_index("state")
     assert list(s.index) == ["high copy", "low copy"] and s.ticks.tolist() == [10, 10]
+    assert s.share_pct.tolist() == [50.0, 50.0]
     assert s.loc["high copy", "model_ms"] == pytest.approx(72.1)
     assert s.loc["low copy", "model_ms"] == pytest.approx(60.1)
 
@@ -42,6 +52,8 @@ def test_steadiness_text_rounds_for_the_sentence():
     assert (said["model_hi"], said["model_lo"]) == (72.1, 60.1)
     assert (said["copy_hi"], said["copy_lo"]) == (60.5, 40.5)
     assert (said["pressure_hi"], said["pressure_lo"], said["steal_hi"]) == (0.5, 0.5, 0.0)
+    assert said["share_hi"] == 50.0 and 41 < said["threshold"] < 59
+    assert said["between"] == 0.0  # 40-41 and 60-61 GB/s: no tick near the threshold of about 50
     assert said["r_model_copy"] > 0.95 and said["model_ms_spread"] == pytest.approx(20.0, abs=0.5)
 
 
@@ -54,7 +66,7 @@ def test_steadiness_text_reads_the_correlation_and_the_counters():
     # copy bandwidth and model time moving together the other way: a neighbour's traffic
     flipped = _two_regimes().assign(model_ms=lambda d: 132.0 - d.model_ms)
     assert host.steadiness_text(flipped)["reading"].startswith("Slower copies came with a slower DeiT-S")
-    # pressure that differs between the halves: the counters sentence does not claim they missed it
+    # pressure that differs between the states: the counters sentence does not claim they missed it
     busy = _two_regimes().assign(cpu_pressure_pct=lambda d: [0.5] * 10 + [20.0] * 10)
     assert host.steadiness_text(busy)["counters"].startswith("The copy bandwidth every CPU row")
 
@@ -64,3 +76,28 @@ def test_a_missing_series_gives_placeholders_for_every_key():
     full = host.steadiness_text(_two_regimes())
     assert set(said) == set(full)
     assert said["reading"] == host.NO_SERIES and said["model_hi"] == "-" and said["counters"] == ""
+
+
+def test_every_series_gives_one_row_per_run_oldest_first():
+    first = _two_regimes().assign(run_id="20261122-053848")
+    # a later series in which DeiT-S does not follow the copy bandwidth, and a stub too short to read
+    later = _two_regimes().assign(run_id="20261123-010000", model_ms=lambda d: 61.0 + 0.1 * (d.tick % 3))
+    stub = _two_regimes().head(2).assign(run_id="20261124-000000")
+    t = host.every_series(pd.concat([later, stub, first], ignore_index=True))
+    assert t.run_id.tolist() == ["20261122-053848", "20261123-010000"]
+    assert t.ticks.tolist() == [20, 20] and t.minutes.iloc[0] == pytest.approx(1.9)
+    assert t.high_copy_pct.tolist() == [50.0, 50.0]
+    assert (t.model_hi_ms.iloc[0], t.model_lo_ms.iloc[0]) == pytest.approx((72.1, 60.1))
+    assert t.r_model_copy.iloc[0] > 0.95 and abs(t.r_model_copy.iloc[1]) < 0.5
+    said = host.recurrence_text(t)
+    assert said.startswith("1 of 2 series show DeiT-S slower while copies were faster")
+    assert "1 no clear link" in said and "the opposite" not in said
+    assert "spent 50% of a series in the high-copy state, where DeiT-S took 61.1 to 72.1 ms" in said
+    # medians 66.1 (the two regimes) and 61.1 ms
+    assert f"{100 * (t.model_ms.max() / t.model_ms.min() - 1):.1f}% apart (61.1 to 66.1 ms)" in said
+
+
+def test_recurrence_text_with_one_or_no_series():
+    one = host.every_series(_two_regimes().assign(run_id="20261122-053848"))
+    assert host.recurrence_text(one).startswith("One series is on record")
+    assert host.recurrence_text(host.every_series(_two_regimes().head(2).assign(run_id="x"))) == host.NO_SERIES

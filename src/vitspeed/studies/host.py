@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["PROBES", "MIN_TICKS", "NO_SERIES", "steadiness", "split_by_copy", "steadiness_text"]
+__all__ = ["PROBES", "MIN_TICKS", "NO_SERIES", "steadiness", "copy_threshold", "split_by_copy", "steadiness_text",
+           "every_series", "recurrence_text"]
 
 #: probe column -> (what it measures, unit)
 PROBES = {"copy_gbps": ("memory copy, 64 MiB", "GB/s"),
@@ -34,15 +35,35 @@ def steadiness(series: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def copy_threshold(copy: pd.Series) -> float:
+    """The copy bandwidth (GB/s) that separates a series' two levels: the fixed point of "halfway between
+    the mean above and the mean below", started at the median (two-means clustering in one dimension,
+    Otsu's threshold for a bimodal histogram). On a host that switches between two states it falls in the
+    gap between them, where the median falls inside whichever state the host spent more time in."""
+    x = copy.astype(float).dropna().to_numpy()
+    cut = float(pd.Series(x).median())
+    for _ in range(100):
+        above, below = x[x > cut], x[x <= cut]
+        if len(above) == 0 or len(below) == 0:
+            return cut
+        nxt = float((above.mean() + below.mean()) / 2)
+        if nxt == cut:
+            break
+        cut = nxt
+    return cut
+
+
 def split_by_copy(series: pd.DataFrame) -> pd.DataFrame:
-    """The ticks split at the median copy bandwidth: per half (``half`` = "high copy" / "low copy")
-    the number of ticks and the median of every probe and of ``steal_pct`` and ``cpu_pressure_pct``
-    (where the series has them)."""
-    cut = series.copy_gbps.median()
-    half = pd.Series("low copy", index=series.index).where(series.copy_gbps <= cut, "high copy")
+    """The ticks split at :func:`copy_threshold`: per state (``state`` = "high copy" / "low copy") the
+    number of ticks, their share of the series (``share_pct``) and the median of every probe and of
+    ``steal_pct`` and ``cpu_pressure_pct`` (where the series has them)."""
+    cut = copy_threshold(series.copy_gbps)
+    state = pd.Series("low copy", index=series.index).where(series.copy_gbps <= cut, "high copy")
     cols = list(PROBES) + [c for c in ("steal_pct", "cpu_pressure_pct") if c in series]
-    out = series.assign(half=half).groupby("half")[cols].median()
-    out.insert(0, "ticks", series.assign(half=half).groupby("half").size())
+    grouped = series.assign(state=state).groupby("state")
+    out = grouped[cols].median()
+    out.insert(0, "share_pct", 100 * grouped.size() / len(series))
+    out.insert(0, "ticks", grouped.size())
     return out.reindex(["high copy", "low copy"]).reset_index()
 
 
@@ -70,7 +91,7 @@ def _counters(m: dict[str, Any]) -> str:
             and abs(m["steal_hi"] - m["steal_lo"]) < 1)
     if seen and same:
         return (f"Steal and CPU pressure, the two counters the chapters recorded until now, were the same in both "
-                f"halves (median {m['steal_hi']} and {m['steal_lo']}% steal, {m['pressure_hi']} and "
+                f"states (median {m['steal_hi']} and {m['steal_lo']}% steal, {m['pressure_hi']} and "
                 f"{m['pressure_lo']}% pressure per tick) and miss this; the copy bandwidth every CPU row now "
                 "records (copy_gbps, method page) shows it, which is why a sweep warns when a group's reading is "
                 "far from its run's median, in either direction")
@@ -81,23 +102,29 @@ def _counters(m: dict[str, Any]) -> str:
 def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
     """Numbers and sentences for the book on one series: ``ticks``, ``minutes`` covered, ``tick_s``
     (seconds per tick), the spread and median of every probe (``<probe>_spread``, percent, and
-    ``<probe>_median``, 1 decimal), the medians in the high- and low-copy halves of
-    :func:`split_by_copy` (``model_hi``/``model_lo``, ``core_``, ``copy_``, ``steal_`` and
-    ``pressure_``), the correlations of DeiT-S's and the core's time with the copy bandwidth
+    ``<probe>_median``, 1 decimal), the copy bandwidth separating the two states (``threshold``,
+    GB/s, :func:`copy_threshold`), the share of ticks within 10% of it (``between``, percent: few where the
+    bandwidth has two levels), the share of ticks in the high-copy state (``share_hi``, percent),
+    the medians in the high- and low-copy states of :func:`split_by_copy` (``model_hi``/``model_lo``,
+    ``core_``, ``copy_``, ``steal_`` and ``pressure_``), the correlations of DeiT-S's and the core's time with the copy bandwidth
     (``r_model_copy``, ``r_core_copy``, 2 decimals), ``reading`` (what the correlation suggests,
     labelled as a reading where it goes beyond the numbers) and ``counters`` (whether steal and
     pressure saw it). A series of fewer than :data:`MIN_TICKS` ticks gives "-" for every number,
     :data:`NO_SERIES` as its reading and no counters sentence."""
     if len(series) < MIN_TICKS:
-        keys = ["ticks", "minutes", "tick_s", "r_model_copy", "r_core_copy"]
+        keys = ["ticks", "minutes", "tick_s", "threshold", "between", "share_hi", "r_model_copy", "r_core_copy"]
         keys += [f"{p}_{k}" for p in PROBES for k in ("spread", "median")]
         keys += [f"{k}_{h}" for k in ("model", "core", "copy", "steal", "pressure") for h in ("hi", "lo")]
         return {**dict.fromkeys(keys, "-"), "reading": NO_SERIES, "counters": ""}
     table = steadiness(series).set_index("probe")
-    halves = split_by_copy(series).set_index("half")
+    halves = split_by_copy(series).set_index("state")
+    cut = copy_threshold(series.copy_gbps)
     out: dict[str, Any] = {"ticks": int(len(series)),
                            "minutes": round(float(series.elapsed_s.max()) / 60, 1),
-                           "tick_s": round(float(series.elapsed_s.max()) / (len(series) - 1), 2)}
+                           "tick_s": round(float(series.elapsed_s.max()) / (len(series) - 1), 2),
+                           "threshold": round(cut, 1),
+                           "between": round(float(100 * ((series.copy_gbps - cut).abs() <= 0.1 * cut).mean()), 1),
+                           "share_hi": round(float(halves.loc["high copy", "share_pct"]), 1)}
     for probe in PROBES:
         out[f"{probe}_spread"] = round(float(table.loc[probe, "spread_pct"]), 1)
         out[f"{probe}_median"] = round(float(table.loc[probe, "median"]), 1)
@@ -113,3 +140,62 @@ def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
     out["reading"] = _reading(out)
     out["counters"] = _counters(out)
     return out
+
+
+def every_series(monitor: pd.DataFrame) -> pd.DataFrame:
+    """One row per series (``run_id``, its UTC start) of a hardware's monitor runs, oldest first: ``minutes``,
+    ``ticks``, the median copy bandwidth (GB/s) and DeiT-S time (ms) over the series, the copy bandwidth
+    separating its two states (``threshold_gbps``, :func:`copy_threshold`), the share of ticks in the
+    high-copy state (``high_copy_pct``), DeiT-S's and the explicit core's medians in each state of
+    :func:`split_by_copy` (``model_hi_ms``, ``model_lo_ms``, ``core_hi_ms``, ``core_lo_ms``) and the
+    correlation of each with the copy bandwidth (``r_model_copy``, ``r_core_copy``). Series of fewer than
+    :data:`MIN_TICKS` ticks are left out."""
+    rows = []
+    for run_id, series in monitor.groupby("run_id", sort=True):
+        if len(series) < MIN_TICKS:
+            continue
+        states = split_by_copy(series).set_index("state")
+        copy = series.copy_gbps.astype(float)
+        rows.append({"run_id": run_id, "minutes": float(series.elapsed_s.max()) / 60, "ticks": len(series),
+                     "copy_gbps": copy.median(), "model_ms": series.model_ms.median(),
+                     "threshold_gbps": copy_threshold(copy),
+                     "high_copy_pct": states.loc["high copy", "share_pct"],
+                     "model_hi_ms": states.loc["high copy", "model_ms"],
+                     "model_lo_ms": states.loc["low copy", "model_ms"],
+                     "core_hi_ms": states.loc["high copy", "core_ms"],
+                     "core_lo_ms": states.loc["low copy", "core_ms"],
+                     "r_model_copy": series.model_ms.astype(float).corr(copy),
+                     "r_core_copy": series.core_ms.astype(float).corr(copy)})
+    return pd.DataFrame(rows, columns=["run_id", "minutes", "ticks", "copy_gbps", "model_ms", "threshold_gbps",
+                                       "high_copy_pct", "model_hi_ms", "model_lo_ms", "core_hi_ms", "core_lo_ms",
+                                       "r_model_copy", "r_core_copy"])
+
+
+def _span(values: pd.Series, fmt: str = ".1f") -> str:
+    lo, hi = float(values.min()), float(values.max())
+    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}} to {hi:{fmt}}"
+
+
+def recurrence_text(table: pd.DataFrame) -> str:
+    """A sentence on whether the series of :func:`every_series` agree: in how many DeiT-S was slower in the
+    high-copy state with a correlation above 0.5 (the pattern :func:`steadiness_text` reads as the hypervisor
+    moving the vCPUs), in how many the other way; the range of the share of time in the high-copy state and
+    of DeiT-S's median (ms) in each state; and how far apart the series' DeiT-S medians are (percent)."""
+    n = len(table)
+    if n == 0:
+        return NO_SERIES
+    if n == 1:
+        return "One series is on record; whether its pattern recurs at other times needs another"
+    slower = int((table.r_model_copy > 0.5).sum())
+    faster = int((table.r_model_copy < -0.5).sum())
+    parts = [f"{slower} of {n} series show DeiT-S slower while copies were faster (correlation above 0.5)"]
+    if faster:
+        parts.append(f"{faster} the opposite (below -0.5)")
+    if n - slower - faster:
+        parts.append(f"{n - slower - faster} no clear link")
+    gap = 100 * (table.model_ms.max() / table.model_ms.min() - 1)
+    return (", ".join(parts) + f". The host spent {_span(table.high_copy_pct, '.0f')}% of a series in the "
+            f"high-copy state, where DeiT-S took {_span(table.model_hi_ms)} ms, against "
+            f"{_span(table.model_lo_ms)} ms in the low-copy state; so the series' DeiT-S medians are "
+            f"{gap:.1f}% apart ({table.model_ms.min():.1f} to {table.model_ms.max():.1f} ms), set by how long "
+            "each caught the host in each state")
