@@ -61,6 +61,7 @@ def test_steadiness_text_reads_the_correlation_and_the_counters():
     said = host.steadiness_text(_two_regimes())
     assert said["tick_s"] == 6.0
     assert said["reading"].startswith("Faster copies came with a slower DeiT-S")
+    assert "a slower in-cache GEMM (180.0 against 195.0 GFLOP/s" in said["reading"]
     assert "(a reading:" in said["reading"]  # the interpretation is labelled as one
     assert said["counters"].startswith("Steal and CPU pressure, the two counters")
     # copy bandwidth and model time moving together the other way: a neighbour's traffic

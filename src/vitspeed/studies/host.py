@@ -75,9 +75,12 @@ NO_SERIES = "no host monitor series for this hardware in data/ (run `vitspeed mo
 def _reading(m: dict[str, Any]) -> str:
     r = m["r_model_copy"]
     if r > 0.5:
-        core_moved = (" and a slightly faster memory-bound core" if m["core_hi"] < m["core_lo"] else
-                      " and a slower memory-bound core" if m["core_hi"] > m["core_lo"] else "")
-        return (f"Faster copies came with a slower DeiT-S{core_moved}. A neighbour's memory traffic would "
+        core_moved = (", a slightly faster memory-bound core" if m["core_hi"] < m["core_lo"] else
+                      ", a slower memory-bound core" if m["core_hi"] > m["core_lo"] else "")
+        gemm = m.get("gemm_hi", float("nan")), m.get("gemm_lo", float("nan"))
+        gemm_moved = (f" and a slower in-cache GEMM ({gemm[0]} against {gemm[1]} GFLOP/s: less compute per "
+                      "second, as on a core with a lower clock)" if gemm[0] < gemm[1] else "")
+        return (f"Faster copies came with a slower DeiT-S{core_moved}{gemm_moved}. A neighbour's memory traffic would "
                 "slow the copies instead; what fits is the hypervisor running our two virtual CPUs on other "
                 "physical cores for spells at a time (a reading: nothing in the guest shows where it runs)")
     if r < -0.5:
@@ -103,18 +106,19 @@ def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
     """Numbers and sentences for the book on one series: ``ticks``, ``minutes`` covered, ``tick_s``
     (seconds per tick), the spread and median of every probe (``<probe>_spread``, percent, and
     ``<probe>_median``, 1 decimal), the copy bandwidth separating the two states (``threshold``,
-    GB/s, :func:`copy_threshold`), the share of ticks within 10% of it (``between``, percent: few where the
-    bandwidth has two levels), the share of ticks in the high-copy state (``share_hi``, percent),
-    the medians in the high- and low-copy states of :func:`split_by_copy` (``model_hi``/``model_lo``,
-    ``core_``, ``copy_``, ``steal_`` and ``pressure_``), the correlations of DeiT-S's and the core's time with the copy bandwidth
-    (``r_model_copy``, ``r_core_copy``, 2 decimals), ``reading`` (what the correlation suggests,
-    labelled as a reading where it goes beyond the numbers) and ``counters`` (whether steal and
-    pressure saw it). A series of fewer than :data:`MIN_TICKS` ticks gives "-" for every number,
+    GB/s, :func:`copy_threshold`), the share of ticks within 10% of it (``between``, percent: few
+    where the bandwidth has two levels), the share of ticks in the high-copy state (``share_hi``,
+    percent), the medians in the high- and low-copy states of :func:`split_by_copy`
+    (``model_hi``/``model_lo``, ``core_``, ``copy_``, ``gemm_``, ``steal_`` and ``pressure_``), the
+    correlations of DeiT-S's and the core's time with the copy bandwidth (``r_model_copy``,
+    ``r_core_copy``, 2 decimals), ``reading`` (what the correlation suggests, labelled as a reading
+    where it goes beyond the numbers) and ``counters`` (whether steal and pressure saw it). A series
+    of fewer than :data:`MIN_TICKS` ticks gives "-" for every number,
     :data:`NO_SERIES` as its reading and no counters sentence."""
     if len(series) < MIN_TICKS:
         keys = ["ticks", "minutes", "tick_s", "threshold", "between", "share_hi", "r_model_copy", "r_core_copy"]
         keys += [f"{p}_{k}" for p in PROBES for k in ("spread", "median")]
-        keys += [f"{k}_{h}" for k in ("model", "core", "copy", "steal", "pressure") for h in ("hi", "lo")]
+        keys += [f"{k}_{h}" for k in ("model", "core", "copy", "gemm", "steal", "pressure") for h in ("hi", "lo")]
         return {**dict.fromkeys(keys, "-"), "reading": NO_SERIES, "counters": ""}
     table = steadiness(series).set_index("probe")
     halves = split_by_copy(series).set_index("state")
@@ -128,7 +132,7 @@ def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
     for probe in PROBES:
         out[f"{probe}_spread"] = round(float(table.loc[probe, "spread_pct"]), 1)
         out[f"{probe}_median"] = round(float(table.loc[probe, "median"]), 1)
-    for probe, key in (("model_ms", "model"), ("core_ms", "core"), ("copy_gbps", "copy"),
+    for probe, key in (("model_ms", "model"), ("core_ms", "core"), ("copy_gbps", "copy"), ("gemm_gflops", "gemm"),
                        ("steal_pct", "steal"), ("cpu_pressure_pct", "pressure")):
         if probe not in halves:
             continue
