@@ -151,3 +151,65 @@ def test_a_sweep_warns_when_the_copy_bandwidth_jumps_up(tmp_path, monkeypatch):
                                  key_fields=("n",), run_id="20260101-000004")
     assert len([w for w in rec if "copy_gbps" in str(w.message)]) == 1  # only the group after the jump
     assert rows.sort_values("n").copy_gbps.tolist() == [40.0, 40.0, 40.0, 70.0]
+
+
+def test_disturbance_over_several_windows_weighs_them_by_their_time():
+    from vitspeed.disturbance import disturbance_over
+
+    quiet = (Counters(0.0, 0.0, 0.0), Counters(9.0, 0.0, 0.0))  # 9 s, nothing waited
+    busy = (Counters(50.0, 1.0, 1.0), Counters(51.0, 1.2, 1.5))  # 1 s, half of it waited
+    assert disturbance_over([quiet, busy], cpus=2) == {"steal_pct": 1.0, "cpu_pressure_pct": 5.0}
+    assert disturbance_over([busy], cpus=2) == disturbance_between(*busy, cpus=2) == {"steal_pct": 10.0,
+                                                                                      "cpu_pressure_pct": 50.0}
+    assert disturbance_over([]) == {"steal_pct": None, "cpu_pressure_pct": None}
+    no_steal = (Counters(0.0, None, 0.0), Counters(1.0, None, 0.1))
+    assert disturbance_over([quiet, no_steal], cpus=2) == {"steal_pct": None, "cpu_pressure_pct": 1.0}
+
+
+def test_measure_records_its_timed_rounds_as_one_window():
+    from vitspeed.disturbance import take_timed_windows
+    from vitspeed.timing import measure
+
+    take_timed_windows()
+    measure({"a": lambda: sum(range(100)), "b": lambda: sum(range(200))}, warmup=1, repeats=3)
+    windows = take_timed_windows()
+    assert len(windows) == 1
+    before, after = windows[0]
+    assert after.wall_s > before.wall_s
+    assert take_timed_windows() == []  # taken once
+
+
+def test_a_sweep_counts_steal_and_pressure_over_the_timed_rounds_only(tmp_path, monkeypatch):
+    import pytest
+
+    import vitspeed.disturbance as D
+    from vitspeed.studies import compare
+    from vitspeed.timing import measure
+
+    monkeypatch.setenv("VITSPEED_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(compare, "CopyProbe", lambda: (lambda: 40.0))
+    # a fake machine: its clock moves 1 ms per timed call; pressure accrues only while a group is set up
+    clock = {"t": 0.0, "waited": 0.0}
+    fake = lambda: Counters(clock["t"], 0.0, clock["waited"])  # noqa: E731
+    monkeypatch.setattr(D, "read_counters", fake)
+    monkeypatch.setattr(compare, "read_counters", fake)
+
+    def set_up():  # 10 s of building a model, half of it with a task waiting for a CPU
+        clock["t"] += 10.0
+        clock["waited"] += 5.0
+
+    def timed_group(cfg):
+        set_up()
+        measure({"x": lambda: clock.__setitem__("t", clock["t"] + 1e-3)}, warmup=0, repeats=3)
+        return [{"n": cfg["n"], "median_ms": 1.0}]
+
+    def untimed_group(cfg):
+        set_up()
+        return [{"n": cfg["n"], "median_ms": 1.0}]
+
+    rows = compare.run_sweep("scaling", [{"n": 1}], timed_group, key_fields=("n",), run_id="20260101-000002")
+    assert rows.cpu_pressure_pct.iloc[0] == 0.0  # the set-up's 50% is outside the timed rounds
+    # a group that times nothing through measure is judged over the whole config
+    with pytest.warns(RuntimeWarning, match=r"busy or changed \(cpu_pressure_pct 50.0\)"):
+        rows = compare.run_sweep("scaling", [{"n": 2}], untimed_group, key_fields=("n",), run_id="20260101-000003")
+    assert rows.cpu_pressure_pct.iloc[0] == 50.0

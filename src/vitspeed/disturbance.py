@@ -19,19 +19,27 @@ hypervisor placing the virtual CPUs elsewhere, we read). So a third reading:
   the readings taken before and after each measured group (``copy_gbps``) and compares it with the
   median reading of its run so far.
 
+Steal and pressure matter while something is timed, not while a model is built or its FLOPs are
+counted: :func:`vitspeed.timing.measure` records the counters around its timed rounds
+(:func:`timed_window`), and a sweep computes a group's steal and pressure over those windows only
+(:func:`take_timed_windows`, :func:`disturbance_over`).
+
 None of them says a timing is wrong; they say when a result deserves a second run. Units: percent
 (steal, pressure), GB/s (copy bandwidth).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Counters", "read_counters", "disturbance_between", "CopyProbe", "COPY_PROBE_BYTES"]
+__all__ = ["Counters", "read_counters", "disturbance_between", "disturbance_over", "timed_window",
+           "take_timed_windows", "CopyProbe", "COPY_PROBE_BYTES"]
 
 _STAT = Path("/proc/stat")
 _PRESSURE = Path("/proc/pressure/cpu")
@@ -81,16 +89,46 @@ def disturbance_between(before: Counters, after: Counters, cpus: int | None = No
     """``steal_pct`` (of all ``cpus``' time, default os.cpu_count()) and ``cpu_pressure_pct`` (of the
     wall time) between two readings, rounded to 0.1; a counter missing in either reading, or an
     empty interval, gives None."""
-    wall = after.wall_s - before.wall_s
+    return disturbance_over([(before, after)], cpus)
+
+
+def disturbance_over(windows: Sequence[tuple[Counters, Counters]], cpus: int | None = None) -> dict[str, Any]:
+    """:func:`disturbance_between` over several intervals (before, after) taken together: the steal
+    and pressure seconds of all of them over their summed wall time, in percent, rounded to 0.1. A
+    counter missing in any reading, or no time at all, gives None."""
+    wall = sum(after.wall_s - before.wall_s for before, after in windows)
     cpus = cpus or os.cpu_count() or 1
     out: dict[str, Any] = {"steal_pct": None, "cpu_pressure_pct": None}
-    if wall <= 0:
+    if not windows or wall <= 0:
         return out
-    if before.steal_s is not None and after.steal_s is not None:
-        out["steal_pct"] = round(100.0 * (after.steal_s - before.steal_s) / (wall * cpus), 1)
-    if before.pressure_s is not None and after.pressure_s is not None:
-        out["cpu_pressure_pct"] = round(100.0 * (after.pressure_s - before.pressure_s) / wall, 1)
+    if all(b.steal_s is not None and a.steal_s is not None for b, a in windows):
+        steal = sum(a.steal_s - b.steal_s for b, a in windows)  # type: ignore[operator]
+        out["steal_pct"] = round(100.0 * steal / (wall * cpus), 1)
+    if all(b.pressure_s is not None and a.pressure_s is not None for b, a in windows):
+        waited = sum(a.pressure_s - b.pressure_s for b, a in windows)  # type: ignore[operator]
+        out["cpu_pressure_pct"] = round(100.0 * waited / wall, 1)
     return out
+
+
+_TIMED: list[tuple[Counters, Counters]] = []
+
+
+@contextlib.contextmanager
+def timed_window() -> Iterator[None]:
+    """Record the counters before and after the block as one timed window (for
+    :func:`take_timed_windows`); :func:`vitspeed.timing.measure` wraps its timed rounds in it."""
+    before = read_counters()
+    try:
+        yield
+    finally:
+        _TIMED.append((before, read_counters()))
+
+
+def take_timed_windows() -> list[tuple[Counters, Counters]]:
+    """The windows recorded by :func:`timed_window` since the last call, oldest first; clears them."""
+    taken = list(_TIMED)
+    _TIMED.clear()
+    return taken
 
 
 #: bytes copied by one :class:`CopyProbe` reading: twice a 32 MiB last-level cache, so that the copy

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitspeed.disturbance import timed_window
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_fp32, tf32_state
 
 __all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep",
@@ -246,19 +247,20 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
         gc.collect()
         gc.disable()
         try:
-            if interleave:
-                r = 0
-                while not all(enough(name) for name in names):
-                    pending = [name for name in names if not enough(name)]
-                    shift = r % len(pending)
-                    one_round(pending[shift:] + pending[:shift])
-                    bar.update(len(pending))
-                    r += 1
-            else:
-                for name in names:
-                    while not enough(name):
-                        one_round([name])
-                        bar.update(1)
+            with timed_window():  # steal and pressure while timing, for the sweep's record
+                if interleave:
+                    r = 0
+                    while not all(enough(name) for name in names):
+                        pending = [name for name in names if not enough(name)]
+                        shift = r % len(pending)
+                        one_round(pending[shift:] + pending[:shift])
+                        bar.update(len(pending))
+                        r += 1
+                else:
+                    for name in names:
+                        while not enough(name):
+                            one_round([name])
+                            bar.update(1)
         finally:
             if gc_was_enabled:
                 gc.enable()

@@ -18,7 +18,7 @@ import torch
 
 from vitspeed.attention import build_core
 from vitspeed.compiling import CompileFailed, compile_module, no_recompiles
-from vitspeed.disturbance import CopyProbe, disturbance_between, read_counters
+from vitspeed.disturbance import CopyProbe, disturbance_between, disturbance_over, read_counters, take_timed_windows
 from vitspeed.envinfo import environment_record, resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
@@ -537,8 +537,9 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
     environment record and every row's ``tf32`` say so). Resumes an interrupted run with the same
     ``run_id`` (configs already written are skipped);
     a config that runs out of memory as a whole is recorded with status 'oom'. Every row gets
-    ``steal_pct`` and ``cpu_pressure_pct`` over its config's measurement
-    (:func:`vitspeed.disturbance.disturbance_between`) and, on the CPU, ``copy_gbps``: the lower of
+    ``steal_pct`` and ``cpu_pressure_pct`` over the timed rounds of its config
+    (:func:`vitspeed.disturbance.disturbance_over` the windows :func:`vitspeed.timing.measure` recorded;
+    over the whole config where none were) and, on the CPU, ``copy_gbps``: the lower of
     two :class:`vitspeed.disturbance.CopyProbe` readings of the memory bandwidth, just before and just
     after the config (GB/s). A config measured with more than :data:`DISTURBED_PCT` percent of steal or
     pressure, or with a copy bandwidth off the median reading of the run so far by more than
@@ -561,11 +562,14 @@ def run_sweep(chapter: str, configs: Iterable[dict[str, Any]], run_group, key_fi
         probe = CopyProbe() if dev.type == "cpu" else None
         copy_before = probe() if probe else None
         copy_readings = [copy_before]
+        take_timed_windows()  # what was timed before this sweep is not its concern
         before = read_counters()
         for result in sweep(list(configs), lambda cfg: {"rows": run_group(cfg)}, done=done,
                             key_fields=key_fields, desc=chapter, deadline=deadline_from_env()):
-            # how disturbed the machine was while this config was measured: every row of it says so
-            disturbed = disturbance_between(before, read_counters())
+            # how disturbed the machine was while this config was timed (building models and counting
+            # their FLOPs excluded; the whole config where nothing went through measure): every row says so
+            timed = take_timed_windows()
+            disturbed = disturbance_over(timed) if timed else disturbance_between(before, read_counters())
             if probe is not None:
                 copy_after = probe()
                 disturbed["copy_gbps"] = round(min(copy_before, copy_after), 1)
