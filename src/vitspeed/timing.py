@@ -181,11 +181,12 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     timed with a pair of CUDA events on the current stream, starting on a synchronized (idle) device
     so that every sample includes its own launch overhead; on CPU ``time.perf_counter_ns`` is used.
     On the CPU each Timing also counts the process's minor page faults per timed call (read between
-    samples, outside the timed window). Callables should not allocate their inputs: everything they
-    do is timed. ``flush_cache`` (default: on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES`
-    before each sample, untimed, so that no sample finds the previous one's inputs and weights in the
-    GPU's L2 cache (50 MB on an H200 holds a bfloat16 DeiT-S); the device is idle again before the
-    sample starts.
+    samples, outside the timed window). The machine's steal and pressure counters are read around the
+    timed rounds (:func:`vitspeed.disturbance.timed_window`), for the sweep that records them.
+    Callables should not allocate their inputs: everything they do is timed. ``flush_cache``
+    (default: on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so
+    that no sample finds the previous one's inputs and weights in the GPU's L2 cache (50 MB on an H200
+    holds a bfloat16 DeiT-S); the device is idle again before the sample starts.
     """
     if not fns:
         raise ValueError("measure needs at least one callable; got an empty dict")

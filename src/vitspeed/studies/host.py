@@ -80,9 +80,9 @@ def _reading(m: dict[str, Any]) -> str:
         gemm = m.get("gemm_hi", float("nan")), m.get("gemm_lo", float("nan"))
         gemm_moved = (f" and a slower in-cache GEMM ({gemm[0]} against {gemm[1]} GFLOP/s: less compute per "
                       "second, as on a core with a lower clock)" if gemm[0] < gemm[1] else "")
-        return (f"Faster copies came with a slower DeiT-S{core_moved}{gemm_moved}. A neighbour's memory traffic would "
-                "slow the copies instead; what fits is the hypervisor running our two virtual CPUs on other "
-                "physical cores for spells at a time (a reading: nothing in the guest shows where it runs)")
+        return (f"Faster copies came with a slower DeiT-S{core_moved}{gemm_moved}. A neighbour's memory "
+                "traffic would slow the copies instead; what fits is the hypervisor running our two virtual CPUs "
+                "on other physical cores for spells at a time (a reading: nothing in the guest shows where it runs)")
     if r < -0.5:
         return "Slower copies came with a slower DeiT-S, as a neighbour's memory traffic would cause"
     return "DeiT-S's time did not follow the copy bandwidth"
@@ -121,23 +121,23 @@ def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
         keys += [f"{k}_{h}" for k in ("model", "core", "copy", "gemm", "steal", "pressure") for h in ("hi", "lo")]
         return {**dict.fromkeys(keys, "-"), "reading": NO_SERIES, "counters": ""}
     table = steadiness(series).set_index("probe")
-    halves = split_by_copy(series).set_index("state")
+    states = split_by_copy(series).set_index("state")
     cut = copy_threshold(series.copy_gbps)
     out: dict[str, Any] = {"ticks": int(len(series)),
                            "minutes": round(float(series.elapsed_s.max()) / 60, 1),
                            "tick_s": round(float(series.elapsed_s.max()) / (len(series) - 1), 2),
                            "threshold": round(cut, 1),
                            "between": round(float(100 * ((series.copy_gbps - cut).abs() <= 0.1 * cut).mean()), 1),
-                           "share_hi": round(float(halves.loc["high copy", "share_pct"]), 1)}
+                           "share_hi": round(float(states.loc["high copy", "share_pct"]), 1)}
     for probe in PROBES:
         out[f"{probe}_spread"] = round(float(table.loc[probe, "spread_pct"]), 1)
         out[f"{probe}_median"] = round(float(table.loc[probe, "median"]), 1)
     for probe, key in (("model_ms", "model"), ("core_ms", "core"), ("copy_gbps", "copy"), ("gemm_gflops", "gemm"),
                        ("steal_pct", "steal"), ("cpu_pressure_pct", "pressure")):
-        if probe not in halves:
+        if probe not in states:
             continue
-        out[f"{key}_hi"] = round(float(halves.loc["high copy", probe]), 1)
-        out[f"{key}_lo"] = round(float(halves.loc["low copy", probe]), 1)
+        out[f"{key}_hi"] = round(float(states.loc["high copy", probe]), 1)
+        out[f"{key}_lo"] = round(float(states.loc["low copy", probe]), 1)
     r_model, r_core = table.loc["model_ms", "r_copy"], table.loc["core_ms", "r_copy"]
     out["r_model_copy"] = round(float(r_model), 2) if not math.isnan(r_model) else float("nan")
     out["r_core_copy"] = round(float(r_core), 2) if not math.isnan(r_core) else float("nan")
