@@ -55,6 +55,7 @@ def test_steadiness_text_rounds_for_the_sentence():
     assert said["share_hi"] == 50.0 and 41 < said["threshold"] < 59
     assert said["between"] == 0.0  # 40-41 and 60-61 GB/s: no tick near the threshold of about 50
     assert said["r_model_copy"] > 0.95 and said["model_ms_spread"] == pytest.approx(20.0, abs=0.5)
+    assert said["model_gap"] == 20.0 and said["model_clear"] == "beyond" and said["model_noise"] < 1
 
 
 def test_steadiness_text_reads_the_correlation_and_the_counters():
@@ -90,9 +91,13 @@ def test_every_series_gives_one_row_per_run_oldest_first():
     assert t.high_copy_pct.tolist() == [50.0, 50.0]
     assert (t.model_hi_ms.iloc[0], t.model_lo_ms.iloc[0]) == pytest.approx((72.1, 60.1))
     assert t.r_model_copy.iloc[0] > 0.95 and abs(t.r_model_copy.iloc[1]) < 0.5
+    assert t.model_gap_pct.iloc[0] == pytest.approx(100 * (72.1 / 60.1 - 1))
+    assert t.model_noise_pct.iloc[0] < 1 and abs(t.model_gap_pct.iloc[1]) < t.model_noise_pct.iloc[1]
     said = host.recurrence_text(t)
-    assert said.startswith("1 of 2 series show DeiT-S slower while copies were faster")
-    assert "1 no clear link" in said and "the opposite" not in said
+    assert said.startswith("In 1 of 2 series DeiT-S took longer in the high-copy state (beyond its spread in each)")
+    assert "in 1 the two were within that spread" in said and "less" not in said
+    assert host.spells_text(t) == "spells in which DeiT-S takes 72.1 instead of 60.1 ms"
+    assert host.spells_text(t.iloc[1:]).startswith("no series on record shows")
     assert "spent 50% of a series in the high-copy state, where DeiT-S took 61.1 to 72.1 ms" in said
     # medians 66.1 (the two regimes) and 61.1 ms
     assert f"{100 * (t.model_ms.max() / t.model_ms.min() - 1):.1f}% apart (61.1 to 66.1 ms)" in said
@@ -102,3 +107,15 @@ def test_recurrence_text_with_one_or_no_series():
     one = host.every_series(_two_regimes().assign(run_id="20261122-053848"))
     assert host.recurrence_text(one).startswith("One series is on record")
     assert host.recurrence_text(host.every_series(_two_regimes().head(2).assign(run_id="x"))) == host.NO_SERIES
+
+
+def test_state_gap_compares_the_medians_with_the_spread_in_each_state():
+    gap = host.state_gap(_two_regimes())
+    assert gap["gap_pct"] == pytest.approx(100 * (72.1 / 60.1 - 1)) and gap["clear"] == 1.0
+    # within each state DeiT-S's IQR is under 0.2 ms of 60 and 72: half of each relative IQR, added
+    assert 50 * 0.1 / 72.1 < gap["noise_pct"] < 50 * 0.2 / 60.1 + 50 * 0.2 / 72.1
+    # a DeiT-S that spreads wider within each state than the gap between them: no clear difference
+    wide = _two_regimes().assign(model_ms=lambda d: d.model_ms - 12.0 * (d.tick >= 10) + 8.0 * (d.tick % 2))
+    assert host.state_gap(wide)["clear"] == 0.0
+    assert host.steadiness_text(wide)["reading"].startswith("DeiT-S's time did not differ between the two states")
+    assert host.steadiness_text(wide)["counters"].startswith("The copy bandwidth every CPU row")

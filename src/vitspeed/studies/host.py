@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["PROBES", "MIN_TICKS", "NO_SERIES", "steadiness", "copy_threshold", "split_by_copy", "steadiness_text",
-           "every_series", "recurrence_text"]
+__all__ = ["PROBES", "MIN_TICKS", "NO_SERIES", "steadiness", "copy_threshold", "split_by_copy", "state_gap",
+           "steadiness_text", "every_series", "recurrence_text", "spells_text"]
 
 #: probe column -> (what it measures, unit)
 PROBES = {"copy_gbps": ("memory copy, 64 MiB", "GB/s"),
@@ -67,14 +67,33 @@ def split_by_copy(series: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(["high copy", "low copy"]).reset_index()
 
 
+def state_gap(series: pd.DataFrame, probe: str = "model_ms") -> dict[str, float]:
+    """How much longer a probe took in the high-copy state than in the low-copy one (states of
+    :func:`copy_threshold`): ``gap_pct`` = 100 x (median high / median low - 1), negative where it was
+    faster; ``noise_pct``: half the probe's relative IQR within each state, added (the spread rule used
+    throughout the book), in percent; ``clear``: 1.0 where ``|gap_pct|`` exceeds it, else 0.0. A state
+    without ticks gives NaN for all three."""
+    cut = copy_threshold(series.copy_gbps)
+    high, low = series[probe][series.copy_gbps > cut], series[probe][series.copy_gbps <= cut]
+    if len(high) == 0 or len(low) == 0:
+        return {"gap_pct": float("nan"), "noise_pct": float("nan"), "clear": float("nan")}
+
+    def half_rel_iqr(x: pd.Series) -> float:
+        q1, q2, q3 = x.astype(float).quantile([0.25, 0.5, 0.75])
+        return 50.0 * (q3 - q1) / q2
+
+    gap = 100.0 * (float(high.median()) / float(low.median()) - 1)
+    noise = half_rel_iqr(high) + half_rel_iqr(low)
+    return {"gap_pct": gap, "noise_pct": noise, "clear": float(abs(gap) > noise)}
+
+
 #: fewer ticks than this are no series to read
 MIN_TICKS = 4
 NO_SERIES = "no host monitor series for this hardware in data/ (run `vitspeed monitor`)"
 
 
 def _reading(m: dict[str, Any]) -> str:
-    r = m["r_model_copy"]
-    if r > 0.5:
+    if m["model_clear"] and m["model_gap"] > 0:
         core_moved = (", a slightly faster memory-bound core" if m["core_hi"] < m["core_lo"] else
                       ", a slower memory-bound core" if m["core_hi"] > m["core_lo"] else "")
         gemm = m.get("gemm_hi", float("nan")), m.get("gemm_lo", float("nan"))
@@ -83,13 +102,13 @@ def _reading(m: dict[str, Any]) -> str:
         return (f"Faster copies came with a slower DeiT-S{core_moved}{gemm_moved}. A neighbour's memory "
                 "traffic would slow the copies instead; what fits is the hypervisor running our two virtual CPUs "
                 "on other physical cores for spells at a time (a reading: nothing in the guest shows where it runs)")
-    if r < -0.5:
+    if m["model_clear"] and m["model_gap"] < 0:
         return "Slower copies came with a slower DeiT-S, as a neighbour's memory traffic would cause"
-    return "DeiT-S's time did not follow the copy bandwidth"
+    return "DeiT-S's time did not differ between the two states beyond its spread within each"
 
 
 def _counters(m: dict[str, Any]) -> str:
-    seen = abs(m["r_model_copy"]) > 0.5
+    seen = bool(m["model_clear"])
     same = ("steal_hi" in m and "pressure_hi" in m and abs(m["pressure_hi"] - m["pressure_lo"]) < 1
             and abs(m["steal_hi"] - m["steal_lo"]) < 1)
     if seen and same:
@@ -97,9 +116,9 @@ def _counters(m: dict[str, Any]) -> str:
                 f"states (median {m['steal_hi']} and {m['steal_lo']}% steal, {m['pressure_hi']} and "
                 f"{m['pressure_lo']}% pressure per tick) and miss this; the copy bandwidth every CPU row now "
                 "records (copy_gbps, method page) shows it, which is why a sweep warns when a group's reading is "
-                "far from its run's median, in either direction")
+                "far from its run's median, in either direction.")
     return ("The copy bandwidth every CPU row now records (copy_gbps, method page) is one more sign of a change, "
-            "read beside steal and CPU pressure")
+            "read beside steal and CPU pressure.")
 
 
 def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
@@ -107,19 +126,22 @@ def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
     (seconds per tick), the spread and median of every probe (``<probe>_spread``, percent, and
     ``<probe>_median``, 1 decimal), the copy bandwidth separating the two states (``threshold``,
     GB/s, :func:`copy_threshold`), the share of ticks within 10% of it (``between``, percent: few
-    where the bandwidth has two levels), the share of ticks in the high-copy state (``share_hi``,
+    where the bandwidth has two levels) and ``levels``, a sentence saying which (two levels when
+    fewer than 5%), the share of ticks in the high-copy state (``share_hi``,
     percent), the medians in the high- and low-copy states of :func:`split_by_copy`
     (``model_hi``/``model_lo``, ``core_``, ``copy_``, ``gemm_``, ``steal_`` and ``pressure_``), the
-    correlations of DeiT-S's and the core's time with the copy bandwidth (``r_model_copy``,
-    ``r_core_copy``, 2 decimals), ``reading`` (what the correlation suggests, labelled as a reading
-    where it goes beyond the numbers) and ``counters`` (whether steal and pressure saw it). A series
-    of fewer than :data:`MIN_TICKS` ticks gives "-" for every number,
-    :data:`NO_SERIES` as its reading and no counters sentence."""
+    gap between DeiT-S's two medians (``model_gap``, percent, 1 decimal; ``model_noise``, its spread;
+    ``model_clear``, "beyond" or "within" it; :func:`state_gap`), the correlations of DeiT-S's and
+    the core's time with the copy bandwidth (``r_model_copy``, ``r_core_copy``, 2 decimals),
+    ``reading`` (what the gap suggests, labelled as a reading where it goes beyond the numbers) and
+    ``counters`` (whether steal and pressure saw it; ends with its full stop). A series of fewer than :data:`MIN_TICKS` ticks
+    gives "-" for every number, :data:`NO_SERIES` as its reading and no counters sentence."""
     if len(series) < MIN_TICKS:
-        keys = ["ticks", "minutes", "tick_s", "threshold", "between", "share_hi", "r_model_copy", "r_core_copy"]
+        keys = ["ticks", "minutes", "tick_s", "threshold", "between", "share_hi", "model_gap", "model_noise",
+                "model_clear", "r_model_copy", "r_core_copy"]
         keys += [f"{p}_{k}" for p in PROBES for k in ("spread", "median")]
         keys += [f"{k}_{h}" for k in ("model", "core", "copy", "gemm", "steal", "pressure") for h in ("hi", "lo")]
-        return {**dict.fromkeys(keys, "-"), "reading": NO_SERIES, "counters": ""}
+        return {**dict.fromkeys(keys, "-"), "levels": "", "reading": NO_SERIES, "counters": ""}
     table = steadiness(series).set_index("probe")
     states = split_by_copy(series).set_index("state")
     cut = copy_threshold(series.copy_gbps)
@@ -141,8 +163,13 @@ def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
     r_model, r_core = table.loc["model_ms", "r_copy"], table.loc["core_ms", "r_copy"]
     out["r_model_copy"] = round(float(r_model), 2) if not math.isnan(r_model) else float("nan")
     out["r_core_copy"] = round(float(r_core), 2) if not math.isnan(r_core) else float("nan")
-    out["reading"] = _reading(out)
-    out["counters"] = _counters(out)
+    out["levels"] = ("The copy bandwidth sits at one of two levels" if out["between"] < 5 else
+                     "The copy bandwidth moves between a higher and a lower level, with stretches between them")
+    gap = state_gap(series)
+    out["model_gap"], out["model_noise"] = round(gap["gap_pct"], 1), round(gap["noise_pct"], 1)
+    out["model_clear"] = "beyond" if gap["clear"] == 1.0 else "within"
+    out["reading"] = _reading({**out, "model_clear": gap["clear"] == 1.0})
+    out["counters"] = _counters({**out, "model_clear": gap["clear"] == 1.0})
     return out
 
 
@@ -151,14 +178,16 @@ def every_series(monitor: pd.DataFrame) -> pd.DataFrame:
     ``ticks``, the median copy bandwidth (GB/s) and DeiT-S time (ms) over the series, the copy bandwidth
     separating its two states (``threshold_gbps``, :func:`copy_threshold`), the share of ticks in the
     high-copy state (``high_copy_pct``), DeiT-S's and the explicit core's medians in each state of
-    :func:`split_by_copy` (``model_hi_ms``, ``model_lo_ms``, ``core_hi_ms``, ``core_lo_ms``) and the
-    correlation of each with the copy bandwidth (``r_model_copy``, ``r_core_copy``). Series of fewer than
-    :data:`MIN_TICKS` ticks are left out."""
+    :func:`split_by_copy` (``model_hi_ms``, ``model_lo_ms``, ``core_hi_ms``, ``core_lo_ms``), the gap
+    between DeiT-S's two and its spread (``model_gap_pct``, ``model_noise_pct``; :func:`state_gap`) and
+    the correlation of each probe with the copy bandwidth (``r_model_copy``, ``r_core_copy``). Series
+    of fewer than :data:`MIN_TICKS` ticks are left out."""
     rows = []
     for run_id, series in monitor.groupby("run_id", sort=True):
         if len(series) < MIN_TICKS:
             continue
         states = split_by_copy(series).set_index("state")
+        gap = state_gap(series)
         copy = series.copy_gbps.astype(float)
         rows.append({"run_id": run_id, "minutes": float(series.elapsed_s.max()) / 60, "ticks": len(series),
                      "copy_gbps": copy.median(), "model_ms": series.model_ms.median(),
@@ -168,11 +197,12 @@ def every_series(monitor: pd.DataFrame) -> pd.DataFrame:
                      "model_lo_ms": states.loc["low copy", "model_ms"],
                      "core_hi_ms": states.loc["high copy", "core_ms"],
                      "core_lo_ms": states.loc["low copy", "core_ms"],
+                     "model_gap_pct": gap["gap_pct"], "model_noise_pct": gap["noise_pct"],
                      "r_model_copy": series.model_ms.astype(float).corr(copy),
                      "r_core_copy": series.core_ms.astype(float).corr(copy)})
     return pd.DataFrame(rows, columns=["run_id", "minutes", "ticks", "copy_gbps", "model_ms", "threshold_gbps",
                                        "high_copy_pct", "model_hi_ms", "model_lo_ms", "core_hi_ms", "core_lo_ms",
-                                       "r_model_copy", "r_core_copy"])
+                                       "model_gap_pct", "model_noise_pct", "r_model_copy", "r_core_copy"])
 
 
 def _span(values: pd.Series, fmt: str = ".1f") -> str:
@@ -181,25 +211,37 @@ def _span(values: pd.Series, fmt: str = ".1f") -> str:
 
 
 def recurrence_text(table: pd.DataFrame) -> str:
-    """A sentence on whether the series of :func:`every_series` agree: in how many DeiT-S was slower in the
-    high-copy state with a correlation above 0.5 (the pattern :func:`steadiness_text` reads as the hypervisor
-    moving the vCPUs), in how many the other way; the range of the share of time in the high-copy state and
-    of DeiT-S's median (ms) in each state; and how far apart the series' DeiT-S medians are (percent)."""
+    """A sentence on whether the series of :func:`every_series` agree: in how many DeiT-S took longer in
+    the high-copy state beyond its spread (the pattern :func:`steadiness_text` reads as the hypervisor
+    moving the vCPUs), in how many the other way, in how many neither; the range of the share of time in
+    the high-copy state and of DeiT-S's median (ms) in each state; and how far apart the series' DeiT-S
+    medians are (percent)."""
     n = len(table)
     if n == 0:
         return NO_SERIES
     if n == 1:
         return "One series is on record; whether its pattern recurs at other times needs another"
-    slower = int((table.r_model_copy > 0.5).sum())
-    faster = int((table.r_model_copy < -0.5).sum())
-    parts = [f"{slower} of {n} series show DeiT-S slower while copies were faster (correlation above 0.5)"]
+    clear = table.model_gap_pct.abs() > table.model_noise_pct
+    slower = int((clear & (table.model_gap_pct > 0)).sum())
+    faster = int((clear & (table.model_gap_pct < 0)).sum())
+    parts = [f"In {slower} of {n} series DeiT-S took longer in the high-copy state (beyond its spread in each)"]
     if faster:
-        parts.append(f"{faster} the opposite (below -0.5)")
+        parts.append(f"in {faster} less")
     if n - slower - faster:
-        parts.append(f"{n - slower - faster} no clear link")
+        parts.append(f"in {n - slower - faster} the two were within that spread")
     gap = 100 * (table.model_ms.max() / table.model_ms.min() - 1)
-    return (", ".join(parts) + f". The host spent {_span(table.high_copy_pct, '.0f')}% of a series in the "
+    return ("; ".join(parts) + f". The host spent {_span(table.high_copy_pct, '.0f')}% of a series in the "
             f"high-copy state, where DeiT-S took {_span(table.model_hi_ms)} ms, against "
             f"{_span(table.model_lo_ms)} ms in the low-copy state; so the series' DeiT-S medians are "
-            f"{gap:.1f}% apart ({table.model_ms.min():.1f} to {table.model_ms.max():.1f} ms), set by how long "
-            "each caught the host in each state")
+            f"{gap:.1f}% apart ({table.model_ms.min():.1f} to {table.model_ms.max():.1f} ms), which depends on "
+            "how long each caught the host in each state")
+
+
+def spells_text(table: pd.DataFrame) -> str:
+    """A phrase for the book from :func:`every_series`: DeiT-S's medians in the two states (ms), over the
+    series in which it took clearly longer in the high-copy state ("spells in which DeiT-S takes 67.4 to
+    70.3 instead of 60.0 to 64.3 ms"), or, where none did, that no series shows it."""
+    slow = table[(table.model_gap_pct > table.model_noise_pct)] if len(table) else table
+    if len(slow) == 0:
+        return "no series on record shows DeiT-S clearly slower in one of the host's states"
+    return f"spells in which DeiT-S takes {_span(slow.model_hi_ms)} instead of {_span(slow.model_lo_ms)} ms"
