@@ -29,6 +29,7 @@ None of them says a timing is wrong; they say when a result deserves a second ru
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import statistics
@@ -110,7 +111,9 @@ def disturbance_over(windows: Sequence[tuple[Counters, Counters]], cpus: int | N
     return out
 
 
-_TIMED: list[tuple[Counters, Counters]] = []
+#: windows recorded since the last take; bounded so that timing outside any sweep (a notebook calling
+#: measure for hours) cannot grow it without end, far above what one sweep group records
+_TIMED: collections.deque[tuple[Counters, Counters]] = collections.deque(maxlen=10_000)
 
 
 @contextlib.contextmanager
