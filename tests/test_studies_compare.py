@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vitspeed.studies.compare import approximation, candidate, compare_cores, compare_models, implied_attention
+from vitspeed.timing import parse_samples
 
 
 def test_implied_attention_of_softmax_is_the_softmax_map():
@@ -37,6 +38,11 @@ def test_compare_cores_times_every_candidate_and_counts_flops():
     assert rows[0]["compute_dtype"] == rows[1]["compute_dtype"] == "float32"
     # no CUDA-graph timing on the CPU, and no tf32 flag outside CUDA float32
     assert "graph_median_ms" not in rows[0] and rows[0]["tf32"] is None
+    # the raw samples (ms per call, one per round) travel with the row, for round-by-round comparisons
+    for r in rows:
+        samples = parse_samples(r["samples_ms"])
+        assert len(samples) == r["n"] and min(samples) > 0
+        assert sorted(samples)[len(samples) // 2] == pytest.approx(r["median_ms"], rel=0.5)
 
 
 def test_cuda_graph_timing_needs_cuda():

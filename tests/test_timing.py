@@ -335,3 +335,29 @@ def test_cpu_peak_memory_counts_live_tensors_whatever_ran_before():
     big = torch.empty(64 * 2**20, dtype=torch.uint8)  # the heap grows and keeps this once freed
     del big
     assert forward_peak_memory(two_alive, cpu)[1] == pytest.approx(both)
+
+
+def test_samples_text_round_trips_in_milliseconds():
+    from vitspeed.timing import parse_samples, samples_text
+
+    t = Timing([0.0012345, 0.002, 0.0015])
+    assert samples_text(t) == "1.234 2 1.5"
+    assert parse_samples(samples_text(t)) == [1.234, 2.0, 1.5]
+    assert parse_samples(float("nan")) == [] and parse_samples("") == [] and parse_samples(None) == []
+
+
+def test_paired_ratio_cancels_a_drift_both_callables_saw():
+    from vitspeed.timing import paired_ratio
+
+    drift = [1.0, 1.3, 0.9, 1.6, 1.1, 1.25, 0.95]  # the machine's speed, round by round
+    fast = [10.0 * d for d in drift]
+    slow = [11.0 * d for d in drift]
+    ratio, spread = paired_ratio(slow, fast)
+    assert ratio == pytest.approx(1.1) and spread == pytest.approx(0.0, abs=1e-12)
+    # each median alone spreads with the drift: the unpaired rule would call 10% a tie here
+    t_fast, t_slow = Timing([x / 1e3 for x in fast]), Timing([x / 1e3 for x in slow])
+    assert 0.5 * (t_fast.iqr_s / t_fast.median_s + t_slow.iqr_s / t_slow.median_s) > 0.1
+    # only the rounds both took part in; too few rounds give nan
+    ratio, _ = paired_ratio(slow + [99.0], fast)
+    assert ratio == pytest.approx(1.1)
+    assert all(math.isnan(x) for x in paired_ratio([1.0, 2.0], [1.0, 2.0]))

@@ -42,7 +42,7 @@ from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_f
 __all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep",
            "is_oom_error", "forward_peak_memory", "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env",
            "cuda_graph_callable", "L2_FLUSH_BYTES", "NonFiniteOutput",
-           "usable_cpus", "set_threads"]
+           "usable_cpus", "set_threads", "samples_text", "parse_samples", "paired_ratio"]
 
 _MAX_INNER = 1_000_000
 
@@ -110,6 +110,36 @@ class Timing:
         return {"median_ms": self.median_s * 1e3, "iqr_ms": self.iqr_s * 1e3, "p10_ms": self.p10_s * 1e3,
                 "p90_ms": self.p90_s * 1e3, "mean_ms": self.mean_s * 1e3, "n": self.n,
                 "calls_per_sample": self.calls_per_sample, "page_faults_per_call": self.page_faults_per_call}
+
+
+def samples_text(timing: Timing) -> str:
+    """A Timing's samples in **milliseconds per call**, in the order taken (in an interleaved measurement
+    one per round, every callable in the same rounds), space-separated, 4 significant digits: what a
+    results row keeps so that two callables timed together can be compared round by round
+    (:func:`paired_ratio`)."""
+    return " ".join(f"{s * 1e3:.4g}" for s in timing.samples)
+
+
+def parse_samples(text: Any) -> list[float]:
+    """The samples (ms) of :func:`samples_text`; an empty list for a missing value (NaN, None, "")."""
+    if not isinstance(text, str) or not text.strip():
+        return []
+    return [float(x) for x in text.split()]
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float], min_rounds: int = 3) -> tuple[float, float]:
+    """Median and spread of the round-by-round ratio ``num[i] / den[i]`` of two callables timed in the same
+    interleaved measurement, over the rounds both took part in (the first ``min(len)`` samples). Both
+    samples of a round saw the same moment of the machine, so its slow drifts (a shared host's states,
+    other work) cancel in the ratio where they widen each median's own spread. Spread: half the ratio's
+    IQR over its median, the convention of one median's spread in this study (a fraction, not percent).
+    Fewer than ``min_rounds`` common rounds give (nan, nan)."""
+    k = min(len(num), len(den))
+    if k < min_rounds:
+        return float("nan"), float("nan")
+    ratios = np.asarray(num[:k], dtype=float) / np.asarray(den[:k], dtype=float)
+    q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+    return float(q2), float(0.5 * (q3 - q1) / q2)
 
 
 def _as_device(device: str | torch.device) -> torch.device:
