@@ -39,6 +39,8 @@ def test_copy_threshold_falls_in_the_gap_between_two_levels():
 
 
 def test_split_by_copy_compares_the_two_states():
+    states = host.copy_states(_two_regimes())
+    assert (states == ["low copy"] * 10 + ["high copy"] * 10).all()
     s = host.split_by_copy(_two_regimes()).set_index("state")
     assert list(s.index) == ["high copy", "low copy"] and s.ticks.tolist() == [10, 10]
     assert s.share_pct.tolist() == [50.0, 50.0]

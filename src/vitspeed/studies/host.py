@@ -10,8 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["PROBES", "MIN_TICKS", "NO_SERIES", "steadiness", "copy_threshold", "split_by_copy", "state_gap",
-           "steadiness_text", "every_series", "recurrence_text", "spells_text"]
+from vitspeed.studies.wording import noise
+
+__all__ = ["PROBES", "MIN_TICKS", "NO_SERIES", "steadiness", "copy_threshold", "copy_states", "split_by_copy",
+           "state_gap", "steadiness_text", "every_series", "recurrence_text", "spells_text"]
 
 #: probe column -> (what it measures, unit)
 PROBES = {"copy_gbps": ("memory copy, 64 MiB", "GB/s"),
@@ -53,12 +55,17 @@ def copy_threshold(copy: pd.Series) -> float:
     return cut
 
 
+def copy_states(series: pd.DataFrame) -> pd.Series:
+    """Each tick's state: "high copy" above :func:`copy_threshold`, else "low copy"."""
+    cut = copy_threshold(series.copy_gbps)
+    return pd.Series("low copy", index=series.index).where(series.copy_gbps <= cut, "high copy")
+
+
 def split_by_copy(series: pd.DataFrame) -> pd.DataFrame:
     """The ticks split at :func:`copy_threshold`: per state (``state`` = "high copy" / "low copy") the
     number of ticks, their share of the series (``share_pct``) and the median of every probe and of
     ``steal_pct`` and ``cpu_pressure_pct`` (where the series has them)."""
-    cut = copy_threshold(series.copy_gbps)
-    state = pd.Series("low copy", index=series.index).where(series.copy_gbps <= cut, "high copy")
+    state = copy_states(series)
     cols = list(PROBES) + [c for c in ("steal_pct", "cpu_pressure_pct") if c in series]
     grouped = series.assign(state=state).groupby("state")
     out = grouped[cols].median()
@@ -68,23 +75,22 @@ def split_by_copy(series: pd.DataFrame) -> pd.DataFrame:
 
 
 def state_gap(series: pd.DataFrame, probe: str = "model_ms") -> dict[str, float]:
-    """How much longer a probe took in the high-copy state than in the low-copy one (states of
-    :func:`copy_threshold`): ``gap_pct`` = 100 x (median high / median low - 1), negative where it was
-    faster; ``noise_pct``: half the probe's relative IQR within each state, added (the spread rule used
-    throughout the book), in percent; ``clear``: 1.0 where ``|gap_pct|`` exceeds it, else 0.0. A state
-    without ticks gives NaN for all three."""
-    cut = copy_threshold(series.copy_gbps)
-    high, low = series[probe][series.copy_gbps > cut], series[probe][series.copy_gbps <= cut]
+    """How much longer a probe took in the high-copy state than in the low-copy one (:func:`copy_states`):
+    ``gap_pct`` = 100 x (median high / median low - 1), negative where it was faster; ``noise_pct``:
+    the spread rule used throughout the book (:func:`vitspeed.studies.wording.noise`: half the probe's
+    relative IQR within each state, added), in percent; ``clear``: 1.0 where ``|gap_pct|`` exceeds it,
+    else 0.0. A state without ticks gives NaN for all three."""
+    state = copy_states(series)
+    high, low = series[probe][state == "high copy"].astype(float), series[probe][state == "low copy"].astype(float)
     if len(high) == 0 or len(low) == 0:
         return {"gap_pct": float("nan"), "noise_pct": float("nan"), "clear": float("nan")}
 
-    def half_rel_iqr(x: pd.Series) -> float:
-        q1, q2, q3 = x.astype(float).quantile([0.25, 0.5, 0.75])
-        return 50.0 * (q3 - q1) / q2
+    def iqr(x: pd.Series) -> float:
+        return float(x.quantile(0.75) - x.quantile(0.25))
 
     gap = 100.0 * (float(high.median()) / float(low.median()) - 1)
-    noise = half_rel_iqr(high) + half_rel_iqr(low)
-    return {"gap_pct": gap, "noise_pct": noise, "clear": float(abs(gap) > noise)}
+    spread = 100.0 * noise(float(high.median()), iqr(high), float(low.median()), iqr(low))
+    return {"gap_pct": gap, "noise_pct": spread, "clear": float(abs(gap) > spread)}
 
 
 #: fewer ticks than this are no series to read
@@ -134,8 +140,9 @@ def steadiness_text(series: pd.DataFrame) -> dict[str, Any]:
     ``model_clear``, "beyond" or "within" it; :func:`state_gap`), the correlations of DeiT-S's and
     the core's time with the copy bandwidth (``r_model_copy``, ``r_core_copy``, 2 decimals),
     ``reading`` (what the gap suggests, labelled as a reading where it goes beyond the numbers) and
-    ``counters`` (whether steal and pressure saw it; ends with its full stop). A series of fewer than :data:`MIN_TICKS` ticks
-    gives "-" for every number, :data:`NO_SERIES` as its reading and no counters sentence."""
+    ``counters`` (whether steal and pressure saw it; ends with its full stop). A series of fewer than
+    :data:`MIN_TICKS` ticks gives "-" for every number, :data:`NO_SERIES` as its reading and no
+    counters sentence."""
     if len(series) < MIN_TICKS:
         keys = ["ticks", "minutes", "tick_s", "threshold", "between", "share_hi", "model_gap", "model_noise",
                 "model_clear", "r_model_copy", "r_core_copy"]
