@@ -193,20 +193,20 @@ def every_series(monitor: pd.DataFrame) -> pd.DataFrame:
     for run_id, series in monitor.groupby("run_id", sort=True):
         if len(series) < MIN_TICKS:
             continue
+        probes = steadiness(series).set_index("probe")
         states = split_by_copy(series).set_index("state")
         gap = state_gap(series)
-        copy = series.copy_gbps.astype(float)
         rows.append({"run_id": run_id, "minutes": float(series.elapsed_s.max()) / 60, "ticks": len(series),
-                     "copy_gbps": copy.median(), "model_ms": series.model_ms.median(),
-                     "threshold_gbps": copy_threshold(copy),
+                     "copy_gbps": probes.loc["copy_gbps", "median"], "model_ms": probes.loc["model_ms", "median"],
+                     "threshold_gbps": copy_threshold(series.copy_gbps),
                      "high_copy_pct": states.loc["high copy", "share_pct"],
                      "model_hi_ms": states.loc["high copy", "model_ms"],
                      "model_lo_ms": states.loc["low copy", "model_ms"],
                      "core_hi_ms": states.loc["high copy", "core_ms"],
                      "core_lo_ms": states.loc["low copy", "core_ms"],
                      "model_gap_pct": gap["gap_pct"], "model_noise_pct": gap["noise_pct"],
-                     "r_model_copy": series.model_ms.astype(float).corr(copy),
-                     "r_core_copy": series.core_ms.astype(float).corr(copy)})
+                     "r_model_copy": probes.loc["model_ms", "r_copy"],
+                     "r_core_copy": probes.loc["core_ms", "r_copy"]})
     return pd.DataFrame(rows, columns=["run_id", "minutes", "ticks", "copy_gbps", "model_ms", "threshold_gbps",
                                        "high_copy_pct", "model_hi_ms", "model_lo_ms", "core_hi_ms", "core_lo_ms",
                                        "model_gap_pct", "model_noise_pct", "r_model_copy", "r_core_copy"])
