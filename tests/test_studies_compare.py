@@ -43,6 +43,11 @@ def test_compare_cores_times_every_candidate_and_counts_flops():
         samples = parse_samples(r["samples_ms"])
         assert len(samples) == r["n"] and min(samples) > 0
         assert sorted(samples)[len(samples) // 2] == pytest.approx(r["median_ms"], rel=0.5)
+    # one interleaved measurement, one timing group; another measurement gets another
+    assert rows[0]["timing_group"] == rows[1]["timing_group"] and len(rows[0]["timing_group"]) == 8
+    again = compare_cores([candidate("fused", attention="softmax")], tokens=32, head_dim=8, heads=2, warmup=1,
+                          repeats=2)
+    assert again[0]["timing_group"] != rows[0]["timing_group"]
 
 
 def test_cuda_graph_timing_needs_cuda():

@@ -119,6 +119,28 @@ def test_crossovers_count_a_ratio_inside_the_spread_as_a_tie():
     assert strict.status == S.FASTER_THROUGHOUT
 
 
+def test_crossovers_compare_rows_of_one_measurement_round_by_round():
+    # a drifting host: each median's IQR is 20%, but in every round linear_relu is 5% faster than softmax
+    drift = [10.0, 11.0, 12.0, 13.0, 14.0, 13.0, 12.0, 11.0, 10.0]
+    text = lambda k: " ".join(f"{k * x:.6g}" for x in drift)  # noqa: E731
+    rows = []
+    for n, group in ((197, "a"), (577, "b")):
+        rows += [{**_row("softmax", n, 12.0, 2.4), "samples_ms": text(1.0), "timing_group": group},
+                 {**_row("linear_relu", n, 12.0 * 0.95, 2.4 * 0.95), "samples_ms": text(0.95), "timing_group": group}]
+    df = pd.DataFrame(rows)
+    ratios = S.latency_ratios(df)
+    relu = ratios[ratios.attention == "linear_relu"]
+    assert relu.noise.tolist() == pytest.approx([0.0, 0.0], abs=1e-5)
+    assert relu.reference_timing_group.tolist() == ["a", "b"]
+    assert S.crossovers(df).iloc[0].status == S.FASTER_THROUGHOUT
+    # without the samples the unpaired rule calls the 5% a tie at both sizes
+    bare = S.crossovers(df.drop(columns=["samples_ms", "timing_group"])).iloc[0]
+    assert bare.status == S.WITHIN_THROUGHOUT and bare.noise_max_n == pytest.approx(0.2)
+    # graph replays are compared by their own medians and IQRs, never with the eager samples
+    g = df.assign(graph_median_ms=df.median_ms, graph_iqr_ms=df.iqr_ms)
+    assert S.latency_ratios(g, graph=True).noise.min() > 0.15
+
+
 def test_predicted_crossovers():
     pred = S.predicted_crossovers("all").set_index("attention")
     assert "softmax" not in pred.index and len(pred) == len(list_attentions()) - 1
@@ -292,6 +314,8 @@ def test_gemm_shapes_time_the_models_token_count_and_one_fewer(one_thread):
     for r in rows:
         assert r["level"] == "gemm" and r["status"] == "ok" and r["flops"] == 2 * r["size"] * 384 * 1536
         assert r["flops_per_s"] == pytest.approx(r["flops"] / (r["median_ms"] / 1e3))
+    assert len({r["timing_group"] for r in rows}) == 1  # one interleaved measurement, compared round by round
+    assert all(len(r["samples_ms"].split()) == r["n"] for r in rows)
     table = S.gemm_shape_table(pd.DataFrame(rows).assign(hardware="hw"))
     assert table.img_size.tolist() == [32, 48] and table.tokens.tolist() == [5, 10]
 

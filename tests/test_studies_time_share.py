@@ -14,6 +14,10 @@ def test_parts_add_up_to_the_whole():
     assert rows["rest"]["median_ms"] == pytest.approx(total - rows["attention"]["median_ms"] - rows["ffn"]["median_ms"])
     assert sum(r["time_share"] for r in rows.values()) == pytest.approx(1.0)
     assert sum(r["macs_share"] for r in rows.values()) == pytest.approx(1.0)
+    # attention and FFN were timed in the same rounds and can be compared round by round; rest cannot
+    assert rows["attention"]["timing_group"] == rows["ffn"]["timing_group"] is not None
+    assert len(rows["attention"]["samples_ms"].split()) == len(rows["ffn"]["samples_ms"].split()) == 3
+    assert rows["rest"]["samples_ms"] is None and rows["rest"]["timing_group"] is None
     # DeiT-T at 32 px: 4 patches + the class token; attention and FFN MACs per block from the closed forms
     n, c, blocks = 5, 192, 12
     assert all(r["tokens"] == n for r in rows.values())

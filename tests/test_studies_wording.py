@@ -1,6 +1,8 @@
 """vitspeed.studies.wording: how a ratio is said in the chapters' prose."""
 import math
 
+import pytest
+
 from vitspeed.studies.wording import times, word
 
 
@@ -70,6 +72,46 @@ def test_rows_noise_reads_two_rows():
 
     a, b = pd.Series({"median_ms": 100.0, "iqr_ms": 4.0}), {"median_ms": 50.0, "iqr_ms": 1.0}
     assert rows_noise(a, b) == noise(100.0, 4.0, 50.0, 1.0) == 0.5 * (0.04 + 0.02)
+
+
+def test_rows_noise_pairs_rows_timed_in_the_same_rounds():
+    import pandas as pd
+
+    from vitspeed.studies.wording import beyond_spread, frame_noise, noise, paired_noise, rows_noise
+
+    # a host that drifts from 10 to 14 ms and back while b stays 3% faster in every round
+    drift = [10.0, 11.0, 12.0, 13.0, 14.0, 13.0, 12.0, 11.0]
+    a_s, b_s = drift, [x / 1.03 for x in drift]
+    text = lambda xs: " ".join(f"{x:.6g}" for x in xs)  # noqa: E731
+    a = {"median_ms": 12.0, "iqr_ms": 2.0, "samples_ms": text(a_s), "timing_group": "g1"}
+    b = {"median_ms": 12.0 / 1.03, "iqr_ms": 2.0 / 1.03, "samples_ms": text(b_s), "timing_group": "g1"}
+    unpaired = noise(a["median_ms"], a["iqr_ms"], b["median_ms"], b["iqr_ms"])
+    assert unpaired > 0.15  # the drift hides the 3% in each median's own spread
+    assert paired_noise(a, b) == pytest.approx(0.0, abs=1e-5)  # every round says 1.03
+    assert rows_noise(a, b) == paired_noise(a, b)
+    assert beyond_spread(a["median_ms"] / b["median_ms"], rows_noise(a, b))
+    assert not beyond_spread(a["median_ms"] / b["median_ms"], unpaired)
+
+    # rows of different measurements (or without samples) are not paired: the unpaired rule
+    other = {**b, "timing_group": "g2"}
+    assert math.isnan(paired_noise(a, other)) and rows_noise(a, other) == unpaired
+    bare = {k: b[k] for k in ("median_ms", "iqr_ms")}
+    assert math.isnan(paired_noise(a, bare)) and rows_noise(a, bare) == unpaired
+    assert math.isnan(paired_noise({**a, "timing_group": float("nan")}, {**b, "timing_group": float("nan")}))
+
+    # the ratio of the medians must agree with the rounds: a gap between the two widens the spread
+    odd = {**a, "median_ms": b["median_ms"] * 0.99}  # medians say a is faster, every round says slower
+    assert paired_noise(odd, b) == pytest.approx(abs(0.99 / 1.03 - 1), rel=1e-3)
+    assert not beyond_spread(odd["median_ms"] / b["median_ms"], paired_noise(odd, b))
+
+    # frame_noise: each row against its reference_ columns
+    frame = pd.DataFrame([{**a, "reference_ms": b["median_ms"], "reference_iqr_ms": b["iqr_ms"],
+                           "reference_samples_ms": b["samples_ms"], "reference_timing_group": "g1"},
+                          {**a, "reference_ms": b["median_ms"], "reference_iqr_ms": b["iqr_ms"],
+                           "reference_samples_ms": b["samples_ms"], "reference_timing_group": "g2"}])
+    assert frame_noise(frame) == pytest.approx([0.0, unpaired], abs=1e-5)
+    old = frame.drop(columns=["samples_ms", "timing_group", "reference_samples_ms", "reference_timing_group"])
+    assert frame_noise(old) == pytest.approx([unpaired, unpaired])
 
 
 def test_tied_names_the_rows_within_the_spread_of_the_best():

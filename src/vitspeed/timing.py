@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_f
 __all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep",
            "is_oom_error", "forward_peak_memory", "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env",
            "cuda_graph_callable", "L2_FLUSH_BYTES", "NonFiniteOutput",
-           "usable_cpus", "set_threads", "samples_text", "parse_samples", "paired_ratio"]
+           "usable_cpus", "set_threads", "samples_text", "parse_samples", "paired_ratio",
+           "timing_group"]
 
 _MAX_INNER = 1_000_000
 
@@ -118,6 +120,13 @@ def samples_text(timing: Timing) -> str:
     results row keeps so that two callables timed together can be compared round by round
     (:func:`paired_ratio`)."""
     return " ".join(f"{s * 1e3:.4g}" for s in timing.samples)
+
+
+def timing_group() -> str:
+    """A fresh id (8 hex digits) for one interleaved measurement: results rows timed in the same rounds
+    carry the same ``timing_group``, and only such rows are compared round by round
+    (:func:`paired_ratio`); rows of different measurements, even of one run, saw different moments."""
+    return uuid.uuid4().hex[:8]
 
 
 def parse_samples(text: Any) -> list[float]:

@@ -25,7 +25,8 @@ from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter, read_csv
 from vitspeed import timing as _timing
 from vitspeed.timing import (NonFiniteOutput, check_output, cuda_graph_callable, deadline_from_env,
-                             empty_cuda_cache, forward_peak_memory, is_oom_error, measure, samples_text, sweep)
+                             empty_cuda_cache, forward_peak_memory, is_oom_error, measure, samples_text, sweep,
+                             timing_group)
 from vitspeed.roofline import roof_compute_dtype
 from vitspeed.traffic import sdpa_backend, trace_traffic
 
@@ -213,12 +214,13 @@ def _time_all(fns: dict, rows: dict, dev: torch.device, warmup: int, repeats: in
                 empty_cuda_cache()
     else:
         return
+    group = timing_group()
     for label, t in timings.items():
         r = t.row()
         rows[label].update(median_ms=r["median_ms"], iqr_ms=r["iqr_ms"], p10_ms=r["p10_ms"],
                            p90_ms=r["p90_ms"], n=r["n"], throughput=items_per_call / t.median_s,
                            page_faults_per_call=r["page_faults_per_call"], samples_ms=samples_text(t),
-                           status="ok")
+                           timing_group=group, status="ok")
     if not graphs:
         return
     if _timing.GRAPHS_DISABLED:

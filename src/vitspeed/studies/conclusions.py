@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from vitspeed.studies.wording import SOFTMAX_FORM_NAMES, beyond_spread, noise, tied
+from vitspeed.studies.wording import SOFTMAX_FORM_NAMES, beyond_spread, frame_noise, rows_noise, tied
 
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
            "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
@@ -87,8 +87,9 @@ def speedups(scaling: pd.DataFrame, reference: str | tuple[str, ...] = SOFTMAX_F
     the faster one: on a CPU at small token counts the explicit form can win), recorded in
     ``reference_form``. One row per (hardware, dtype, img_size, batch_size, attention): median_ms,
     ``reference_ms`` and ``speedup`` = reference median / variant median (> 1 is faster); ``noise``, the
-    two medians' relative spread (:func:`vitspeed.studies.wording.noise`), and ``clear``, whether the
-    speedup differs from 1 by more than that.
+    relative difference the two medians must exceed to count (:func:`vitspeed.studies.wording.frame_noise`:
+    round by round where both rows kept their samples), and ``clear``, whether the speedup differs from
+    1 by more than that.
     """
     from vitspeed.studies.scaling import reference_latency
 
@@ -96,7 +97,7 @@ def speedups(scaling: pd.DataFrame, reference: str | tuple[str, ...] = SOFTMAX_F
     keys = ["hardware", "dtype", "img_size", "batch_size"]
     out = df.merge(reference_latency(df, reference, by=keys), on=[*keys, "tokens"], how="inner")
     out["speedup"] = out.reference_ms / out.median_ms
-    out["noise"] = noise(out.median_ms, out.iqr_ms, out.reference_ms, out.reference_iqr_ms)
+    out["noise"] = frame_noise(out)
     out["clear"] = [beyond_spread(r, n) for r, n in zip(out.speedup, out.noise)]
     out["img_size"] = out.img_size.astype(int)
     out["batch_size"] = out.batch_size.astype(int)
@@ -217,7 +218,7 @@ def hmhsa_in_two_chapters(redundancy: pd.DataFrame, scaling: pd.DataFrame, hardw
         if ref is None or var is None:
             continue
         speedup = float(ref["median_ms"] / var["median_ms"])
-        z = noise(var["median_ms"], var["iqr_ms"], ref["median_ms"], ref["iqr_ms"])
+        z = rows_noise(var, ref)
         rows.append({"chapter": chapter, "speedup": speedup, "noise": z, "clear": beyond_spread(speedup, z)})
     return pd.DataFrame(rows, columns=["chapter", "speedup", "noise", "clear"])
 
@@ -338,7 +339,7 @@ def faster_architecture(hybrids: pd.DataFrame, published_top1: Mapping[str, floa
                         img_size: int = 224) -> dict[str, Any] | None:
     """The fastest model of the hybrids chapter whose published top-1 is within ``budget`` points of
     ``base``'s, at the smallest measured batch: {"model", "top1", "base_top1", "speedup" (base median /
-    its median), "noise" (the two medians' relative spread), "gmacs", "base_gmacs", "batch_size"};
+    its median), "noise" (the two medians' spread, :func:`~vitspeed.studies.wording.rows_noise`), "gmacs", "base_gmacs", "batch_size"};
     None when ``base`` was not measured there or no model qualifies."""
     df = ok_rows(hybrids)
     df = df[(df.hardware == hardware) & (df.dtype == dtype) & (df.img_size == img_size)]
@@ -353,5 +354,5 @@ def faster_architecture(hybrids: pd.DataFrame, published_top1: Mapping[str, floa
     best = df.loc[fine].median_ms.idxmin()
     a, b = df.loc[base], df.loc[best]
     return {"model": best, "top1": published_top1[best], "base_top1": published_top1[base],
-            "speedup": float(a.median_ms / b.median_ms), "noise": noise(a.median_ms, a.iqr_ms, b.median_ms, b.iqr_ms),
+            "speedup": float(a.median_ms / b.median_ms), "noise": rows_noise(a, b),
             "gmacs": float(b.gmacs), "base_gmacs": float(a.gmacs), "batch_size": int(df.batch_size.iloc[0])}

@@ -328,8 +328,9 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
 
     One row per (hardware, dtype, threads, setting, variant), in the order measured: eager_ms,
     eager_iqr_ms, compiled_ms, compiled_iqr_ms (medians and IQRs, ms per call); speedup (eager /
-    compiled: > 1, compiling made it faster) and speedup_said (:func:`~vitspeed.studies.wording.said`,
-    with the spread caveat); reference (which softmax form is faster in that setting, 'eager' or
+    compiled: > 1, compiling made it faster), noise (the difference it must exceed to count,
+    :func:`~vitspeed.studies.wording.rows_noise`: round by round where both forms kept their samples)
+    and speedup_said (:func:`~vitspeed.studies.wording.said`, with the spread caveat); reference (which softmax form is faster in that setting, 'eager' or
     'compiled', by the medians), vs_softmax and compiled_vs_softmax (the faster softmax's time over
     the variant's eager and compiled times: > 1, faster than the best softmax), compile_s (the first
     call's seconds), compile_rel_err and status: 'ok' when both forms were timed, else the compiled
@@ -341,7 +342,7 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
         raise ValueError(f"unknown kind {kind!r}; valid choices: {', '.join(COMPILED_KINDS)}")
     setting = _SETTING[kind]
     cols = ["hardware", "dtype", "threads", *setting, "variant", "eager_ms", "eager_iqr_ms", "compiled_ms",
-            "compiled_iqr_ms", "speedup", "speedup_said", "reference", "vs_softmax", "compiled_vs_softmax",
+            "compiled_iqr_ms", "speedup", "noise", "speedup_said", "reference", "vs_softmax", "compiled_vs_softmax",
             "compile_s", "compile_rel_err", "status"]
     if "kind" not in rows or not (rows.kind == kind).any():
         return pd.DataFrame(columns=cols)
@@ -376,7 +377,7 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
             out.append({**fixed, "variant": v,
                         "eager_ms": e_ms, "eager_iqr_ms": float(e.iqr_ms) if e is not None else math.nan,
                         "compiled_ms": c_ms, "compiled_iqr_ms": float(c.iqr_ms) if c_ok else math.nan,
-                        "speedup": speed, "speedup_said": said(speed, rel), "reference": ref_form,
+                        "speedup": speed, "noise": rel, "speedup_said": said(speed, rel), "reference": ref_form,
                         "vs_softmax": ref_ms / e_ms, "compiled_vs_softmax": ref_ms / c_ms,
                         "compile_s": float(c.compile_s) if c is not None else math.nan,
                         "compile_rel_err": float(c.compile_rel_err) if c is not None else math.nan,
@@ -529,7 +530,11 @@ def _sentence(parts: list[str]) -> str:
 
 
 def _pair_noise(r: Any) -> float:
-    """The two medians' relative spread of a :func:`compiled_table` row (eager against compiled)."""
+    """The spread a :func:`compiled_table` row's speedup must exceed (eager against compiled): its
+    ``noise`` where the table has it, else the two medians' unpaired spread."""
+    paired = float(getattr(r, "noise", math.nan))
+    if math.isfinite(paired):
+        return paired
     return rows_noise({"median_ms": r.eager_ms, "iqr_ms": r.eager_iqr_ms},
                       {"median_ms": r.compiled_ms, "iqr_ms": r.compiled_iqr_ms})
 

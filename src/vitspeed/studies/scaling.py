@@ -38,7 +38,7 @@ from vitspeed.envinfo import resolve_device
 from vitspeed.results import new_run_id
 from vitspeed.roofline import measure_ceilings
 from vitspeed.studies.compare import candidate, compare_cores_finite, compare_models_finite, run_sweep
-from vitspeed.studies.wording import beyond_spread, noise, sig
+from vitspeed.studies.wording import beyond_spread, frame_noise, noise, rows_noise, sig
 
 __all__ = ["REFERENCE", "BACKBONE", "resolve_variants", "model_tokens", "core_group", "model_group",
            "run_scaling", "crossover_point", "crossovers", "crossover_label", "predicted_crossovers",
@@ -143,14 +143,14 @@ def gemm_shapes(img_sizes: Iterable[int], device: str = "cpu", dtype: str = "flo
     token: an odd n) as fast as its neighbours? Rows: level='gemm', attention='fc1', label 'M=<rows>',
     size (M, the product's rows), model_img_size (the image size whose token count M is, or is one
     above), device, dtype, threads, median_ms / iqr_ms / n, flops (2 M C 4C), flops_per_s (at the
-    median), status='ok'. No tokens or img_size: the sweep keys its configurations by those, and all
+    median), samples_ms and timing_group (one interleaved measurement), status='ok'. No tokens or img_size: the sweep keys its configurations by those, and all
     of this is one configuration."""
     import timm
     import torch
     import torch.nn.functional as Fn
 
     from vitspeed.envinfo import resolve_dtype
-    from vitspeed.timing import measure
+    from vitspeed.timing import measure, samples_text, timing_group
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
@@ -167,6 +167,7 @@ def gemm_shapes(img_sizes: Iterable[int], device: str = "cpu", dtype: str = "flo
     xs = {m: torch.randn(1, m, c_in, generator=g).to(dev, dt) for m in sizes}
     fns = {f"M={m}": (lambda x=xs[m]: Fn.linear(x, w, b)) for m in sizes}
     timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+    group = timing_group()
     rows = []
     for m, s in sizes.items():
         r = timings[f"M={m}"].row()
@@ -175,7 +176,8 @@ def gemm_shapes(img_sizes: Iterable[int], device: str = "cpu", dtype: str = "flo
                      "model_img_size": s, "device": dev.type, "dtype": dtype, "threads": torch.get_num_threads(),
                      "median_ms": r["median_ms"], "iqr_ms": r["iqr_ms"], "n": r["n"], "flops": flops,
                      "flops_per_s": flops / (r["median_ms"] / 1e3),
-                     "page_faults_per_call": r["page_faults_per_call"], "status": "ok"})
+                     "page_faults_per_call": r["page_faults_per_call"],
+                     "samples_ms": samples_text(timings[f"M={m}"]), "timing_group": group, "status": "ok"})
     return rows
 
 
@@ -194,7 +196,7 @@ def gemm_shape_table(results: pd.DataFrame) -> pd.DataFrame:
         out.append({"hardware": hw, "dtype": dt, "img_size": int(s), "tokens": int(grp.index[-1]),
                     "gflops_at_n": hi.flops_per_s / 1e9, "gflops_at_n_minus_1": lo.flops_per_s / 1e9,
                     "rate_ratio": rate,
-                    "beyond_spread": beyond_spread(1 / rate, noise(hi.median_ms, hi.iqr_ms, lo.median_ms, lo.iqr_ms))})
+                    "beyond_spread": beyond_spread(1 / rate, rows_noise(hi, lo))})
     return pd.DataFrame(out)
 
 
@@ -315,7 +317,7 @@ def crossover_point(tokens: Sequence[float], ratio: Sequence[float],
     """Where ``ratio`` (variant / reference latency) falls through 1 as tokens grow.
 
     Each measured point is *faster* (ratio < 1), *slower*, or, given ``noise`` (the two medians'
-    relative spread per point, :func:`vitspeed.studies.wording.noise`), *tied* when the ratio is
+    relative spread per point, :func:`vitspeed.studies.wording.rows_noise`), *tied* when the ratio is
     inside it. What counts is the trailing run of points on the side of the largest N:
 
     - ``crosses``: faster from some N on, slower just before; N* interpolated linearly in
@@ -367,14 +369,18 @@ def reference_latency(results: pd.DataFrame, reference: str | Sequence[str] = SO
                       by: Sequence[str] = ("hardware", "dtype", "batch_size")) -> pd.DataFrame:
     """The reference's latency per ``by`` group and token count: with several softmax forms, the faster
     one at each point (fused SDPA is not always the faster: on a CPU in bfloat16 the explicit form
-    wins). Columns: the keys, ``reference_ms``, ``reference_iqr_ms`` (ms per call) and
-    ``reference_form`` (which form it was)."""
+    wins). Columns: the keys, ``reference_ms``, ``reference_iqr_ms`` (ms per call),
+    ``reference_form`` (which form it was) and, where the rows keep them, ``reference_samples_ms`` and
+    ``reference_timing_group`` (for :func:`vitspeed.studies.wording.frame_noise`)."""
     forms = _forms(reference)
     keys = [b for b in by if b in results.columns] + ["tokens"]
     ref = results[results.attention.isin(forms) & results.median_ms.notna()].sort_values("median_ms")
-    ref = ref.groupby(keys, dropna=False, as_index=False).first()
-    return ref[keys + ["median_ms", "iqr_ms", "attention"]].rename(
-        columns={"median_ms": "reference_ms", "iqr_ms": "reference_iqr_ms", "attention": "reference_form"})
+    # head(1), not first(): first() takes each column's first non-null value, which can mix rows
+    ref = ref.groupby(keys, dropna=False, as_index=False).head(1)
+    kept = [c for c in ("samples_ms", "timing_group") if c in ref.columns]
+    return ref[keys + ["median_ms", "iqr_ms", "attention", *kept]].rename(
+        columns={"median_ms": "reference_ms", "iqr_ms": "reference_iqr_ms", "attention": "reference_form",
+                 **{c: f"reference_{c}" for c in kept}}).reset_index(drop=True)
 
 
 def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str | Sequence[str] = SOFTMAX_FORMS,
@@ -382,7 +388,8 @@ def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str | 
     """Rows of ``level`` (status ok) with ``ratio`` = median latency / the reference's median at the same
     token count in the same group (> 1: slower), the reference being the faster of the softmax forms
     at that point (:func:`reference_latency`; pass ``"softmax"`` for fused SDPA alone), and
-    ``noise``, the two medians' relative spread (:func:`vitspeed.studies.wording.noise`).
+    ``noise``, the relative difference the two medians must exceed to count
+    (:func:`vitspeed.studies.wording.frame_noise`: round by round where both rows kept their samples).
 
     With ``graph`` the CUDA-graph replay times (``graph_median_ms``, ``graph_iqr_ms``: batch 1 on a
     GPU, launch overhead removed) stand in for the eager ones, and only rows that have them count."""
@@ -390,13 +397,16 @@ def latency_ratios(results: pd.DataFrame, level: str = "core", reference: str | 
     if graph:
         if "graph_median_ms" not in df:
             return df.iloc[0:0].assign(reference_ms=[], reference_iqr_ms=[], reference_form=[], ratio=[], noise=[])
+        # the kept samples are the eager runs': the replays are compared by their medians and IQRs
         df = df[df.graph_median_ms.notna()].assign(median_ms=lambda d: d.graph_median_ms,
                                                     iqr_ms=lambda d: d.graph_iqr_ms)
+        df = df.drop(columns=[c for c in ("samples_ms", "timing_group") if c in df.columns])
+    if "iqr_ms" not in df:
+        df["iqr_ms"] = math.nan
     keys = [b for b in by if b in df.columns] + ["tokens"]
     df = df.merge(reference_latency(df, reference, by), on=keys, how="inner")
     df["ratio"] = df.median_ms / df.reference_ms
-    iqr = df.iqr_ms if "iqr_ms" in df else pd.Series(math.nan, index=df.index)
-    df["noise"] = noise(df.median_ms, iqr, df.reference_ms, df.reference_iqr_ms)
+    df["noise"] = frame_noise(df)
     return df
 
 

@@ -27,7 +27,7 @@ from vitspeed.models import create_model
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, core_grid, ratio_of, run_sweep)
 from vitspeed.studies.linear_kernels import kernel_diagnostics
-from vitspeed.studies.wording import noise, said
+from vitspeed.studies.wording import rows_noise, said
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
@@ -208,13 +208,19 @@ def approximation_table(labels: Sequence[str] | None = None, tokens: int = 196, 
     return pd.DataFrame(out)
 
 
-def _iqr_at(rows: pd.DataFrame, dtype: str, head_dim: int, tokens: int) -> pd.Series:
-    """IQR (ms) per label of the ok core rows at one (dtype, head_dim, tokens); empty without an IQR column."""
-    if "iqr_ms" not in rows:
-        return pd.Series(dtype=float)
+def _rows_at(rows: pd.DataFrame, dtype: str, head_dim: int, tokens: int) -> pd.DataFrame:
+    """The ok core rows at one (dtype, head_dim, tokens), indexed by label (the last row of each)."""
     df = rows[(rows.kind == "core") & (rows.dtype == dtype) & (rows.status.fillna("ok") == "ok")]
     df = df[(df.head_dim.astype(int) == head_dim) & (df.tokens.astype(int) == tokens)]
-    return df.groupby("label").iqr_ms.median()
+    return df.drop_duplicates("label", keep="last").set_index("label")
+
+
+def _label_noise(at: pd.DataFrame, a: str, b: str) -> float:
+    """:func:`~vitspeed.studies.wording.rows_noise` of labels ``a`` and ``b`` among rows ``at`` (see
+    :func:`_rows_at`); nan when either is missing or the rows have no IQR."""
+    if "iqr_ms" not in at or a not in at.index or b not in at.index:
+        return math.nan
+    return rows_noise(at.loc[a], at.loc[b])
 
 
 CHEAP_CUTS = ("pool p=2", "pool p=4", "chunk c=2", "chunk c=4", "chunk c=8", "random", "compact")
@@ -250,10 +256,10 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
                core_full_vs_compact_macs=float(round(macs_ratio, 1)) if math.isfinite(macs_ratio) else math.nan)
     per_mac = r / macs_ratio
     out.update(full_time_per_mac=_times(per_mac), full_time_per_mac_word=_word(per_mac, "more", "less"))
-    iqr = _iqr_at(rows, dtype, int(head_dim), n_hi)
+    at_hi = _rows_at(rows, dtype, int(head_dim), n_hi)
 
     def _noise(a: str, b: str) -> float:
-        return noise(hi[a], iqr.get(a, math.nan), hi[b], iqr.get(b, math.nan)) if {a, b} <= set(hi.index) else math.nan
+        return _label_noise(at_hi, a, b) if {a, b} <= set(hi.index) else math.nan
 
     out["full_per_mac_said"] = said(per_mac, _noise("full", "compact"), above="more", below="less")
     same_macs = {"random", "compact"} <= set(hi.index) and math.isclose(
@@ -264,9 +270,8 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
     def _code_said(series: pd.Series, n: int) -> str:
         if not {"compact", "compact (code)"} <= set(series.index):
             return ""
-        i = iqr if n == n_hi else _iqr_at(rows, dtype, int(head_dim), n)
-        spread = noise(series["compact"], i.get("compact", math.nan), series["compact (code)"],
-                       i.get("compact (code)", math.nan))
+        spread = _label_noise(at_hi if n == n_hi else _rows_at(rows, dtype, int(head_dim), n),
+                              "compact", "compact (code)")
         return f"{said(ratio_of(series, 'compact', 'compact (code)'), spread)} at N = {n}"
 
     code_parts = [p for p in (_code_said(hi, n_hi), _code_said(lo, n_lo)) if p]

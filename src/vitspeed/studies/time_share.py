@@ -18,7 +18,7 @@ from torch import nn
 from vitspeed.envinfo import resolve_device, resolve_dtype
 from vitspeed.flops import count_flops
 from vitspeed.models import create_model
-from vitspeed.timing import check_output, measure
+from vitspeed.timing import check_output, measure, samples_text, timing_group
 
 __all__ = ["record_component_inputs", "time_share", "run_time_share", "with_spread", "share_gaps",
            "attention_core_macs"]
@@ -80,7 +80,9 @@ def time_share(model_name: str, img_size: int, device: str = "cpu", dtype: str =
                batch_size: int = 1, warmup: int = 3, repeats: int = 10) -> list[dict[str, Any]]:
     """Time and MACs of attention / FFN / rest for one model at one resolution (rows per component).
 
-    Times are medians in ms with IQR; ``time_share`` and ``macs_share`` are fractions of the whole.
+    Times are medians in ms with IQR; ``time_share`` and ``macs_share`` are fractions of the whole. The
+    whole model and the two replayed parts are timed in the same rounds: the attention and ffn rows keep
+    their per-round samples (``samples_ms``) and ``timing_group``; rest, a difference, has none.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev.type)
@@ -96,6 +98,7 @@ def time_share(model_name: str, img_size: int, device: str = "cpu", dtype: str =
     for fn in fns.values():
         check_output(fn)
     timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+    group = timing_group()
     total = timings["total"].median_s
     parts = {"attention": timings["attention"].median_s, "ffn": timings["ffn"].median_s}
     # Not clamped: a negative rest means replaying the parts alone cost more than inside the model.
@@ -113,6 +116,9 @@ def time_share(model_name: str, img_size: int, device: str = "cpu", dtype: str =
             "iqr_ms": t.iqr_s * 1e3 if t is not None else float("nan"),
             "total_ms": total * 1e3, "total_iqr_ms": timings["total"].iqr_s * 1e3,
             "page_faults_per_call": t.page_faults_per_call if t is not None else None,
+            # attention and ffn were timed in the same rounds (rest is a difference, with no samples)
+            "samples_ms": samples_text(t) if t is not None else None,
+            "timing_group": group if t is not None else None,
             "time_share": parts[comp] / total, "macs": flops[comp]["macs"],
             "macs_share": flops[comp]["macs"] / total_macs, "repeats": repeats,
         })

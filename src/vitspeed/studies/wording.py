@@ -1,12 +1,13 @@
 """How the chapters say a measured ratio in words: the way round that is at least 1, a word, whether the
-difference exceeds the spread of the two medians, and a number to a few significant digits."""
+difference exceeds the spread of the two medians (round by round where the two were timed in the same
+rounds), and a number to a few significant digits."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["SOFTMAX_FORM_NAMES", "times", "word", "noise", "rows_noise", "beyond_spread", "verdict", "said", "sig",
-           "joined", "listed", "tied", "tie_note"]
+__all__ = ["SOFTMAX_FORM_NAMES", "times", "word", "noise", "paired_noise", "rows_noise", "frame_noise",
+           "beyond_spread", "verdict", "said", "sig", "joined", "listed", "tied", "tie_note"]
 
 
 #: The two softmax forms (registry labels) as the prose names them.
@@ -39,9 +40,50 @@ def noise(median_a: float, iqr_a: float, median_b: float, iqr_b: float) -> float
     return 0.5 * (iqr_a / median_a + iqr_b / median_b)
 
 
+def _field(row: Any, key: str) -> Any:
+    try:
+        return row[key]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def paired_noise(a: Any, b: Any) -> float:
+    """The spread of the ratio of two result rows' medians (``a`` over ``b``) when both were timed in one
+    interleaved measurement: the same ``timing_group`` and their per-round samples (``samples_ms``)
+    kept. It is the spread of the round-by-round ratio (:func:`vitspeed.timing.paired_ratio`: half its
+    IQR over its median), in which the host's slow drifts cancel, widened by how far the ratio of
+    the medians lies from that ratio's median, so that the two estimates must agree on the side of
+    1 before a difference is called. nan for rows that cannot be paired (no samples, different or no
+    group, fewer than three common rounds)."""
+    from vitspeed.timing import paired_ratio, parse_samples
+
+    group_a, group_b = _field(a, "timing_group"), _field(b, "timing_group")
+    if not isinstance(group_a, str) or not group_a or group_a != group_b:
+        return math.nan
+    ratio_med, spread = paired_ratio(parse_samples(_field(a, "samples_ms")), parse_samples(_field(b, "samples_ms")))
+    if not math.isfinite(ratio_med):
+        return math.nan
+    return spread + abs(float(a["median_ms"]) / float(b["median_ms"]) / ratio_med - 1)
+
+
 def rows_noise(a: Any, b: Any) -> float:
-    """:func:`noise` of two result rows (anything with ``median_ms`` and ``iqr_ms``: a Series, a dict)."""
-    return noise(a["median_ms"], a["iqr_ms"], b["median_ms"], b["iqr_ms"])
+    """The smallest relative difference of two result rows' medians (anything with ``median_ms`` and
+    ``iqr_ms``: a Series, a dict) this study calls a difference: :func:`paired_noise` when the two were
+    timed in the same rounds, else :func:`noise` of their medians and IQRs."""
+    paired = paired_noise(a, b)
+    return paired if math.isfinite(paired) else noise(a["median_ms"], a["iqr_ms"], b["median_ms"], b["iqr_ms"])
+
+
+def frame_noise(df: Any, prefix: str = "reference_") -> list[float]:
+    """:func:`rows_noise` of each row of ``df`` against the reference its ``prefix``-ed columns describe
+    (``reference_ms``, ``reference_iqr_ms`` and, where kept, ``reference_samples_ms`` and
+    ``reference_timing_group``), in row order."""
+    out = []
+    for _, row in df.iterrows():
+        ref = {"median_ms": row[f"{prefix}ms"], "iqr_ms": row[f"{prefix}iqr_ms"],
+               "samples_ms": _field(row, f"{prefix}samples_ms"), "timing_group": _field(row, f"{prefix}timing_group")}
+        out.append(rows_noise(row, ref))
+    return out
 
 
 def beyond_spread(ratio: float, rel_noise: float) -> bool:
