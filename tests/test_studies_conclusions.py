@@ -200,3 +200,29 @@ def test_precision_answer_names_the_fastest_and_the_fastest_within_budget():
     assert "within the accuracy budget" not in C.precision_answer(best, good.iloc[:0], "hw", "bfloat16")
     with pytest.raises(ValueError, match="valid choices: hw bfloat16"):
         C.precision_answer(best, good, "hw", "float32")
+
+
+def test_pairing_counts_what_comparing_round_by_round_decides():
+    drift = [10.0, 11.0, 12.0, 13.0, 14.0, 13.0, 12.0, 11.0]
+    text = lambda k: " ".join(f"{k * x:.6g}" for x in drift)  # noqa: E731
+
+    def row(label, k, group, status="ok"):
+        return {"label": label, "hardware": "cpu-x", "median_ms": 12.0 * k, "iqr_ms": 2.0 * k,
+                "samples_ms": text(k), "timing_group": group, "status": status}
+
+    # group g1: b is 3% faster in every round (the unpaired rule, 16.7%, cannot see it); group g2: a tie
+    rows = pd.DataFrame([row("a", 1.0, "g1"), row("b", 1 / 1.03, "g1"), row("c", 1.0, "g2"), row("d", 1.0, "g2"),
+                         row("e", 0.5, "g2", status="oom")])
+    out = C.pairing({"scaling": rows, "old": rows.drop(columns=["samples_ms", "timing_group"])})
+    assert out.chapter.tolist() == ["scaling"]  # a run without samples has nothing to pair
+    r = out.iloc[0]
+    assert r.pairs == 2  # a-b and c-d: rows of different groups, and failed rows, are never paired
+    assert r.unpaired_pct == pytest.approx(100 * 0.5 * (1 / 6 + 1 / 6), rel=1e-3)
+    assert r.paired_pct == pytest.approx(0.0, abs=1e-3)
+    assert r.narrower_pct == 100.0 and r.ratio_wider_pct == 0.0 and r.only_paired == 1 and r.only_unpaired == 0
+    # medians that disagree with the rounds: the round ratio is as tight, the widening makes the rule wider
+    odd = rows.copy()
+    odd.loc[0, "median_ms"] = odd.loc[1, "median_ms"] * 0.99
+    odd.loc[[0, 1], "iqr_ms"] = 0.1  # unpaired: under 1%; paired: 0 for the rounds, plus their 3.9% gap
+    r = C.pairing({"scaling": odd}).iloc[0]
+    assert r.narrower_pct == 50.0 and r.ratio_wider_pct == 0.0 and r.only_paired == 0

@@ -9,16 +9,20 @@ setting it was measured in; they are not comparable across settings and we did n
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
-from vitspeed.studies.wording import SOFTMAX_FORM_NAMES, beyond_spread, frame_noise, rows_noise, tied
+from vitspeed.timing import paired_ratio, parse_samples
+from vitspeed.studies.wording import (SOFTMAX_FORM_NAMES, beyond_spread, frame_noise, noise, paired_noise,
+                                      rows_noise, tied)
 
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
            "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
            "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
-           "faster_architecture"]
+           "faster_architecture", "pairing"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -311,6 +315,51 @@ def agreement(rows: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
+def pairing(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """What comparing round by round changes, per chapter (``frames``: chapter -> its rows, one run each)
+    and hardware: over every pair of ok rows timed in the same rounds (one ``timing_group``, samples
+    kept), ``pairs``, the median spread each rule asks of their ratio (``unpaired_pct``:
+    :func:`vitspeed.studies.wording.noise`; ``paired_pct``: :func:`vitspeed.studies.wording.paired_noise`;
+    percent), ``narrower_pct`` (the share of pairs whose paired spread is the narrower, percent),
+    ``ratio_wider_pct`` (the share whose round-by-round ratio alone, before the widening by its gap to
+    the ratio of the medians, scatters more than the unpaired rule allows, percent), ``only_paired`` (pairs the paired rule calls different and the unpaired rule within the spread) and
+    ``only_unpaired`` (the reverse). Chapters whose rows kept no samples are left out."""
+    cols = ["chapter", "hardware", "pairs", "unpaired_pct", "paired_pct", "narrower_pct", "ratio_wider_pct",
+            "only_paired", "only_unpaired"]
+    out = []
+    for chapter, df in frames.items():
+        if df.empty or "timing_group" not in df or "samples_ms" not in df:
+            continue
+        df = ok_rows(df)
+        df = df[df.timing_group.notna() & df.samples_ms.notna()]
+        for hw, rows in df.groupby("hardware"):
+            unpaired, paired, alone, only_p, only_u = [], [], [], 0, 0
+            for _, grp in rows.groupby("timing_group"):
+                recs = grp.to_dict("records")
+                for i, a in enumerate(recs):
+                    for b in recs[i + 1:]:
+                        ratio = a["median_ms"] / b["median_ms"]
+                        u = noise(a["median_ms"], a["iqr_ms"], b["median_ms"], b["iqr_ms"])
+                        p = paired_noise(a, b)
+                        if not (math.isfinite(u) and math.isfinite(p)):
+                            continue
+                        unpaired.append(u)
+                        paired.append(p)
+                        alone.append(paired_ratio(parse_samples(a["samples_ms"]), parse_samples(b["samples_ms"]))[1])
+                        by_p, by_u = beyond_spread(ratio, p), beyond_spread(ratio, u)
+                        only_p += by_p and not by_u
+                        only_u += by_u and not by_p
+            if not paired:
+                continue
+            u_arr, p_arr = np.array(unpaired), np.array(paired)
+            out.append({"chapter": chapter, "hardware": hw, "pairs": len(paired),
+                        "unpaired_pct": 100 * float(np.median(u_arr)), "paired_pct": 100 * float(np.median(p_arr)),
+                        "narrower_pct": 100 * float(np.mean(p_arr < u_arr)),
+                        "ratio_wider_pct": 100 * float(np.mean(np.array(alone) > u_arr)), "only_paired": only_p,
+                        "only_unpaired": only_u})
+    return pd.DataFrame(out, columns=cols)
+
+
 def core_share(linear_kernels: pd.DataFrame, hardware: str, dtype: str, batch_size: int = 1,
                model: str = "deit_small_patch16_224", blocks: int = 12, heads: int = 6, head_dim: int = 64,
                img_size: int = 224) -> dict[str, float] | None:
@@ -339,8 +388,8 @@ def faster_architecture(hybrids: pd.DataFrame, published_top1: Mapping[str, floa
                         img_size: int = 224) -> dict[str, Any] | None:
     """The fastest model of the hybrids chapter whose published top-1 is within ``budget`` points of
     ``base``'s, at the smallest measured batch: {"model", "top1", "base_top1", "speedup" (base median /
-    its median), "noise" (the two medians' spread, :func:`~vitspeed.studies.wording.rows_noise`), "gmacs", "base_gmacs", "batch_size"};
-    None when ``base`` was not measured there or no model qualifies."""
+    its median), "noise" (the two medians' spread, :func:`~vitspeed.studies.wording.rows_noise`),
+    "gmacs", "base_gmacs", "batch_size"}; None when ``base`` was not measured there or no model qualifies."""
     df = ok_rows(hybrids)
     df = df[(df.hardware == hardware) & (df.dtype == dtype) & (df.img_size == img_size)]
     if df.empty:

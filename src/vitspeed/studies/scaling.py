@@ -143,8 +143,8 @@ def gemm_shapes(img_sizes: Iterable[int], device: str = "cpu", dtype: str = "flo
     token: an odd n) as fast as its neighbours? Rows: level='gemm', attention='fc1', label 'M=<rows>',
     size (M, the product's rows), model_img_size (the image size whose token count M is, or is one
     above), device, dtype, threads, median_ms / iqr_ms / n, flops (2 M C 4C), flops_per_s (at the
-    median), samples_ms and timing_group (one interleaved measurement), status='ok'. No tokens or img_size: the sweep keys its configurations by those, and all
-    of this is one configuration."""
+    median), samples_ms and timing_group (one interleaved measurement), status='ok'. No tokens or
+    img_size: the sweep keys its configurations by those, and all of this is one configuration."""
     import timm
     import torch
     import torch.nn.functional as Fn
