@@ -77,7 +77,7 @@ def test_rows_noise_reads_two_rows():
 def test_rows_noise_pairs_rows_timed_in_the_same_rounds():
     import pandas as pd
 
-    from vitspeed.studies.wording import beyond_spread, frame_noise, noise, paired_noise, rows_noise
+    from vitspeed.studies.wording import beyond_spread, frame_noise, noise, paired_noise, paired_parts, rows_noise
 
     # a host that drifts from 10 to 14 ms and back while b stays 3% faster in every round
     drift = [10.0, 11.0, 12.0, 13.0, 14.0, 13.0, 12.0, 11.0]
@@ -102,6 +102,8 @@ def test_rows_noise_pairs_rows_timed_in_the_same_rounds():
     # the ratio of the medians must agree with the rounds: a gap between the two widens the spread
     odd = {**a, "median_ms": b["median_ms"] * 0.99}  # medians say a is faster, every round says slower
     assert paired_noise(odd, b) == pytest.approx(abs(0.99 / 1.03 - 1), rel=1e-3)
+    assert paired_parts(odd, b) == pytest.approx((0.0, abs(0.99 / 1.03 - 1)), rel=1e-3, abs=1e-5)
+    assert all(math.isnan(x) for x in paired_parts(a, other))
     assert not beyond_spread(odd["median_ms"] / b["median_ms"], paired_noise(odd, b))
 
     # frame_noise: each row against its reference_ columns

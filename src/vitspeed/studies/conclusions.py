@@ -15,8 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from vitspeed.timing import paired_ratio, parse_samples
-from vitspeed.studies.wording import (SOFTMAX_FORM_NAMES, beyond_spread, frame_noise, noise, paired_noise,
+from vitspeed.studies.wording import (SOFTMAX_FORM_NAMES, beyond_spread, frame_noise, noise, paired_parts,
                                       rows_noise, tied)
 
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
@@ -322,7 +321,8 @@ def pairing(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     :func:`vitspeed.studies.wording.noise`; ``paired_pct``: :func:`vitspeed.studies.wording.paired_noise`;
     percent), ``narrower_pct`` (the share of pairs whose paired spread is the narrower, percent),
     ``ratio_wider_pct`` (the share whose round-by-round ratio alone, before the widening by its gap to
-    the ratio of the medians, scatters more than the unpaired rule allows, percent), ``only_paired`` (pairs the paired rule calls different and the unpaired rule within the spread) and
+    the ratio of the medians, scatters more than the unpaired rule allows, percent), ``only_paired``
+    (pairs the paired rule calls different and the unpaired rule within the spread) and
     ``only_unpaired`` (the reverse). Chapters whose rows kept no samples are left out."""
     cols = ["chapter", "hardware", "pairs", "unpaired_pct", "paired_pct", "narrower_pct", "ratio_wider_pct",
             "only_paired", "only_unpaired"]
@@ -340,12 +340,13 @@ def pairing(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                     for b in recs[i + 1:]:
                         ratio = a["median_ms"] / b["median_ms"]
                         u = noise(a["median_ms"], a["iqr_ms"], b["median_ms"], b["iqr_ms"])
-                        p = paired_noise(a, b)
+                        spread, gap = paired_parts(a, b)
+                        p = spread + gap
                         if not (math.isfinite(u) and math.isfinite(p)):
                             continue
                         unpaired.append(u)
                         paired.append(p)
-                        alone.append(paired_ratio(parse_samples(a["samples_ms"]), parse_samples(b["samples_ms"]))[1])
+                        alone.append(spread)
                         by_p, by_u = beyond_spread(ratio, p), beyond_spread(ratio, u)
                         only_p += by_p and not by_u
                         only_u += by_u and not by_p

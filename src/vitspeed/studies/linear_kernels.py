@@ -415,7 +415,7 @@ def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> 
         ok = t[t.status == "ok"]
         faster, slower = [], []
         for v, r in ok.iterrows():
-            word_ = verdict(float(r.speedup), _pair_noise(r), above="faster", below="slower")
+            word_ = verdict(float(r.speedup), float(r.noise), above="faster", below="slower")
             if word_ in ("faster", "slower"):
                 (faster if word_ == "faster" else slower).append((v, float(r.speedup)))
         faster.sort(key=lambda p: -p[1])
@@ -431,10 +431,10 @@ def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> 
             continue  # no softmax form timed here: nothing to compare with
         r = t.loc["softmax"]
         if r.status == "ok":
-            soft.append(f"{said(float(r.speedup), _pair_noise(r))} {where}")
+            soft.append(f"{said(float(r.speedup), float(r.noise))} {where}")
             if math.isnan(overhead_us):
                 overhead_us, overhead_where = 1e3 * float(r.compiled_ms - r.eager_ms), where
-                overhead_rel = _pair_noise(r)
+                overhead_rel = float(r.noise)
         ref_form = str(r.reference)
         ref = {"median_ms": r[f"{ref_form}_ms"], "iqr_ms": r[f"{ref_form}_iqr_ms"]}
         others = [k for k in (KERNELS if kind == "compiled" else t.index) if k in ok.index and k != "softmax"]
@@ -466,7 +466,7 @@ def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> 
 def _compiled_verdict(r: Any) -> str:
     """'faster' / 'slower' when compiling changed a :func:`compiled_table` row's time beyond the two
     medians' spread, else 'no different within the spread' (or 'not measured')."""
-    return verdict(float(r.speedup), _pair_noise(r), above="faster", below="slower")
+    return verdict(float(r.speedup), float(r.noise), above="faster", below="slower")
 
 
 def compile_prose(rows: pd.DataFrame, dtype: str, device: str) -> dict[str, str]:
@@ -527,16 +527,6 @@ def _sentence(parts: list[str]) -> str:
     """Clauses joined by semicolons into one sentence, its first letter upper case ("" for none)."""
     text = "; ".join(parts)
     return text[:1].upper() + text[1:] + "." if text else ""
-
-
-def _pair_noise(r: Any) -> float:
-    """The spread a :func:`compiled_table` row's speedup must exceed (eager against compiled): its
-    ``noise`` where the table has it, else the two medians' unpaired spread."""
-    paired = float(getattr(r, "noise", math.nan))
-    if math.isfinite(paired):
-        return paired
-    return rows_noise({"median_ms": r.eager_ms, "iqr_ms": r.eager_iqr_ms},
-                      {"median_ms": r.compiled_ms, "iqr_ms": r.compiled_iqr_ms})
 
 
 def _speed_verdict(ref: Any, row: Any) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SOFTMAX_FORM_NAMES", "times", "word", "noise", "paired_noise", "rows_noise", "frame_noise",
+__all__ = ["SOFTMAX_FORM_NAMES", "times", "word", "noise", "paired_parts", "paired_noise", "rows_noise", "frame_noise",
            "beyond_spread", "verdict", "said", "sig", "joined", "listed", "tied", "tie_note"]
 
 
@@ -47,23 +47,32 @@ def _field(row: Any, key: str) -> Any:
         return None
 
 
-def paired_noise(a: Any, b: Any) -> float:
-    """The spread of the ratio of two result rows' medians (``a`` over ``b``) when both were timed in one
-    interleaved measurement: the same ``timing_group`` and their per-round samples (``samples_ms``)
-    kept. It is the spread of the round-by-round ratio (:func:`vitspeed.timing.paired_ratio`: half its
-    IQR over its median), in which the host's slow drifts cancel, widened by how far the ratio of
-    the medians lies from that ratio's median, so that the two estimates must agree on the side of
-    1 before a difference is called. nan for rows that cannot be paired (no samples, different or no
-    group, fewer than three common rounds)."""
+def paired_parts(a: Any, b: Any) -> tuple[float, float]:
+    """The two parts of :func:`paired_noise` for result rows ``a`` and ``b`` timed in the same rounds: the
+    spread of their round-by-round ratio (:func:`vitspeed.timing.paired_ratio`: half its IQR over its
+    median) and the gap between the ratio of their medians and that ratio's median (``|(a/b) / median
+    ratio - 1|``), both fractions; (nan, nan) for rows that cannot be paired (no samples, different or
+    no ``timing_group``, fewer than three common rounds)."""
     from vitspeed.timing import paired_ratio, parse_samples
 
     group_a, group_b = _field(a, "timing_group"), _field(b, "timing_group")
     if not isinstance(group_a, str) or not group_a or group_a != group_b:
-        return math.nan
+        return math.nan, math.nan
     ratio_med, spread = paired_ratio(parse_samples(_field(a, "samples_ms")), parse_samples(_field(b, "samples_ms")))
     if not math.isfinite(ratio_med):
-        return math.nan
-    return spread + abs(float(a["median_ms"]) / float(b["median_ms"]) / ratio_med - 1)
+        return math.nan, math.nan
+    return spread, abs(float(a["median_ms"]) / float(b["median_ms"]) / ratio_med - 1)
+
+
+def paired_noise(a: Any, b: Any) -> float:
+    """The spread of the ratio of two result rows' medians (``a`` over ``b``) when both were timed in one
+    interleaved measurement: the same ``timing_group`` and their per-round samples (``samples_ms``)
+    kept. It is the spread of the round-by-round ratio, in which the host's slow drifts cancel,
+    widened by how far the ratio of the medians lies from that ratio's median, so that the two
+    estimates must agree on the side of 1 before a difference is called (:func:`paired_parts`, added).
+    nan for rows that cannot be paired."""
+    spread, gap = paired_parts(a, b)
+    return spread + gap
 
 
 def rows_noise(a: Any, b: Any) -> float:
