@@ -267,6 +267,24 @@ def test_compiled_table_and_findings_judge_gains_by_the_spread():
     assert L.compiled_table(rows[rows.kind == "core"]).empty
 
 
+def test_compiled_findings_compare_forms_of_one_measurement_round_by_round():
+    # a drifting host: relu's eager and compiled forms are 4% faster than eager softmax in every round,
+    # inside each median's 16% spread
+    drift = [1.0, 1.1, 1.2, 1.3, 1.4, 1.3, 1.2, 1.1]
+    rows = _compiled_rows(softmax=(1.2, 0.2), softmax__c=(1.5, 0.2), linear_relu=(1.2 / 1.04, 0.2 / 1.04),
+                          linear_relu__c=(1.2 / 1.04, 0.2 / 1.04))
+    unpaired = L.compile_findings(rows, "float32")["count_sentence"]
+    assert "0 of 1 kernels beat" in unpaired and "and 0 when compiled" in unpaired
+    scale = {"softmax": 1.0, "softmax" + L.COMPILED_SUFFIX: 1.25, "linear_relu": 1 / 1.04,
+             "linear_relu" + L.COMPILED_SUFFIX: 1 / 1.04}
+    rows["samples_ms"] = [" ".join(f"{scale[lab] * x:.6g}" for x in drift) for lab in rows.label]
+    rows["timing_group"] = "g"
+    t = L.compiled_table(rows).set_index("variant")
+    assert t.loc["linear_relu", "eager_group"] == t.loc["linear_relu", "compiled_group"] == "g"
+    paired = L.compile_findings(rows, "float32")["count_sentence"]
+    assert "1 of 1 kernels beat" in paired and "and 1 when compiled" in paired
+
+
 def test_whole_models_are_compiled_after_everything_else(results_dir):
     # one compiled model (softmax, always added as the reference) keeps the test to one model compile
     rows = L.run_linear_kernels([], ["deit_tiny_patch16_224"], names=["softmax", "linear_relu"],

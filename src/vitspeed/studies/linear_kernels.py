@@ -335,7 +335,9 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
     the variant's eager and compiled times: > 1, faster than the best softmax), compile_s (the first
     call's seconds), compile_rel_err and status: 'ok' when both forms were timed, else the compiled
     twin's (compile_error, mismatch, oom, nonfinite, or 'not compiled'), or 'eager <status>' when
-    only the eager form failed. The setting columns are tokens for cores, model, img_size and batch_size for models.
+    only the eager form failed; eager_samples_ms, compiled_samples_ms, eager_group, compiled_group (each
+    form's samples and timing group, where kept: comparisons between forms are then round by round).
+    The setting columns are tokens for cores, model, img_size and batch_size for models.
     Empty when there are no such rows.
     """
     if kind not in COMPILED_KINDS:
@@ -343,7 +345,8 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
     setting = _SETTING[kind]
     cols = ["hardware", "dtype", "threads", *setting, "variant", "eager_ms", "eager_iqr_ms", "compiled_ms",
             "compiled_iqr_ms", "speedup", "noise", "speedup_said", "reference", "vs_softmax", "compiled_vs_softmax",
-            "compile_s", "compile_rel_err", "status"]
+            "compile_s", "compile_rel_err", "status", "eager_samples_ms", "compiled_samples_ms", "eager_group",
+            "compiled_group"]
     if "kind" not in rows or not (rows.kind == kind).any():
         return pd.DataFrame(columns=cols)
     df = rows[rows.kind == kind].copy()
@@ -382,7 +385,10 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
                         "compile_s": float(c.compile_s) if c is not None else math.nan,
                         "compile_rel_err": float(c.compile_rel_err) if c is not None else math.nan,
                         "status": (str(c.status) if c is not None and c.status != "ok" else "not compiled" if c is None
-                                   else "ok" if e is not None else f"eager {eager_status.get(v, 'missing')}")})
+                                   else "ok" if e is not None else f"eager {eager_status.get(v, 'missing')}"),
+                        **{f"{form}_{col}": (row.get(key) if row is not None else None)
+                           for form, row in (("eager", e), ("compiled", c if c_ok else None))
+                           for col, key in (("samples_ms", "samples_ms"), ("group", "timing_group"))}})
     return pd.DataFrame(out, columns=cols)
 
 
@@ -436,10 +442,9 @@ def compile_findings(rows: pd.DataFrame, dtype: str, kind: str = "compiled") -> 
                 overhead_us, overhead_where = 1e3 * float(r.compiled_ms - r.eager_ms), where
                 overhead_rel = float(r.noise)
         ref_form = str(r.reference)
-        ref = {"median_ms": r[f"{ref_form}_ms"], "iqr_ms": r[f"{ref_form}_iqr_ms"]}
+        ref = _form_row(r, ref_form)
         others = [k for k in (KERNELS if kind == "compiled" else t.index) if k in ok.index and k != "softmax"]
-        n_e, n_c = (sum(_speed_verdict(ref, {"median_ms": ok.loc[k, f"{form}_ms"],
-                                             "iqr_ms": ok.loc[k, f"{form}_iqr_ms"]}) == "faster" for k in others)
+        n_e, n_c = (sum(_speed_verdict(ref, _form_row(ok.loc[k], form)) == "faster" for k in others)
                     for form in ("eager", "compiled"))
         noun = "kernels" if kind == "compiled" else "variants"
         if not others:
@@ -527,6 +532,13 @@ def _sentence(parts: list[str]) -> str:
     """Clauses joined by semicolons into one sentence, its first letter upper case ("" for none)."""
     text = "; ".join(parts)
     return text[:1].upper() + text[1:] + "." if text else ""
+
+
+def _form_row(r: Any, form: str) -> dict[str, Any]:
+    """One form ('eager' or 'compiled') of a :func:`compiled_table` row as a result row (median_ms, iqr_ms
+    and, where kept, samples_ms and timing_group), for :func:`vitspeed.studies.wording.rows_noise`."""
+    return {"median_ms": r[f"{form}_ms"], "iqr_ms": r[f"{form}_iqr_ms"],
+            "samples_ms": r.get(f"{form}_samples_ms"), "timing_group": r.get(f"{form}_group")}
 
 
 def _speed_verdict(ref: Any, row: Any) -> str:
