@@ -330,10 +330,10 @@ def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
     eager_iqr_ms, compiled_ms, compiled_iqr_ms (medians and IQRs, ms per call); speedup (eager /
     compiled: > 1, compiling made it faster), noise (the difference it must exceed to count,
     :func:`~vitspeed.studies.wording.rows_noise`: round by round where both forms kept their samples)
-    and speedup_said (:func:`~vitspeed.studies.wording.said`, with the spread caveat); reference (which softmax form is faster in that setting, 'eager' or
-    'compiled', by the medians), vs_softmax and compiled_vs_softmax (the faster softmax's time over
-    the variant's eager and compiled times: > 1, faster than the best softmax), compile_s (the first
-    call's seconds), compile_rel_err and status: 'ok' when both forms were timed, else the compiled
+    and speedup_said (:func:`~vitspeed.studies.wording.said`, with the spread caveat); reference
+    (which softmax form is faster in that setting, 'eager' or 'compiled', by the medians), vs_softmax
+    and compiled_vs_softmax (the faster softmax's time over the variant's eager and compiled times:
+    > 1, faster than the best softmax), compile_s (the first call's seconds), compile_rel_err and status: 'ok' when both forms were timed, else the compiled
     twin's (compile_error, mismatch, oom, nonfinite, or 'not compiled'), or 'eager <status>' when
     only the eager form failed; eager_samples_ms, compiled_samples_ms, eager_group, compiled_group (each
     form's samples and timing group, where kept: comparisons between forms are then round by round).
