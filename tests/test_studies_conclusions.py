@@ -226,3 +226,16 @@ def test_pairing_counts_what_comparing_round_by_round_decides():
     odd.loc[[0, 1], "iqr_ms"] = 0.1  # unpaired: under 1%; paired: 0 for the rounds, plus their 3.9% gap
     r = C.pairing({"scaling": odd}).iloc[0]
     assert r.narrower_pct == 50.0 and r.ratio_wider_pct == 0.0 and r.only_paired == 0
+
+
+def test_pairing_text_gives_the_range_and_the_counts():
+    pairs = pd.DataFrame([
+        {"chapter": "scaling", "hardware": "h", "pairs": 100, "unpaired_pct": 5.0, "paired_pct": 3.0,
+         "narrower_pct": 65.0, "ratio_wider_pct": 8.0, "only_paired": 20, "only_unpaired": 3},
+        {"chapter": "hybrids", "hardware": "h", "pairs": 50, "unpaired_pct": 6.0, "paired_pct": 4.0,
+         "narrower_pct": 92.0, "ratio_wider_pct": 1.0, "only_paired": 5, "only_unpaired": 0}])
+    text = C.pairing_text(pairs)
+    assert text.startswith("On this machine the paired spread was the narrower for 65% of the pairs (scaling) "
+                           "to 92% (hybrids). Over all 150 pairs the paired rule decided 25 comparisons")
+    assert "the unpaired rule 3 that the paired one does not" in text and "at most 8% of a chapter's pairs" in text
+    assert C.PAIRED_SINCE in C.pairing_text(pairs.iloc[0:0])

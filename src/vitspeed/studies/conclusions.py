@@ -21,7 +21,7 @@ from vitspeed.studies.wording import (SOFTMAX_FORM_NAMES, beyond_spread, frame_n
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
            "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
            "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
-           "faster_architecture", "pairing"]
+           "faster_architecture", "pairing", "pairing_text", "PAIRED_SINCE"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -359,6 +359,31 @@ def pairing(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                         "ratio_wider_pct": 100 * float(np.mean(np.array(alone) > u_arr)), "only_paired": only_p,
                         "only_unpaired": only_u})
     return pd.DataFrame(out, columns=cols)
+
+
+#: the first run id whose rows keep their samples and timing group (the paired rule applies from it on)
+PAIRED_SINCE = "20261122-1013"
+
+
+def pairing_text(pairs: pd.DataFrame) -> str:
+    """What :func:`pairing`'s rows for one hardware say, in sentences for the book: the range of the share
+    of pairs whose paired spread is the narrower (lowest and highest chapter), how many comparisons
+    only one rule decides, and where the paired rule is wider, how much of that the round ratio alone
+    explains; where there are no rows, that every verdict uses the unpaired rule."""
+    if pairs.empty:
+        return (f"No chapter's newest run on this machine kept its samples (runs made before {PAIRED_SINCE}), "
+                "so every verdict here uses the unpaired rule.")
+    lo, hi = pairs.loc[pairs.narrower_pct.idxmin()], pairs.loc[pairs.narrower_pct.idxmax()]
+    narrower = (f"{lo.narrower_pct:.0f}% of the pairs ({lo.chapter}) to {hi.narrower_pct:.0f}% ({hi.chapter})"
+                if len(pairs) > 1 else f"{lo.narrower_pct:.0f}% of the pairs ({lo.chapter})")
+    return (f"On this machine the paired spread was the narrower for {narrower}. Over all "
+            f"{int(pairs.pairs.sum()):,} pairs the paired rule decided {int(pairs.only_paired.sum()):,} "
+            "comparisons that the unpaired rule leaves within the spread, and the unpaired rule "
+            f"{int(pairs.only_unpaired.sum()):,} that the paired one does not. Where the paired rule is the "
+            "wider, its widening is mostly the cause: the round-by-round ratio alone scattered more than the "
+            f"unpaired rule allows for at most {pairs.ratio_wider_pct.max():.0f}% of a chapter's pairs, and "
+            "with a few rounds the ratio of the medians can lie a few percent from the median of the rounds' "
+            "ratios.")
 
 
 def core_share(linear_kernels: pd.DataFrame, hardware: str, dtype: str, batch_size: int = 1,
