@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitspeed.attention import build_core, list_attentions
-from vitspeed.attention.quadratic import softmax_attention_explicit
+from vitspeed.attention.quadratic import WindowBias, softmax_attention_explicit
 from vitspeed.flops import count_flops
 from vitspeed.formulas import core_formula
 
@@ -23,6 +23,23 @@ def test_fused_softmax_equals_explicit_with_and_without_bias():
     fused, explicit = build_core("softmax", 8, 3), build_core("softmax_explicit", 8, 3)
     for b in (None, bias):
         torch.testing.assert_close(fused(q, k, v, bias=b), explicit(q, k, v, bias=b))
+
+
+@pytest.mark.parametrize("name", QUADRATIC)
+def test_window_bias_equals_its_dense_form_in_every_core(name):
+    # 2 images x 4 window positions: each window's mask slice must reach its own rows only.
+    q, k, v = qkv(B=8, h=3, N=20)
+    g = torch.Generator().manual_seed(1)
+    position = torch.randn(1, 3, 20, 20, generator=g, dtype=torch.float64)
+    mask = torch.where(torch.rand(4, 20, 20, generator=g) < 0.3, -100.0, 0.0).double()
+    windows = WindowBias(position, mask)
+    dense = position + mask.repeat(2, 1, 1).unsqueeze(1)
+    torch.testing.assert_close(windows.dense(8), dense)
+    scores = torch.randn(8, 3, 20, 20, dtype=torch.float64)
+    torch.testing.assert_close(windows.add_to(scores), scores + dense)
+    core = build_core(name, 8, 3)
+    torch.testing.assert_close(core(q, k, v, bias=windows), core(q, k, v, bias=dense))
+    torch.testing.assert_close(core(q, k, v, bias=WindowBias(position)), core(q, k, v, bias=position))
 
 
 @pytest.mark.parametrize("name", ["cosine", "euclidean"])

@@ -39,8 +39,15 @@ def test_fastest_per_point():
 
 def test_reference_forms_in_words():
     text = C.reference_forms(C.speedups(_scaling_rows()), "hw")
-    assert text == ("the explicit form at every measured size in bfloat16; "
-                    "in float32 the explicit form at 224 px, fused SDPA at 512 px")
+    assert text == ("the explicit form at every measured point in bfloat16; "
+                    "in float32 the explicit form at 224 px (batch 1); fused SDPA at 512 px (batch 1)")
+    # the batch size is part of the point: fused softmax wins at 512 px batch 1 but not at batch 8
+    rows = _scaling_rows()
+    batch8 = rows[(rows.level == "model") & (rows.dtype == "float32") & (rows.img_size == 512)].assign(batch_size=8)
+    batch8["median_ms"] = batch8.attention.map({"softmax": 90.0, "softmax_explicit": 80.0, "linear_relu": 70.0})
+    text = C.reference_forms(C.speedups(pd.concat([rows, batch8], ignore_index=True)), "hw")
+    assert text.endswith("in float32 the explicit form at 224 px (batch 1), 512 px (batch 8); "
+                         "fused SDPA at 512 px (batch 1)")
     with pytest.raises(ValueError, match="valid choices: hw"):
         C.reference_forms(C.speedups(_scaling_rows()), "gpu")
 
@@ -155,6 +162,27 @@ def test_tied_with_names_the_variants_within_the_spread_of_a_row():
     assert C.tied_with(speed, best) == ["linear_mean"]  # not softmax (a reference form), not bfloat16's row
     assert C.tied_with(speed, speed.iloc[3]) == []
     assert C.tied_with(speed, {**best.to_dict(), "attention": "absent"}) == []
+
+
+def test_ties_in_speedups_are_decided_round_by_round():
+    # Two variants timed in one group: their medians differ by 5%, inside the unpaired spread (wide
+    # IQRs from a drifting host), but every round has the same 5% gap, so round by round they differ.
+    rows = _scaling_rows()
+    rows = rows[(rows.level == "model") & (rows.dtype == "float32") & (rows.img_size == 224)].copy()
+    drift = [1.0, 1.3, 0.8, 1.2, 0.9, 1.1, 1.0]
+    extra = rows[rows.attention == "linear_relu"].assign(attention="linear_mean", median_ms=8.4)
+    rows = pd.concat([rows, extra], ignore_index=True)
+    rows["iqr_ms"] = 0.3 * rows.median_ms
+    rows["timing_group"] = "g1"
+    rows["samples_ms"] = [" ".join(f"{ms * f:.4f}" for f in drift) for ms in rows.median_ms]
+    speed = C.speedups(rows)
+    assert {"samples_ms", "timing_group"} <= set(speed.columns)
+    relu = speed[speed.attention == "linear_relu"].iloc[0]
+    assert C.tied_with(speed, relu) == []
+    assert C.tied_with(speed.drop(columns=["samples_ms", "timing_group"]), relu) == ["linear_mean"]
+    assert {"samples_ms", "timing_group"} <= set(C.swin_sets(pd.DataFrame([
+        {"hardware": "h", "dtype": "float32", "batch_size": 1, "label": "stock", "median_ms": 1.0, "iqr_ms": 0.1,
+         "samples_ms": "1 1 1", "timing_group": "g", "ratio_vs_softmax": 1.0, "status": "ok"}])).columns)
 
 
 def test_hmhsa_in_two_chapters_pairs_each_chapters_own_reference():

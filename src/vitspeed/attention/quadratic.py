@@ -19,6 +19,8 @@ softmax (exp, sum, divide) and one per input element of a reduction (see :mod:`v
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Union
 
 import sympy
 import torch
@@ -30,14 +32,63 @@ from vitspeed.attention.registry import AttentionSpec, register_attention
 MAX_LOGIT_SCALE = math.log(100.0)  # Swin V2 clamps the learned temperature at 100
 
 
+@dataclass(frozen=True)
+class WindowBias:
+    """Swin's additive score bias in factored form, as its window shell hands it to a core.
+
+    ``position`` is the relative position bias shared by every window, (1, h, N, N); ``mask`` the
+    shifted-window mask (0 / -100), one (N, N) slice per window position, (windows, N, N), or None.
+    Explicit cores add the two to their (B * windows, h, N, N) scores by broadcasting over a
+    (B, windows, h, N, N) view (:meth:`add_to`, as timm's unfused path does), so no batch-sized bias
+    tensor exists; fused SDPA takes one mask tensor, which :meth:`dense` builds.
+    """
+
+    position: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def dense(self, n: int) -> torch.Tensor:
+        """The bias as one tensor broadcastable to scores of ``n`` = B * windows rows: (1 or n, h, N, N)."""
+        if self.mask is None:
+            return self.position
+        n_win, N, _ = self.mask.shape
+        h = self.position.shape[1]
+        mask = self.mask.view(1, n_win, 1, N, N).expand(n // n_win, -1, h, -1, -1)
+        return self.position + mask.reshape(n, h, N, N)
+
+    def add_to(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` (B * windows, h, N, N) plus the position bias and the mask, each broadcast."""
+        out = scores + self.position
+        if self.mask is None:
+            return out
+        n, h, N, _ = out.shape
+        n_win = self.mask.shape[0]
+        return (out.view(n // n_win, n_win, h, N, N) + self.mask.view(1, n_win, 1, N, N)).view(n, h, N, N)
+
+
+ScoreBias = Union[torch.Tensor, WindowBias, None]
+
+
+def add_bias(scores: torch.Tensor, bias: ScoreBias) -> torch.Tensor:
+    """``scores`` plus an additive score ``bias``: a tensor broadcastable to them, a :class:`WindowBias`,
+    or None (scores unchanged)."""
+    if bias is None:
+        return scores
+    if isinstance(bias, WindowBias):
+        return bias.add_to(scores)
+    return scores + bias
+
+
+def dense_bias(bias: ScoreBias, n: int) -> torch.Tensor | None:
+    """``bias`` as one tensor (or None) for scores with ``n`` rows in the batch dimension."""
+    return bias.dense(n) if isinstance(bias, WindowBias) else bias
+
+
 def softmax_attention_explicit(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: ScoreBias = None, scale: float | None = None
 ) -> torch.Tensor:
     """Reference softmax attention, softmax(q k^T * scale + bias) v, materializing the N x N map."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    attn = (q * scale) @ k.transpose(-2, -1)
-    if bias is not None:
-        attn = attn + bias
+    attn = add_bias((q * scale) @ k.transpose(-2, -1), bias)
     return attn.softmax(dim=-1) @ v
 
 
@@ -51,14 +102,16 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, q, k, v, bias=None, grid=None):
         """softmax(q k^T / sqrt(d) + bias) v of (B, h, N, d) ``q``, ``k``, ``v``; ``bias`` is an additive
-        (B or 1, h, N, N) score bias (Swin's relative positions and shift mask), ``grid`` is unused."""
+        score bias (Swin's relative positions and shift mask): a (B or 1, h, N, N) tensor or a
+        :class:`WindowBias`; ``grid`` is unused."""
         if self.fused:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=_match(bias, q))
         return softmax_attention_explicit(q, k, v, bias, self.scale)
 
 
-def _match(bias: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
-    # SDPA wants the mask in the query's dtype.
+def _match(bias: ScoreBias, q: torch.Tensor) -> torch.Tensor | None:
+    # SDPA wants one mask tensor, in the query's dtype.
+    bias = dense_bias(bias, q.shape[0])
     return None if bias is None else bias.to(q.dtype)
 
 
@@ -109,14 +162,13 @@ class EuclideanAttention(nn.Module):
         half = 0.5 * self.scale
         if self.fused:
             key_term = (k * k).sum(-1).unsqueeze(-2) * -half  # (B, h, 1, N)
+            bias = dense_bias(bias, q.shape[0])
             mask = key_term if bias is None else key_term + bias
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
         qq = (q * q).sum(-1, keepdim=True)
         kk = (k * k).sum(-1).unsqueeze(-2)
         dist = qq + kk - 2.0 * (q @ k.transpose(-2, -1))
-        attn = dist * -half
-        if bias is not None:
-            attn = attn + bias
+        attn = add_bias(dist * -half, bias)
         return attn.softmax(dim=-1) @ v
 
 
@@ -142,9 +194,7 @@ class JaccardAttention(_LearnedTemperature):
         den = (qq + kk - dots).clamp_min(self.eps)
         attn = dots / den
         del dots, den
-        attn = attn * self.temperature().to(q.dtype)
-        if bias is not None:
-            attn = attn + bias
+        attn = add_bias(attn * self.temperature().to(q.dtype), bias)
         return attn.softmax(dim=-1) @ v
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitspeed.attention.quadratic import WindowBias
 from vitspeed.attention.registry import build_core, get_attention
 
 __all__ = ["GlobalAttention", "WindowAttention", "make_attention", "relative_position_index"]
@@ -145,15 +146,10 @@ class WindowAttention(nn.Module):
             self.register_buffer("relative_position_index",
                                  relative_position_index(wh, ww).to(table.device), persistent=False)
 
-    def _bias(self, n_windows_batch: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def _bias(self, mask: torch.Tensor | None) -> WindowBias:
         N = self.window_area
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)  # (1, h, N, N)
-        if mask is None:
-            return bias
-        n_win = mask.shape[0]
-        mask = mask.view(1, n_win, 1, N, N).expand(n_windows_batch // n_win, -1, self.num_heads, -1, -1)
-        return bias + mask.reshape(-1, self.num_heads, N, N)
+        return WindowBias(bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0), mask)  # (1, h, N, N)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention within each window of ``x`` (B * windows, N = window area, C), with the relative
@@ -162,7 +158,7 @@ class WindowAttention(nn.Module):
         B_, N, C = x.shape
         q, k, v = _split_heads(self.qkv(x), self.num_heads)
         if self.uses_bias:
-            bias = self._bias(B_, mask)
+            bias = self._bias(mask)
         elif mask is not None:
             raise ValueError(
                 f"attention {self.variant!r} cannot apply Swin's shifted-window mask; "

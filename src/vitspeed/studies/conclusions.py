@@ -89,7 +89,8 @@ def speedups(scaling: pd.DataFrame, reference: str | tuple[str, ...] = SOFTMAX_F
     The reference is the faster of the named softmax forms at each point (fused SDPA is not always
     the faster one: on a CPU at small token counts the explicit form can win), recorded in
     ``reference_form``. One row per (hardware, dtype, img_size, batch_size, attention): median_ms,
-    ``reference_ms`` and ``speedup`` = reference median / variant median (> 1 is faster); ``noise``, the
+    ``reference_ms`` and ``speedup`` = reference median / variant median (> 1 is faster), with the
+    variant's ``samples_ms`` and ``timing_group`` where the run kept them; ``noise``, the
     relative difference the two medians must exceed to count (:func:`vitspeed.studies.wording.frame_noise`:
     round by round where both rows kept their samples), and ``clear``, whether the speedup differs from
     1 by more than that.
@@ -105,30 +106,40 @@ def speedups(scaling: pd.DataFrame, reference: str | tuple[str, ...] = SOFTMAX_F
     out["img_size"] = out.img_size.astype(int)
     out["batch_size"] = out.batch_size.astype(int)
     out["tokens"] = out.tokens.astype(int)
-    return out[keys + ["attention", "family", "tokens", "median_ms", "iqr_ms", "reference_form", "reference_ms",
-                       "speedup", "noise", "clear"]]
+    # each row's per-round samples and group stay, so that ties among variants (tied_with) are
+    # decided round by round like every other comparison
+    paired = [c for c in ("samples_ms", "timing_group") if c in out]
+    return out[keys + ["attention", "family", "tokens", "median_ms", "iqr_ms", *paired, "reference_form",
+                       "reference_ms", "speedup", "noise", "clear"]]
 
 
 def reference_forms(speed: pd.DataFrame, hardware: str) -> str:
     """Which softmax form was the reference (the faster one) at each measured point of ``hardware``,
-    in words, per dtype: e.g. "fused SDPA at every measured size in float32; in bfloat16 the explicit
-    form at 224 and 384 px, fused SDPA at 512 px". ``speed`` is :func:`speedups`' output."""
-    forms = speed[speed.hardware == hardware].groupby(["dtype", "img_size"]).reference_form.first()
+    in words, per dtype: e.g. "fused SDPA at every measured point in float32; in bfloat16 the explicit
+    form at 224 and 384 px (batch 1), fused SDPA at 512 px (batch 1)". A point is an image size and a
+    batch size; ``speed`` is :func:`speedups`' output."""
+    forms = speed[speed.hardware == hardware].groupby(["dtype", "img_size", "batch_size"]).reference_form.first()
     if forms.empty:
         raise ValueError(f"no speedups for hardware {hardware!r}; valid choices: "
                          f"{', '.join(sorted(speed.hardware.unique()))}")
+
+    def points(where: list[tuple[int, int]]) -> str:
+        by_batch: dict[int, list[str]] = {}
+        for size, batch in where:
+            by_batch.setdefault(int(batch), []).append(str(int(size)))
+        return ", ".join(f"{' and '.join(sizes)} px (batch {b})" for b, sizes in by_batch.items())
 
     parts = []
     for dtype in sorted(forms.index.get_level_values(0).unique()):
         f = forms.loc[dtype]
         if f.nunique() == 1:
-            parts.append(f"{SOFTMAX_FORM_NAMES[f.iloc[0]]} at every measured size in {dtype}")
+            parts.append(f"{SOFTMAX_FORM_NAMES[f.iloc[0]]} at every measured point in {dtype}")
             continue
-        by_form: dict[str, list[str]] = {}
-        for size, form in f.items():
-            by_form.setdefault(form, []).append(str(int(size)))
-        parts.append(f"in {dtype} " + ", ".join(f"{SOFTMAX_FORM_NAMES[v]} at {' and '.join(s)} px"
-                                                for v, s in by_form.items()))
+        by_form: dict[str, list[tuple[int, int]]] = {}
+        for (size, batch), form in f.items():
+            by_form.setdefault(form, []).append((size, batch))
+        parts.append(f"in {dtype} " + "; ".join(f"{SOFTMAX_FORM_NAMES[v]} at {points(w)}"
+                                                for v, w in by_form.items()))
     return "; ".join(parts)
 
 
@@ -227,10 +238,12 @@ def hmhsa_in_two_chapters(redundancy: pd.DataFrame, scaling: pd.DataFrame, hardw
 
 
 def swin_sets(swin: pd.DataFrame) -> pd.DataFrame:
-    """The seed's Swin-T sets per (hardware, dtype, batch): median ms, ratio to fused softmax, rank."""
+    """The seed's Swin-T sets per (hardware, dtype, batch): median ms (with the per-round samples and
+    timing group where kept, for round-by-round comparisons), ratio to fused softmax, rank."""
     df = ok_rows(swin[swin.label.isin(SEED_SETS)]).copy()
     df["rank"] = df.groupby(["hardware", "dtype", "batch_size"]).median_ms.rank().astype(int)
-    cols = ["hardware", "dtype", "batch_size", "label", "median_ms", "iqr_ms", "ratio_vs_softmax", "rank"]
+    cols = ["hardware", "dtype", "batch_size", "label", "median_ms", "iqr_ms",
+            *[c for c in ("samples_ms", "timing_group") if c in df], "ratio_vs_softmax", "rank"]
     return df[cols].sort_values(["hardware", "dtype", "batch_size", "rank"]).reset_index(drop=True)
 
 
