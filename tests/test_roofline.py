@@ -141,6 +141,11 @@ def test_fp32_sdpa_on_tensor_cores_is_held_to_the_tf32_roof():
     assert roof_compute_dtype("cuda", "bfloat16", "bfloat16", "mem_efficient") == "bfloat16"
     assert roof_compute_dtype("cpu", "float32", "float32", "mem_efficient") == "float32"
     assert roof_compute_dtype("cuda", "float32", None, None) is None
+    # PyTorch's CPU flash kernel runs its reduced-precision block products in MKL's float32 GEMM without AMX
+    assert roof_compute_dtype("cpu", "bfloat16", "bfloat16", "flash_cpu", amx=False) == "float32"
+    assert roof_compute_dtype("cpu", "float16", "float16", "flash_cpu", amx=False) == "float32"
+    assert roof_compute_dtype("cpu", "bfloat16", "bfloat16", "flash_cpu", amx=True) == "bfloat16"
+    assert roof_compute_dtype("cpu", "bfloat16", "bfloat16", None, amx=False) == "bfloat16"  # explicit matmuls
     ceil = [{"level": "ceiling", "attention": "matmul", "hardware": "gpu", "dtype": "float32", "flops_per_s": 50.0},
             {"level": "ceiling", "attention": "matmul", "hardware": "gpu", "dtype": TF32, "flops_per_s": 400.0},
             {"level": "ceiling", "attention": "copy", "hardware": "gpu", "dtype": "float32", "bytes_per_s": 10.0}]

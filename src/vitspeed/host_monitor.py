@@ -11,7 +11,8 @@ one *tick* of four probes and the disturbance counters:
   flops per multiply-add; median of 5 samples of 10 products): the cores' arithmetic speed;
 - ``model_ms``: DeiT-S forward, batch 1, 224 px (ms per call, median of 3): a compute-bound model;
 - ``core_ms``: the explicit softmax core (``softmax_explicit``) at 3136 tokens, 6 heads of 64
-  (ms per call, median of 3): its 3136 x 3136 maps make it memory-bound;
+  (ms per call, median of 3): its 3136 x 3136 maps stream through main memory (memory-heavy, though
+  its arithmetic intensity is on the compute side of the roofline's ridge);
 - ``steal_pct`` and ``cpu_pressure_pct`` over the tick (:mod:`vitspeed.disturbance`).
 
 ``vitspeed monitor`` runs it in a fresh process with the CPU preset's allocator
@@ -32,7 +33,7 @@ __all__ = ["monitor", "monitor_rows", "save_monitor", "MONITOR_MODEL", "MONITOR_
 
 #: the compute-bound model of a tick (timm name), batch 1 at 224 px
 MONITOR_MODEL = "deit_small_patch16_224"
-#: the memory-bound core of a tick: (variant, tokens, heads, head size)
+#: the memory-heavy core of a tick: (variant, tokens, heads, head size)
 MONITOR_CORE = ("softmax_explicit", 3136, 6, 64)
 #: side of the square float32 matrices of the GEMM probe (3 x 576 KiB: resident in a 2 MiB L2 or L3)
 GEMM_SIZE = 384

@@ -49,11 +49,28 @@ TF32 = "tfloat32"
 TENSOR_CORE_FP32_BACKENDS = frozenset({"mem_efficient"})
 
 
-def roof_compute_dtype(device: str, dtype: str, product_dtype: str | None, sdpa_backend: str | None) -> str | None:
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def roof_compute_dtype(device: str, dtype: str, product_dtype: str | None, sdpa_backend: str | None,
+                       amx: bool | None = None) -> str | None:
     """The dtype whose matmul ceiling is a core's compute roof: :data:`TF32` for float32 SDPA on CUDA in a
-    kernel of :data:`TENSOR_CORE_FP32_BACKENDS`, else the dtype its matrix products ran in."""
+    kernel of :data:`TENSOR_CORE_FP32_BACKENDS`; float32 for bfloat16 or float16 SDPA in PyTorch's CPU
+    flash kernel on a CPU without AMX tiles (``amx``; None: this machine's); else the dtype its matrix
+    products ran in.
+
+    The CPU flash kernel hands its block products to a reduced-precision GEMM that, without AMX, runs
+    MKL's float32 kernel: the scaling chapter's sampling profile finds 81% of bfloat16 fused SDPA's
+    time there on the study's AMD EPYC (AVX-512 with bf16 instructions), and bfloat16 fused SDPA no
+    faster than float32, while an ordinary bfloat16 matmul (oneDNN) runs 4 times faster than float32.
+    """
     if device == "cuda" and dtype == "float32" and sdpa_backend in TENSOR_CORE_FP32_BACKENDS:
         return TF32
+    if device == "cpu" and dtype in ("bfloat16", "float16") and sdpa_backend == "flash_cpu":
+        if not (_cpu_has_amx() if amx is None else amx):
+            return "float32"
     return product_dtype
 
 

@@ -9,9 +9,10 @@ Variants (the kernels of QT-ViT Table 2 plus two classics):
 
 - ``linear_relu``   phi = ReLU (EfficientViT), eps 1e-15.
 - ``linear_elu``    phi = elu(x) + 1 (Katharopoulos et al.), eps 1e-6. On the CPU it is computed as
-  exp(min(x, 0)) + max(x, 0), the same function: PyTorch's CPU ``elu`` goes through ``expm1``, whose
-  AVX-512 kernel (torch 2.11; the AVX2 one is fast) ran several times slower than the four cheap
-  steps together on the study's CPU; on CUDA ``elu`` + 1 is two kernels against four, so it stays.
+  exp(min(x, 0)) + max(x, 0), the same function: in early runs PyTorch's CPU ``elu`` (through
+  ``expm1``, AVX-512 kernel, torch 2.11) ran several times slower than the four cheap steps together
+  on the study's CPU; later runs time the two alike (the linear-kernels chapter times both). On CUDA
+  ``elu`` + 1 is two kernels against four, so it stays.
 - ``linear_cosine`` phi = x / ||x|| (Hydra's kernel). By default Hydra's own form,
   phi(Q)(phi(K)^T V) with no normaliser, as its reference code computes it. The weights qhat.khat
   are signed, so the section-4 normaliser qhat . sum khat can be zero or negative: on random inputs
@@ -224,7 +225,7 @@ def elu_plus_one(x: torch.Tensor, form: str = "auto") -> torch.Tensor:
     """elu(x) + 1, elementwise: x + 1 for x > 0, exp(x) otherwise.
 
     ``form``: 'exp' computes exp(min(x, 0)) + max(x, 0) (4 elementwise ops per element), avoiding the
-    slow ``expm1`` behind PyTorch's CPU ``elu``; 'elu' computes ``F.elu(x) + 1`` (2 ops); 'auto'
+    ``expm1`` behind PyTorch's CPU ``elu`` (slow in some of the study's runs); 'elu' computes ``F.elu(x) + 1`` (2 ops); 'auto'
     (default) takes 'exp' on the CPU and 'elu' elsewhere.
     """
     _check_elu_form(form)

@@ -100,8 +100,8 @@ NO_SERIES = "no host monitor series for this hardware in data/ (run `vitspeed mo
 
 def _reading(m: dict[str, Any]) -> str:
     if m["model_clear"] and m["model_gap"] > 0:
-        core_moved = (", a slightly faster memory-bound core" if m["core_hi"] < m["core_lo"] else
-                      ", a slower memory-bound core" if m["core_hi"] > m["core_lo"] else "")
+        core_moved = (", a slightly faster memory-heavy core" if m["core_hi"] < m["core_lo"] else
+                      ", a slower memory-heavy core" if m["core_hi"] > m["core_lo"] else "")
         gemm = m.get("gemm_hi", float("nan")), m.get("gemm_lo", float("nan"))
         gemm_moved = (f" and a slower in-cache GEMM ({gemm[0]} against {gemm[1]} GFLOP/s: less compute per "
                       "second, as on a core with a lower clock)" if gemm[0] < gemm[1] else "")

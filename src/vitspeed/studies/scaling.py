@@ -217,8 +217,9 @@ def gemm_shape_finding(table: pd.DataFrame, hardware: str, threshold: float = 0.
     parts = [f"{r.dtype} at {r.img_size} px ({r.tokens} tokens: {100 * r.rate_ratio:.0f}% of the rate at "
              f"{r.tokens - 1})" for r in slow.itertuples()]
     return ("The model's own token count (the patches plus a class token) is a slow shape for the matrix library "
-            f"in {'; '.join(parts)}: there the whole model runs slower than its MACs suggest, beside every other "
-            "size, whatever its attention.")
+            f"in {'; '.join(parts)}: there the FFN products, which are the same whatever the attention, run at "
+            "that lower rate in every variant's model, adding the same time to each (ratios between variants "
+            "move only by the share that time takes).")
 
 
 def _check_square(tokens: Iterable[int], variants: Sequence[str]) -> None:
