@@ -267,3 +267,31 @@ def test_pairing_text_gives_the_range_and_the_counts():
                            "to 92% (hybrids). Over all 150 pairs the paired rule decided 25 comparisons")
     assert "the unpaired rule 3 that the paired one does not" in text and "at most 8% of a chapter's pairs" in text
     assert C.PAIRED_SINCE in C.pairing_text(pairs.iloc[0:0])
+
+
+def _condition_rows(copies, steal=0.0, groups=True):
+    rows = []
+    for i, copy in enumerate(copies):
+        for label in ("a", "b"):  # two rows per measured group
+            rows.append({"hardware": "h", "label": label, "steal_pct": steal, "cpu_pressure_pct": 1.0,
+                         "copy_gbps": copy, **({"timing_group": f"g{i}"} if groups else {})})
+    return pd.DataFrame(rows)
+
+
+def test_conditions_flag_groups_off_their_runs_median_and_slow_runs():
+    frames = {"quiet": _condition_rows([40.0, 41.0, 39.0, 40.0]),
+              "odd": _condition_rows([40.0, 40.0, 20.0, 40.0]),  # one group at half the run's bandwidth
+              "slow": _condition_rows([17.0, 17.0, 17.0]),  # the whole run on a slow memory system
+              "busy": _condition_rows([40.0, 40.0], steal=12.0),
+              "old": pd.DataFrame([{"hardware": "h", "median_ms": 1.0}])}  # no readings: left out
+    table = C.conditions(frames).set_index("chapter")
+    assert list(table.index) == ["quiet", "odd", "slow", "busy"]
+    assert table.loc["quiet", "groups"] == 4 and table.loc["quiet", "flagged"] == 0
+    assert table.loc["odd", "flagged"] == 1 and table.loc["odd", "copy_gbps_min"] == 20.0
+    assert table.loc["busy", "flagged"] == 2 and table.loc["busy", "max_steal_pct"] == 12.0
+    assert table.loc["slow", "flagged"] == 0 and table.loc["slow", "copy_vs_hardware"] < 0.5
+    text = C.conditions_text(table.reset_index())
+    assert "1 of 4 groups in odd" in text and "2 of 2 groups in busy" in text
+    assert "the slow run's memory copies ran at 17.0 GB/s" in text and "quiet" not in text
+    assert C.conditions(frames={"x": _condition_rows([40.0, 30.0], groups=False)}).groups.iloc[0] == 4
+    assert C.conditions_text(C.conditions({})).startswith("No run on this machine")

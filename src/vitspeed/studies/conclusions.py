@@ -21,7 +21,7 @@ from vitspeed.studies.wording import (SOFTMAX_FORM_NAMES, beyond_spread, frame_n
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
            "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
            "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
-           "faster_architecture", "pairing", "pairing_text", "PAIRED_SINCE"]
+           "faster_architecture", "pairing", "pairing_text", "PAIRED_SINCE", "conditions", "conditions_text"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -397,6 +397,73 @@ def pairing_text(pairs: pd.DataFrame) -> str:
             f"unpaired rule allows for at most {pairs.ratio_wider_pct.max():.0f}% of a chapter's pairs, and "
             "with a few rounds the ratio of the medians can lie a few percent from the median of the rounds' "
             "ratios.")
+
+
+def conditions(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """How disturbed the machine was while each chapter's newest run was timed, per chapter (``frames``:
+    chapter -> its rows) and hardware, from the readings every row carries (:mod:`vitspeed.disturbance`).
+
+    A measured group is a ``timing_group`` (rows without one count one each). Columns: chapter,
+    hardware, groups, max_steal_pct and max_cpu_pressure_pct (percent, worst group), copy_gbps_min
+    and copy_gbps_median (GB/s over the groups), flagged (groups with steal or pressure above
+    :data:`~vitspeed.studies.compare.DISTURBED_PCT`, or a copy bandwidth off the run's median by more
+    than :data:`~vitspeed.studies.compare.COPY_DEVIATION` either way: the sweep's warning rule, here
+    against the whole run's median) and copy_vs_hardware (the run's median copy bandwidth over the
+    median of all runs listed for that hardware: far below 1, the whole run saw a slower memory
+    system, which no within-run rule can flag). Runs without the readings are left out."""
+    from vitspeed.studies.compare import COPY_DEVIATION, DISTURBED_PCT
+
+    cols = ["chapter", "hardware", "groups", "max_steal_pct", "max_cpu_pressure_pct", "copy_gbps_min",
+            "copy_gbps_median", "flagged", "copy_vs_hardware"]
+    out = []
+    for chapter, df in frames.items():
+        if df is None or df.empty or "copy_gbps" not in df:
+            continue
+        df = df[df.copy_gbps.notna()]
+        for hw, rows in df.groupby("hardware"):
+            key = (rows.timing_group.fillna(pd.Series(rows.index.astype(str), index=rows.index))
+                   if "timing_group" in rows else pd.Series(rows.index.astype(str), index=rows.index))
+            groups = rows.assign(_group=key).groupby("_group").agg(
+                steal=("steal_pct", "max"), pressure=("cpu_pressure_pct", "max"), copy=("copy_gbps", "min"))
+            median_copy = float(groups["copy"].median())
+            busy = (groups.steal.fillna(0) > DISTURBED_PCT) | (groups.pressure.fillna(0) > DISTURBED_PCT)
+            odd = ((groups["copy"] < COPY_DEVIATION * median_copy) | (groups["copy"] > median_copy / COPY_DEVIATION))
+            out.append({"chapter": chapter, "hardware": hw, "groups": len(groups),
+                        "max_steal_pct": float(groups.steal.max()), "max_cpu_pressure_pct": float(groups.pressure.max()),
+                        "copy_gbps_min": float(groups["copy"].min()), "copy_gbps_median": median_copy,
+                        "flagged": int((busy | odd).sum())})
+    table = pd.DataFrame(out, columns=cols[:-1])
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    table["copy_vs_hardware"] = table.copy_gbps_median / table.groupby("hardware").copy_gbps_median.transform("median")
+    return table[cols]
+
+
+def conditions_text(table: pd.DataFrame, low: float = 0.75) -> str:
+    """What :func:`conditions` rows for one hardware say, in a sentence or two: the worst steal and
+    pressure, how many groups the warning rule flags and in which chapters, and which runs' copy
+    bandwidth lay below ``low`` times the hardware's median run (a run-wide slow memory system)."""
+    if table.empty:
+        return "No run on this machine recorded the host's condition while it was timed."
+    flagged = table[table.flagged > 0]
+    text = (f"Over {int(table.groups.sum())} measured groups in {len(table)} chapters' runs, steal stayed at or "
+            f"below {table.max_steal_pct.max():.1f}% and CPU pressure at or below {table.max_cpu_pressure_pct.max():.1f}%; ")
+    text += ("no group's copy bandwidth left its run's median by more than the warning rule allows. " if flagged.empty else
+             "the warning rule flags " + ", ".join(f"{int(r.flagged)} of {int(r.groups)} groups in {r.chapter}"
+                                                    for r in flagged.itertuples())
+             + " (within a flagged group the variants still shared the same moments, so its ratios stand; its "
+               "absolute times, and comparisons with other groups, deserve a second run). ")
+    slow = table[table.copy_vs_hardware < low]
+    if slow.empty:
+        text += (f"Every run's median copy bandwidth lay within {100 * (1 - low):.0f}% of the median run's "
+                 f"({table.copy_gbps_median.median():.1f} GB/s).")
+    else:
+        text += ("Run-wide, " + ", ".join(f"the {r.chapter} run's memory copies ran at {r.copy_gbps_median:.1f} GB/s "
+                                          f"({r.copy_vs_hardware:.2f} times the median run's)"
+                                          for r in slow.itertuples())
+                 + ": its groups were timed on a slower memory system than the other chapters', which the ratios "
+                   "within it share, but its absolute times are not comparable with theirs.")
+    return text
 
 
 def core_share(linear_kernels: pd.DataFrame, hardware: str, dtype: str, batch_size: int = 1,
