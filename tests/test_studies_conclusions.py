@@ -295,3 +295,12 @@ def test_conditions_flag_groups_off_their_runs_median_and_slow_runs():
     assert "the slow run's memory copies ran at 17.0 GB/s" in text and "quiet" not in text
     assert C.conditions(frames={"x": _condition_rows([40.0, 30.0], groups=False)}).groups.iloc[0] == 4
     assert C.conditions_text(C.conditions({})).startswith("No run on this machine")
+
+
+def test_runs_agree_when_the_gap_is_within_both_spreads():
+    two = pd.DataFrame({"chapter": ["redundancy", "scaling"], "speedup": [1.059, 1.023], "noise": [0.024, 0.067]})
+    gap, agree = C.runs_agree(two)
+    assert gap == pytest.approx(1.059 / 1.023 - 1) and agree
+    assert C.runs_agree(two.assign(noise=[0.01, 0.01])) == (pytest.approx(gap), False)
+    with pytest.raises(ValueError, match="exactly two"):
+        C.runs_agree(two.iloc[:1])

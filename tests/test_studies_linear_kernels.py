@@ -267,6 +267,15 @@ def test_compiled_table_and_findings_judge_gains_by_the_spread():
     assert L.compiled_table(rows[rows.kind == "core"]).empty
 
 
+def test_eager_drift_compares_the_compile_groups_eager_medians_with_the_core_table():
+    rows = _compiled_rows(softmax=(1.2, 0.02), softmax__c=(1.1, 0.02), focused=(2.0, 0.04), focused__c=(0.8, 0.02))
+    core = rows.iloc[[0, 2]].assign(kind="core")
+    core["median_ms"] = [1.0, 2.5]
+    drift = L.eager_drift(pd.concat([rows, core, core.assign(tokens=784)], ignore_index=True))
+    assert sorted(drift.round(6)) == [-20.0, 20.0]  # softmax 1.2 against 1.0; focused 2.0 against 2.5
+    assert L.eager_drift(rows).empty and L.eager_drift(core).empty
+
+
 def test_compiled_findings_compare_forms_of_one_measurement_round_by_round():
     # a drifting host: relu's eager and compiled forms are 4% faster than eager softmax in every round,
     # inside each median's 16% spread

@@ -21,7 +21,8 @@ from vitspeed.studies.wording import (SOFTMAX_FORM_NAMES, beyond_spread, frame_n
 __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "TIMED_CHAPTERS", "published_accuracy",
            "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
            "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
-           "faster_architecture", "pairing", "pairing_text", "PAIRED_SINCE", "conditions", "conditions_text"]
+           "faster_architecture", "pairing", "pairing_text", "PAIRED_SINCE", "conditions", "conditions_text",
+           "runs_agree"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -235,6 +236,17 @@ def hmhsa_in_two_chapters(redundancy: pd.DataFrame, scaling: pd.DataFrame, hardw
         z = rows_noise(var, ref)
         rows.append({"chapter": chapter, "speedup": speedup, "noise": z, "clear": beyond_spread(speedup, z)})
     return pd.DataFrame(rows, columns=["chapter", "speedup", "noise", "clear"])
+
+
+def runs_agree(two: pd.DataFrame) -> tuple[float, bool]:
+    """Whether the same speedup measured in two runs (two rows of :func:`hmhsa_in_two_chapters`, with
+    ``speedup`` and ``noise``) agrees: (gap, agree), gap = the larger speedup over the smaller, minus 1
+    (a fraction), agree = gap within the two spreads together. Each run's spread holds for its own
+    ratio only, so the two are added."""
+    if len(two) != 2:
+        raise ValueError(f"runs_agree compares exactly two runs' rows; got {len(two)}")
+    gap = float(two.speedup.max() / two.speedup.min() - 1)
+    return gap, bool(gap <= float(two.noise.sum()))
 
 
 def swin_sets(swin: pd.DataFrame) -> pd.DataFrame:

@@ -34,7 +34,7 @@ __all__ = ["CHAPTER", "REFERENCES", "KERNELS", "VARIANTS", "PUBLISHED_TOP1", "PU
            "ELU_FORM_LABELS", "APPROXIMATION_FORMS", "kernel_candidates", "run_linear_kernels",
            "kernel_diagnostics", "elu_form_finding", "approximation_table", "SOFTMAX_FORM_NAMES", "faster_softmax",
            "core_findings", "model_verdicts", "COMPILED_SUFFIX", "COMPILED_KINDS", "compile_candidates",
-           "compiled_table", "compile_findings", "compile_prose"]
+           "compiled_table", "compile_findings", "compile_prose", "eager_drift"]
 
 CHAPTER = "linear_kernels"
 REFERENCES = ("softmax", "softmax_explicit")
@@ -320,6 +320,22 @@ def _where(kind: str, key: dict[str, Any]) -> str:
     if kind == "compiled":
         return f"at N = {int(key['tokens'])}"
     return f"in {key['model']} at {int(key['img_size'])} px"
+
+
+def eager_drift(rows: pd.DataFrame) -> pd.Series:
+    """How far the compile group's eager medians lie from the same cores' medians in the main core
+    table of one run (``kind == 'core'`` rows): 100 x (eager_ms / median_ms - 1) per core timed in both
+    (same hardware, dtype, token count and variant), in percent; empty when none was. The two were
+    timed at different moments, so this is the drift between measurements, not an effect of
+    compiling."""
+    comp = compiled_table(rows, "compiled")
+    if comp.empty or "kind" not in rows:
+        return pd.Series(dtype=float)
+    status = rows["status"].fillna("ok") if "status" in rows else "ok"
+    cores = rows[(rows.kind == "core") & (status == "ok")].rename(columns={"label": "variant"})
+    both = comp.merge(cores[["hardware", "dtype", "tokens", "variant", "median_ms"]],
+                      on=["hardware", "dtype", "tokens", "variant"])
+    return 100 * (both.eager_ms / both.median_ms - 1)
 
 
 def compiled_table(rows: pd.DataFrame, kind: str = "compiled") -> pd.DataFrame:
