@@ -38,6 +38,9 @@ def test_flops_json_for_deit_small(capsys):
     (["flops", "deit_tiny_patch16_224", "--opt", "novalue"], "KEY=VALUE"),
     (["bench", "deit_tiny_patch16_224", "--dtype", "float16"], "float16"),
     (["bench", "deit_tiny_patch16_224", "--dtype", "int3"], "valid"),
+    (["bench", "deit_tiny_patch16_224", "--repeats", "0"], "--repeats must be >= 1"),
+    (["bench", "deit_tiny_patch16_224", "--warmup", "-1"], "--warmup >= 0"),
+    (["flops", "deit_small_patch16_224", "--attention", "hallucinated", "--opt", "ratio=nan"], "ratio"),
     (["run", "--preset", "nope"], "valid choices: cpu, gpu, gpu-smoke, smoke"),
 ])
 def test_bad_input_is_one_clear_error_and_exit_2(capsys, argv, match):

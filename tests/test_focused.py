@@ -50,9 +50,10 @@ def test_focus_is_finite_for_a_token_at_the_relu_floor():
         assert torch.isfinite(focus(x, p, dim=(1, 3))).all()
 
 
-def test_power_below_one_and_even_kernel_are_refused():
-    with pytest.raises(ValueError, match="p must be >= 1"):
-        build_core("focused", 8, 3, p=0.5)
+def test_power_below_one_or_not_finite_and_even_kernel_are_refused():
+    for p in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="p must be a finite number >= 1"):
+            build_core("focused", 8, 3, p=p)
     with pytest.raises(ValueError, match="kernel_size"):
         build_core("focused", 8, 3, kernel_size=4)
 
@@ -154,3 +155,4 @@ def test_l2_norm_is_the_euclidean_norm_and_avoids_the_strided_vector_norm_on_the
     assert "aten::linalg_vector_norm" not in aten_kernels(lambda: l2_norm(x, (1, 3)))
     # other devices (meta stands in for CUDA): one vector_norm kernel
     assert "aten::linalg_vector_norm" in aten_kernels(lambda: l2_norm(torch.empty(2, 3, 5, 4, device="meta"), (1, 3)))
+

@@ -83,7 +83,8 @@ def test_output_shape_and_finite(dtype):
         torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
 
 
-@pytest.mark.parametrize("ratio,heads", [(0.5, 3), (0.0, 4), (1.5, 4), (0.1, 4), (-0.5, 2)])
+@pytest.mark.parametrize("ratio,heads", [(0.5, 3), (0.0, 4), (1.5, 4), (0.1, 4), (-0.5, 2), (float("nan"), 4),
+                                         (float("inf"), 4)])
 def test_bad_ratio_raises(ratio, heads):
     with pytest.raises(ValueError, match="ratio"):
         build_core("hallucinated", 8, heads, ratio=ratio)

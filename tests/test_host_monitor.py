@@ -29,8 +29,9 @@ def test_monitor_ticks_until_the_time_is_up():
 
 def test_monitor_takes_at_least_one_tick_and_refuses_no_time():
     assert len(host_monitor.monitor(1e-9, threads=1, **TINY)) == 1
-    with pytest.raises(ValueError, match="seconds must be positive"):
-        host_monitor.monitor(0)
+    for bad in (0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="seconds must be a finite number > 0"):
+            host_monitor.monitor(bad)
 
 
 def test_saved_series_names_its_probes_and_refuses_a_used_run_id(tmp_path):
@@ -46,7 +47,8 @@ def test_saved_series_names_its_probes_and_refuses_a_used_run_id(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["monitor", "--seconds", "0"], "--seconds must be positive"),
+    (["monitor", "--seconds", "0"], "--seconds must be a finite number > 0"),
+    (["monitor", "--seconds", "inf"], "--seconds must be a finite number > 0"),
     (["monitor", "--seconds", "1", "--threads", "0"], "--threads must be at least 1"),
 ])
 def test_cli_refuses_bad_input_with_status_2_and_writes_nothing(argv, message, capsys, tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 sample) an end-to-end profile written to the results store."""
 import json
 
+import sys
+
 import pandas as pd
 import pytest
 
@@ -75,7 +77,13 @@ def test_group_samples_shares_are_of_all_samples():
     ({"kind": "core", "target": "softmax"}, "tokens"),
     ({"kind": "model", "target": "not_a_model"}, "unknown model"),
     ({"kind": "layer", "target": "softmax", "tokens": 64}, "core, model"),
-    ({"kind": "core", "target": "softmax", "tokens": 64, "seconds": 0}, "positive"),
+    ({"kind": "core", "target": "softmax", "tokens": 64, "seconds": 0}, "finite number > 0"),
+    ({"kind": "core", "target": "softmax", "tokens": 64, "seconds": float("nan")}, "finite number > 0"),
+    ({"kind": "core", "target": "softmax", "tokens": 64, "seconds": float("inf")}, "finite number > 0"),
+    ({"kind": "core", "target": "softmax", "tokens": 64, "heads": 0}, "heads >= 1"),
+    ({"kind": "core", "target": "softmax", "tokens": 64, "head_dim": -1}, "head_dim >= 1"),
+    ({"kind": "core", "target": "softmax", "tokens": 64, "threads": 0}, "threads must be at least 1"),
+    ({"kind": "model", "target": "deit_tiny_patch16_224", "img_size": 0}, "positive img_size"),
     ({"kind": "core", "target": "softmax", "tokens": 64, "dtype": "int3"}, "valid"),
 ])
 def test_bad_configs_are_refused_before_anything_runs(monkeypatch, tmp_path, config, match):
@@ -118,3 +126,13 @@ def test_profile_of_a_core_is_written_with_its_environment(tmp_path):
     # a second profile under the same run id would mix two runs: refused, before profiling
     with pytest.raises(ValueError, match="exists already"):
         profiling.profile_many([{"kind": "core", "target": "softmax", "tokens": 64}], run_id="t1", root=tmp_path)
+
+
+def test_a_workers_value_error_reaches_the_caller_as_one(tmp_path):
+    # bad input found only while the worker builds its model (an image size the model cannot take)
+    spec = {"kind": "model", "target": "x"}
+    with pytest.raises(ValueError, match="^img_size 225 is not divisible"):
+        profiling.run_worker("vitspeed._no_such_module", spec, str(tmp_path),
+                             prefix=[sys.executable, "-c", "raise ValueError('img_size 225 is not divisible by 16')"])
+    with pytest.raises(RuntimeError, match="failed"):
+        profiling.run_worker("vitspeed._no_such_module", spec, str(tmp_path))

@@ -43,5 +43,9 @@ def test_unknown_option_names_the_valid_options():
 def test_string_options_from_the_cli_are_coerced_to_the_default_type():
     spec = get_attention("softmax")
     assert validate_options(spec, {"fused": "false"}) == {"fused": False}
-    with pytest.raises(ValueError, match="must be a bool"):
+    with pytest.raises(ValueError, match=r"fused='maybe' of attention 'softmax' must be true or false \(also 1/0"):
         validate_options(spec, {"fused": "maybe"})
+    with pytest.raises(ValueError, match="p='x' of attention 'focused' must be a number"):
+        validate_options(get_attention("focused"), {"p": "x"})
+    with pytest.raises(ValueError, match="kernel_size='3.5' of attention 'focused' must be an integer"):
+        validate_options(get_attention("focused"), {"kernel_size": "3.5"})

@@ -98,6 +98,10 @@ def test_zero_time_budget_runs_nothing_and_cli_exits_3(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="time budget must be a number of seconds >= 0"):
         run_notebooks(["01_complexity"], output_dir=tmp_path, time_budget_s=-1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", "01_complexity", "--output-dir", str(blocker / "sub")]) == 2
+    assert "cannot use" in capsys.readouterr().err and blocker.read_text() == ""
 
 
 def test_preset_environment_reaches_the_kernels_only(tmp_path, monkeypatch):

@@ -259,6 +259,8 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     resolve_dtype(args.dtype, device.type)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.repeats < 1 or args.warmup < 0:  # before the model is built and run
+        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0; got --repeats {args.repeats}, --warmup {args.warmup}")
     model = _build(args)
     row = benchmark_model(model, (3, args.img_size, args.img_size), device=str(device), dtype=args.dtype,
                           batch_size=args.batch_size, threads=args.threads, warmup=args.warmup,

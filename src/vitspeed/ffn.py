@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitspeed.attention.registry import OPTION_TYPE_WORDS
+
 __all__ = ["Mlp", "CompactFFN", "RepFactorizedLinear", "build_ffn", "list_ffns", "ffn_options", "cffn_rank"]
 
 
@@ -208,7 +210,7 @@ def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"option {key}={value!r} of FFN {name!r} must be a {kind.__name__}") from None
+        raise ValueError(f"option {key}={value!r} of FFN {name!r} must be {OPTION_TYPE_WORDS.get(kind, kind.__name__)}") from None
 
 
 def build_ffn(name: str, in_features: int, hidden_features: int, out_features: int | None = None,

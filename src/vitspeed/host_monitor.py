@@ -21,6 +21,7 @@ one *tick* of four probes and the disturbance counters:
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -54,8 +55,8 @@ def monitor(seconds: float, threads: int | None = None, model: str = MONITOR_MOD
     one tick); one dict per tick: ``tick``, ``elapsed_s`` (start of the tick), ``copy_gbps``,
     ``gemm_gflops``, ``model_ms``, ``core_ms``, ``steal_pct``, ``cpu_pressure_pct``, ``threads``.
     Everything is built and warmed up before the first tick. ValueError for ``seconds`` <= 0."""
-    if not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be a finite number > 0, got {seconds}")
     import torch
 
     from vitspeed.attention import build_core
@@ -107,8 +108,8 @@ def monitor_rows(seconds: float, threads: int | None = None, model: str = MONITO
     ``core_heads``, ``core_head_dim``). ValueError for a non-positive ``seconds`` or ``threads``."""
     from vitspeed.profiling import profile_environment, run_worker
 
-    if not seconds > 0:
-        raise ValueError(f"--seconds must be positive, got {seconds}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"--seconds must be a finite number > 0, got {seconds}")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     with tempfile.TemporaryDirectory() as tmp:

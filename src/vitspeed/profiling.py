@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -181,8 +182,14 @@ def _spec(kind: str, target: str, dtype: str, tokens: int | None, img_size: int 
             validate_options(get_attention(attention), dict(options or {}))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if seconds <= 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
+    if kind == "core" and (heads < 1 or head_dim < 1):
+        raise ValueError(f"a core profile needs heads >= 1 and head_dim >= 1, got heads={heads}, head_dim={head_dim}")
+    if kind == "model" and (img_size is None or img_size < 1):
+        raise ValueError(f"a model profile needs a positive img_size, got {img_size!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1 (or omitted for torch's default), got {threads}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be a finite number > 0, got {seconds}")
     return {"kind": kind, "target": target, "dtype": dtype, "tokens": tokens, "img_size": img_size,
             "batch_size": batch_size, "heads": heads, "head_dim": head_dim, "compiled": bool(compiled),
             "seconds": float(seconds), "threads": threads, "attention": attention, "options": dict(options or {})}
@@ -227,7 +234,9 @@ def run_worker(module: str, spec: Mapping[str, Any], tmp: str, prefix: Sequence[
     """Run ``python -m module SPEC_JSON`` (after ``prefix``, e.g. a perf command line) in a fresh
     process with the CPU preset's allocator settings (:data:`vitspeed.allocator.KEPT_HEAP`) and this
     package first on its path, and return the JSON object the process wrote to the file named by
-    ``$VITSPEED_PROFILE_RESULT`` (in ``tmp``). RuntimeError with the process's last lines when it fails."""
+    ``$VITSPEED_PROFILE_RESULT`` (in ``tmp``). ValueError with the process's message when it failed on a
+    ValueError (bad input it found, such as an image size the model cannot take), else RuntimeError with
+    the process's last lines when it fails."""
     from vitspeed.allocator import KEPT_HEAP
 
     result = os.path.join(tmp, "result.json")
@@ -237,7 +246,10 @@ def run_worker(module: str, spec: Mapping[str, Any], tmp: str, prefix: Sequence[
     res = subprocess.run([*prefix, sys.executable, "-m", module, json.dumps(spec)], env=env, capture_output=True,
                          text=True)
     if res.returncode != 0 or not os.path.exists(result):
-        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        if lines and lines[-1].startswith("ValueError: "):  # bad input found while building: the user's error
+            raise ValueError(lines[-1].removeprefix("ValueError: "))
+        tail = "\n".join(lines[-5:])
         raise RuntimeError(f"profiling {spec['kind']} {spec['target']} failed (status {res.returncode}): {tail}")
     with open(result, encoding="utf-8") as fh:
         return json.load(fh)

@@ -210,7 +210,10 @@ def run_notebooks(names: Iterable[str] | None = None, preset: str = "cpu", outpu
         raise ValueError(f"time budget must be a number of seconds >= 0; got {time_budget_s}")
     deadline = None if time_budget_s is None else time.time() + float(time_budget_s)
     out_dir = Path(output_dir) if output_dir else root / "book" / "chapters"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot use {str(out_dir)!r} as the output folder: {err.strerror or err}") from err
     for stale in out_dir.glob(f"{PARTIAL_PREFIX}*.ipynb"):  # left by a run killed mid-notebook
         stale.unlink()
     executed: list[Path] = []

@@ -80,8 +80,8 @@ class FocusedLinearAttention(nn.Module):
 
     def __init__(self, head_dim: int, num_heads: int, p: float = 3.0, kernel_size: int = 5) -> None:
         super().__init__()
-        if p < 1:
-            raise ValueError(f"focusing power p must be >= 1 (FLatten uses 3), got {p}")
+        if not (math.isfinite(p) and p >= 1):
+            raise ValueError(f"focusing power p must be a finite number >= 1 (FLatten uses 3), got {p}")
         if kernel_size < 0 or (kernel_size and kernel_size % 2 == 0):
             raise ValueError(f"kernel_size must be 0 (no DWC) or a positive odd number, got {kernel_size}")
         self.head_dim = head_dim

@@ -45,6 +45,7 @@ window attention with its relative position bias is not implemented.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import sympy
@@ -60,7 +61,7 @@ __all__ = ["HallucinatedCore", "HallucinatedAttention", "computed_heads", "make_
 def computed_heads(num_heads: int, ratio: float) -> int:
     """Number of computed heads h_c = ratio * num_heads; ``ValueError`` unless an integer in [1, h]."""
     hc = ratio * num_heads
-    rounded = round(hc)
+    rounded = round(hc) if math.isfinite(hc) else 0
     if not 0 < ratio <= 1 or abs(hc - rounded) > 1e-6 or rounded < 1:
         raise ValueError(
             f"hallucinated ratio {ratio!r} gives {hc:g} computed heads of {num_heads}; the ratio must be in "
@@ -93,8 +94,11 @@ class HallucinatedCore(nn.Module):
         self.mix = nn.Parameter(mix)
 
     @staticmethod
-    def projection_macs(B, N, C, h, ratio: float = 0.5, normalize: bool = True):
-        """MACs of the shell's projections: qkv C -> 2 h_c d + C, proj C -> C (sympy-friendly)."""
+    def projection_macs(B: Any, N: Any, C: Any, h: Any, ratio: float = 0.5, normalize: bool = True) -> Any:
+        """MACs (multiply-accumulates) of the shell's projections for the whole batch of ``B`` images of
+        ``N`` tokens of width ``C``: qkv C -> 2 h_c d + C, proj C -> C. Arguments may be sympy symbols;
+        ``normalize`` (an option of the core) does not change them and is accepted so that the core's
+        options can be passed through."""
         hc = _ratio_heads(h, ratio)
         d = C // h if isinstance(C, int) and isinstance(h, int) else C / h
         return B * N * C * (2 * hc * d + C) + B * N * C * C

@@ -109,6 +109,11 @@ def validate_options(spec: AttentionSpec, options: dict[str, Any] | None) -> dic
     return merged
 
 
+#: How an option's type is named in an error message (a CLI value that does not parse as it).
+OPTION_TYPE_WORDS: dict[type, str] = {int: "an integer", float: "a number",
+                                      bool: "true or false (also 1/0, yes/no, on/off)", str: "a string"}
+
+
 def _coerce(value: str, kind: type, key: str, variant: str) -> Any:
     try:
         if kind is bool:
@@ -120,7 +125,7 @@ def _coerce(value: str, kind: type, key: str, variant: str) -> Any:
         return kind(value)
     except ValueError:
         raise ValueError(
-            f"option {key}={value!r} of attention {variant!r} must be a {kind.__name__}"
+            f"option {key}={value!r} of attention {variant!r} must be {OPTION_TYPE_WORDS.get(kind, kind.__name__)}"
         ) from None
 
 
