@@ -111,9 +111,9 @@ def test_resolve_dtype_bad_name_lists_valid(name):
 
 
 def test_record_rejects_bad_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="float16 is not supported for timing on cpu; valid choices"):
         environment_record("cpu", "float16")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown device 'tpu'; valid choices"):
         environment_record("tpu")
 
 

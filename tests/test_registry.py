@@ -49,3 +49,14 @@ def test_string_options_from_the_cli_are_coerced_to_the_default_type():
         validate_options(get_attention("focused"), {"p": "x"})
     with pytest.raises(ValueError, match="kernel_size='3.5' of attention 'focused' must be an integer"):
         validate_options(get_attention("focused"), {"kernel_size": "3.5"})
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("linear_relu", {"eps": "-1"}, "eps=-1.0 of attention 'linear_relu' must be >= 0"),
+    ("linear_elu", {"eps": "nan"}, "eps=nan of attention 'linear_elu' must be a finite number"),
+    ("taylor2_compact", {"alpha": "nan"}, "alpha=nan of attention 'taylor2_compact' must be a finite number"),
+    ("hallucinated", {"ratio": float("inf")}, "ratio=inf of attention 'hallucinated' must be a finite number"),
+])
+def test_number_options_must_be_finite_and_eps_not_negative(name, options, match):
+    with pytest.raises(ValueError, match=match):
+        validate_options(get_attention(name), options)

@@ -52,7 +52,7 @@ def test_listed_says_a_repeated_winner_once():
     assert listed(["a", "a"], ["b1", "b8"], together="both batch sizes") == "a at both batch sizes"
     assert listed(["a", "a"], ["b1", "b8"], values=["2 times", "3"]) == "a (2 times at b1, 3 at b8)"
     assert listed(["a", "b"], ["b1", "b8"], values=["2 times", "3"]) == "a (2 times) at b1 and b (3) at b8"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one name"):
         listed(["a"], ["x", "y"])
 
 

@@ -223,7 +223,7 @@ def test_score_bias_is_rejected():
     ("taylor2_random", {"c": 2}),
 ])
 def test_bad_options_raise(name, options):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="valid"):  # every message names the valid choices
         build_core(name, D, H, **options)
 
 

@@ -28,7 +28,7 @@ def test_timing_summary_in_seconds_and_row_in_ms():
     assert row["p10_ms"] == pytest.approx(1.4)
     assert row["p90_ms"] == pytest.approx(4.6)
     assert row["n"] == 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one sample"):
         Timing([])
 
 

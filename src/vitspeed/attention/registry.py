@@ -8,6 +8,7 @@ own the projections and make the core a drop-in for timm's ViT and Swin attentio
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -91,7 +92,9 @@ def get_attention(name: str) -> AttentionSpec:
 
 
 def validate_options(spec: AttentionSpec, options: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge ``options`` over the spec's defaults; an unknown option name raises ``ValueError``."""
+    """Merge ``options`` over the spec's defaults. ``ValueError`` for an unknown option name, a value
+    that does not parse as the default's type, a number option that is not finite (nan, inf), and a
+    negative ``eps`` (the constant added to a normaliser)."""
     options = dict(options or {})
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
@@ -105,6 +108,10 @@ def validate_options(spec: AttentionSpec, options: dict[str, Any] | None) -> dic
         # Values coming from the CLI arrive as strings: coerce to the default's type.
         if isinstance(value, str) and default is not None and not isinstance(default, str):
             value = _coerce(value, type(default), key, spec.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"option {key}={value} of attention {spec.name!r} must be a finite number")
+        if key == "eps" and isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"option eps={value} of attention {spec.name!r} must be >= 0 (it is added to a normaliser)")
         merged[key] = value
     return merged
 
