@@ -75,7 +75,7 @@ def test_group_samples_shares_are_of_all_samples():
 @pytest.mark.parametrize("config,match", [
     ({"kind": "core", "target": "nope", "tokens": 64}, "valid"),
     ({"kind": "core", "target": "softmax"}, "tokens"),
-    ({"kind": "model", "target": "not_a_model"}, "unknown model"),
+    ({"kind": "model", "target": "not_a_model"}, "unknown model 'not_a_model'; valid choices"),
     ({"kind": "layer", "target": "softmax", "tokens": 64}, "core, model"),
     ({"kind": "core", "target": "softmax", "tokens": 64, "seconds": 0}, "finite number > 0"),
     ({"kind": "core", "target": "softmax", "tokens": 64, "seconds": float("nan")}, "finite number > 0"),
@@ -136,3 +136,8 @@ def test_a_workers_value_error_reaches_the_caller_as_one(tmp_path):
                              prefix=[sys.executable, "-c", "raise ValueError('img_size 225 is not divisible by 16')"])
     with pytest.raises(RuntimeError, match="failed"):
         profiling.run_worker("vitspeed._no_such_module", spec, str(tmp_path))
+
+
+def test_a_model_profile_takes_the_model_names_flops_and_bench_take():
+    # a timm name outside the study's list, as `vitspeed flops` and `bench` accept it
+    assert profiling.checked_calls([{"kind": "model", "target": "vit_small_patch16_224"}])[0]["img_size"] == 224

@@ -174,10 +174,9 @@ def _spec(kind: str, target: str, dtype: str, tokens: int | None, img_size: int 
         if not tokens or tokens < 1:
             raise ValueError(f"a core profile needs tokens >= 1, got {tokens!r}")
     else:
-        from vitspeed.models import list_models
+        from vitspeed.models.registry import get_model_spec
 
-        if target not in list_models():
-            raise ValueError(f"unknown model {target!r}; valid: {', '.join(list_models())}")
+        get_model_spec(target)  # the same names flops and bench take (ValueError naming the valid ones)
         if attention is not None:
             validate_options(get_attention(attention), dict(options or {}))
     if batch_size < 1:
