@@ -274,3 +274,12 @@ def test_compiled_candidates_are_timed_where_compiling_again_is_refused(monkeypa
     compare_cores([candidate("relu+c", attention="linear_relu", compile=True)], tokens=16, head_dim=8, heads=2,
                   warmup=0, repeats=1)
     assert refused == [True]
+
+
+def test_the_warning_rule_reads_busy_cpus_and_an_odd_memory_system():
+    from vitspeed.studies.compare import copy_deviates, too_busy
+
+    assert too_busy(10.5) and not too_busy(10.0) and not too_busy(None) and not too_busy(float("nan"))
+    assert copy_deviates(29.0, 40.0) and copy_deviates(54.0, 40.0)  # below 0.75x, above 1/0.75x
+    assert not copy_deviates(31.0, 40.0) and not copy_deviates(52.0, 40.0)
+    assert not copy_deviates(None, 40.0) and not copy_deviates(20.0, None) and not copy_deviates(float("nan"), 40.0)

@@ -512,13 +512,24 @@ DISTURBED_PCT = 10.0
 COPY_DEVIATION = 0.75
 
 
+def too_busy(pct: float | None) -> bool:
+    """Whether a steal or CPU-pressure reading (percent) exceeds :data:`DISTURBED_PCT`; False for none."""
+    return pct is not None and pct > DISTURBED_PCT
+
+
+def copy_deviates(copy_gbps: float | None, reference_gbps: float | None) -> bool:
+    """Whether a copy-bandwidth reading (GB/s) lies off ``reference_gbps`` (a run's median reading) by
+    more than :data:`COPY_DEVIATION` either way; False when either is missing."""
+    if copy_gbps is None or not reference_gbps or math.isnan(copy_gbps):
+        return False
+    return not COPY_DEVIATION * reference_gbps <= copy_gbps <= reference_gbps / COPY_DEVIATION
+
+
 def _warn_if_disturbed(chapter: str, rows: Sequence[dict[str, Any]], disturbed: dict[str, Any],
                        copy_reference: float | None = None) -> None:
-    worst = {k: v for k, v in disturbed.items()
-             if k in ("steal_pct", "cpu_pressure_pct") and v is not None and v > DISTURBED_PCT}
+    worst = {k: v for k, v in disturbed.items() if k in ("steal_pct", "cpu_pressure_pct") and too_busy(v)}
     copy = disturbed.get("copy_gbps")
-    odd_copy = (copy is not None and bool(copy_reference)
-                and not COPY_DEVIATION * copy_reference <= copy <= copy_reference / COPY_DEVIATION)
+    odd_copy = copy_deviates(copy, copy_reference)
     if (worst or odd_copy) and rows:
         keys = {k: rows[0].get(k) for k in ("level", "kind", "model", "tokens", "img_size", "batch_size", "dtype")
                 if rows[0].get(k) is not None}

@@ -419,11 +419,12 @@ def conditions(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     hardware, groups, max_steal_pct and max_cpu_pressure_pct (percent, worst group), copy_gbps_min
     and copy_gbps_median (GB/s over the groups), flagged (groups with steal or pressure above
     :data:`~vitspeed.studies.compare.DISTURBED_PCT`, or a copy bandwidth off the run's median by more
-    than :data:`~vitspeed.studies.compare.COPY_DEVIATION` either way: the sweep's warning rule, here
-    against the whole run's median) and copy_vs_hardware (the run's median copy bandwidth over the
+    than :data:`~vitspeed.studies.compare.COPY_DEVIATION` either way: the sweep's warning rule,
+    :func:`~vitspeed.studies.compare.too_busy` and :func:`~vitspeed.studies.compare.copy_deviates`,
+    here against the whole run's median) and copy_vs_hardware (the run's median copy bandwidth over the
     median of all runs listed for that hardware: far below 1, the whole run saw a slower memory
     system, which no within-run rule can flag). Runs without the readings are left out."""
-    from vitspeed.studies.compare import COPY_DEVIATION, DISTURBED_PCT
+    from vitspeed.studies.compare import copy_deviates, too_busy
 
     cols = ["chapter", "hardware", "groups", "max_steal_pct", "max_cpu_pressure_pct", "copy_gbps_min",
             "copy_gbps_median", "flagged", "copy_vs_hardware"]
@@ -433,17 +434,17 @@ def conditions(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             continue
         df = df[df.copy_gbps.notna()]
         for hw, rows in df.groupby("hardware"):
-            key = (rows.timing_group.fillna(pd.Series(rows.index.astype(str), index=rows.index))
-                   if "timing_group" in rows else pd.Series(rows.index.astype(str), index=rows.index))
+            own = pd.Series(rows.index.astype(str), index=rows.index)  # a row without a group is its own
+            key = rows.timing_group.fillna(own) if "timing_group" in rows else own
             groups = rows.assign(_group=key).groupby("_group").agg(
                 steal=("steal_pct", "max"), pressure=("cpu_pressure_pct", "max"), copy=("copy_gbps", "min"))
             median_copy = float(groups["copy"].median())
-            busy = (groups.steal.fillna(0) > DISTURBED_PCT) | (groups.pressure.fillna(0) > DISTURBED_PCT)
-            odd = ((groups["copy"] < COPY_DEVIATION * median_copy) | (groups["copy"] > median_copy / COPY_DEVIATION))
+            flagged = [too_busy(s) or too_busy(p) or copy_deviates(c, median_copy)
+                       for s, p, c in zip(groups.steal, groups.pressure, groups["copy"])]
             out.append({"chapter": chapter, "hardware": hw, "groups": len(groups),
                         "max_steal_pct": float(groups.steal.max()), "max_cpu_pressure_pct": float(groups.pressure.max()),
                         "copy_gbps_min": float(groups["copy"].min()), "copy_gbps_median": median_copy,
-                        "flagged": int((busy | odd).sum())})
+                        "flagged": int(sum(flagged))})
     table = pd.DataFrame(out, columns=cols[:-1])
     if table.empty:
         return pd.DataFrame(columns=cols)
