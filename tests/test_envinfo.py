@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vitspeed import envinfo
-from vitspeed.envinfo import (dtype_name, environment_record, hardware_slug, resolve_device,
+from vitspeed.envinfo import (available_devices, dtype_name, environment_record, hardware_slug, resolve_device,
                               resolve_dtype)
 
 REQUIRED = {
@@ -77,6 +77,14 @@ def test_resolve_device_cpu():
 def test_resolve_device_cuda_absent(name):
     with pytest.raises(ValueError, match="no CUDA device is available; valid choices here: cpu"):
         resolve_device(name)
+
+
+def test_available_devices_follow_what_cuda_reports(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_devices() == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert available_devices() == ["cpu", "cuda", "cuda:0", "cuda:1"]
 
 
 @pytest.mark.parametrize("name", ["tpu", "cpu:0", "cuda:x", "", "gpu"])
@@ -156,11 +164,11 @@ def test_nvidia_smi_fields_are_read_when_the_tool_exists(tmp_path, monkeypatch):
     from vitspeed import envinfo
 
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho '580.159.03, 1980, 1980'\n")
+    fake.write_text("#!/bin/sh\necho '580.159.03, 1980, 1980, GPU-8a1c'\n")
     fake.chmod(0o755)
     monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "nvidia-smi" else None)
     assert envinfo._nvidia_smi(0) == {"gpu_driver": "580.159.03", "gpu_sm_clock_mhz": "1980",
-                                      "gpu_sm_clock_max_mhz": "1980"}
+                                      "gpu_sm_clock_max_mhz": "1980", "gpu_uuid": "GPU-8a1c"}
     fake.write_text("#!/bin/sh\nexit 9\n")
     assert envinfo._nvidia_smi(0) == {}  # a failing tool leaves the record without them
     monkeypatch.setattr(shutil, "which", lambda name: None)

@@ -117,6 +117,23 @@ def test_einsum_pairwise_reduction_and_permutation():
     assert f.unhandled == {}
 
 
+class _FusedProducts(nn.Module):
+    def forward(self, a, b, c, u, w):
+        return (torch.baddbmm(c, a, b), torch.addbmm(c[0], a, b), torch.outer(u, w), F.softplus(u),
+                u.pow(3))
+
+
+def test_fused_add_products_count_the_product_only_and_outer_one_multiply_per_output():
+    a, b, c = torch.randn(2, 3, 4), torch.randn(2, 4, 5), torch.randn(2, 3, 5)
+    f = count_flops(_FusedProducts(), (a, b, c, torch.randn(5), torch.randn(7)))
+    assert f.unhandled == {}
+    assert f.by_operator["baddbmm"]["macs"] == 2 * 3 * 5 * 4  # (2,3,5) outputs x contraction 4
+    assert f.by_operator["addbmm"]["macs"] == 2 * 3 * 4 * 5  # every batch's product, summed over batch
+    assert f.by_operator["outer"]["macs"] == 5 * 7
+    # like fvcore's addmm, the added input (beta * c) is not counted; softplus and pow: one per output
+    assert f.macs == 120 + 120 + 35 and f.elementwise == 5 + 5
+
+
 # --- elementwise, reductions, data movement ----------------------------------------------------
 
 class _Ops(nn.Module):

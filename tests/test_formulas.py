@@ -1,4 +1,5 @@
 """Symbolic formulas: the Swin paper's equations and the crossover points."""
+import pytest
 import sympy as sp
 
 from vitspeed import formulas as F
@@ -18,12 +19,21 @@ def test_crossovers():
 
 def test_evaluate_gives_exact_integers_and_rejects_free_symbols():
     assert F.evaluate(F.msa_macs(), N=197, C=384) == 4 * 197 * 384**2 + 2 * 197**2 * 384
-    try:
+    with pytest.raises(ValueError, match="still has free symbols"):
         F.evaluate(F.msa_macs(), N=197)
-    except ValueError as err:
-        assert "free symbols" in str(err)
-    else:
-        raise AssertionError("a missing symbol must raise")
+    with pytest.raises(ValueError, match="is not an integer at"):
+        F.evaluate(F.N / 2, N=3)
+
+
+def test_registered_formulas_cover_exactly_the_variants_with_a_formula():
+    from vitspeed.attention import get_attention, list_attentions
+
+    found = F.registered_formulas()
+    assert set(found) == {n for n in list_attentions() if get_attention(n).formula is not None}
+    assert {"softmax", "linear_relu", "taylor2_compact"} <= set(found)
+    assert all({"macs", "elementwise"} <= set(f) for f in found.values())
+    # softmax's core: two N^2 products per head, B h N^2 2d = 2 B N^2 C with C = h d the width
+    assert F.evaluate(found["softmax"]["macs"], B=1, N=4, C=16) == 2 * 4**2 * 16
 
 
 def test_attention_module_formula_adds_projections_to_the_core():

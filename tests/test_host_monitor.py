@@ -1,6 +1,8 @@
 """vitspeed.host_monitor and `vitspeed monitor`: a time series of the host's probes."""
 import json
 import math
+import time
+import types
 
 import pytest
 
@@ -12,12 +14,15 @@ TINY = {"model": "deit_tiny_patch16_224", "core": ("softmax_explicit", 64, 2, 16
 PROBES = ("copy_gbps", "gemm_gflops", "model_ms", "core_ms")
 
 
-def test_monitor_ticks_until_the_time_is_up():
+def test_monitor_ticks_until_the_time_is_up(monkeypatch):
+    # a fake clock, 0.15 s per reading, so the count of ticks does not depend on the machine's speed
+    readings = iter(0.15 * i for i in range(1000))
+    clock = types.SimpleNamespace(monotonic=lambda: next(readings), perf_counter_ns=time.perf_counter_ns)
+    monkeypatch.setattr(host_monitor, "time", clock)
     rows = host_monitor.monitor(0.5, threads=1, **TINY)
-    assert len(rows) >= 2  # a tiny tick takes well under 0.5 s
-    assert [r["tick"] for r in rows] == list(range(len(rows)))
-    assert all(a["elapsed_s"] < b["elapsed_s"] for a, b in zip(rows, rows[1:]))
-    assert rows[-1]["elapsed_s"] < 0.5  # no tick starts after the deadline
+    # t0 = 0; ticks start at 0.15, 0.45 (checks at 0.30, 0.60): the check at 0.60 ends the series
+    assert [r["tick"] for r in rows] == [0, 1]
+    assert [r["elapsed_s"] for r in rows] == pytest.approx([0.15, 0.45])
     for r in rows:
         assert r["threads"] == 1
         for probe in PROBES:

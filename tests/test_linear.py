@@ -160,6 +160,19 @@ def test_counted_cost_equals_the_closed_form(name, options, N, d, h):
     assert fc.elementwise == int(expected["elementwise"])
 
 
+# Hand counts at B=2, h=2, N=16, d=8, independent of the formulas module:
+# linear_relu: relu on q and k (2BhNd = 1024); K^T[V|1] and Q(K^T[V|1]), BhNd(d+1) = 4608 MACs each;
+#   eps added to the BhN = 64 normalisers, BhNd = 512 divisions.
+# efficient: softmax of q over d and of k over N (3 per element each, 2 x 1536); K^T V and Q(K^T V),
+#   Bh d d N = 4096 MACs each.
+@pytest.mark.parametrize("name,macs,elementwise", [("linear_relu", 9216, 1024 + 64 + 512),
+                                                   ("efficient", 8192, 2 * 3 * 512)])
+def test_counted_cost_equals_a_hand_count(name, macs, elementwise):
+    q, k, v = (t.float() for t in qkv(B=2, h=2, N=16, d=8))
+    fc = count_flops(build_core(name, 8, 2), (q, k, v))
+    assert (fc.macs, fc.elementwise, fc.unhandled) == (macs, elementwise, {})
+
+
 def test_formulas_are_linear_in_tokens():
     import sympy as sp
 

@@ -11,9 +11,9 @@ from vitspeed.results import (ENV_VAR, ResultsWriter, config_key, default_root, 
 from vitspeed.timing import sweep
 
 
-def _env(cpu="AMD EPYC 7B13 64-Core Processor", threads=2, date="2025-01-01T00:00:00+00:00"):
+def _env(cpu="AMD EPYC 7B13 64-Core Processor", threads=2, date="2025-01-01T00:00:00+00:00", torch_version="2.x"):
     return {"device": "cpu", "device_type": "cpu", "cpu_model": cpu, "threads": threads, "date": date,
-            "torch_version": "2.x"}
+            "torch_version": torch_version}
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +80,15 @@ def test_resume_keeps_rows_and_reports_done_keys(tmp_path):
     env = json.loads(again.env_path.read_text())
     assert env["date"] == "2025-01-01T00:00:00+00:00"  # the run's original record is kept
     assert len(env["resumed"]) == 1
+    assert "resumed_changes" not in env  # only the date differed
+    # a part resumed on another machine of the same hardware slug says what differed there
+    third = ResultsWriter("ch1", _env(torch_version="9.9", date="2025-01-03T00:00:00+00:00"), run_id="r1",
+                          root=tmp_path)
+    third.add({"model": "vit", "size": 512, "flag": False, "median_ms": 4.0})
+    env = json.loads(third.env_path.read_text())
+    assert len(env["resumed"]) == 2 and env["torch_version"] != "9.9"
+    [change] = env["resumed_changes"]
+    assert change["torch_version"] == [_env()["torch_version"], "9.9"] and set(change) == {"date", "torch_version"}
 
 
 def test_never_overwrites_other_run_or_hardware(tmp_path):

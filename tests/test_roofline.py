@@ -21,6 +21,29 @@ def test_measure_ceilings_counts_the_work_it_times(one_thread):
     assert 1e9 < mm["flops_per_s"] < 1e14 and 1e8 < cp["bytes_per_s"] < 1e13
 
 
+def test_the_float32_ceiling_is_timed_with_tf32_off_and_the_flags_restored(monkeypatch):
+    import torch
+
+    import vitspeed.roofline as R
+
+    seen = []
+    real = R.measure
+
+    def spy(fns, **kw):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return real(fns, **kw)
+
+    monkeypatch.setattr(R, "measure", spy)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        measure_ceilings("cpu", "float32", matmul_size=32, copy_bytes=1 << 12, warmup=0, repeats=1)
+        assert seen == [(False, False)]  # the caller allowed TF32; the ceiling is IEEE float32 anyway
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def test_measure_ceilings_bad_input():
     with pytest.raises(ValueError, match="valid"):
         measure_ceilings("cpu", "float8")
@@ -132,11 +155,12 @@ def test_roofline_puts_an_upcasting_core_under_the_roof_of_the_dtype_it_computes
     assert s["ridge"] == 100 and s["upcast"] == ["upcast"]
 
 
-def test_fp32_sdpa_on_tensor_cores_is_held_to_the_tf32_roof():
-    from vitspeed.roofline import TF32, roof_compute_dtype
+def test_fp32_sdpa_on_tensor_cores_is_held_to_a_third_of_the_tf32_roof():
+    from vitspeed.roofline import TF32, TF32X3, roof_compute_dtype
 
-    # the memory-efficient kernel runs float32 on the tensor cores whatever the TF32 flags say
-    assert roof_compute_dtype("cuda", "float32", "float32", "mem_efficient") == TF32
+    # the memory-efficient kernel runs float32 on the tensor cores whatever the TF32 flags say, three TF32
+    # products per float32 product
+    assert roof_compute_dtype("cuda", "float32", "float32", "mem_efficient") == TF32X3
     assert roof_compute_dtype("cuda", "float32", "float32", "math") == "float32"
     assert roof_compute_dtype("cuda", "bfloat16", "bfloat16", "mem_efficient") == "bfloat16"
     assert roof_compute_dtype("cpu", "float32", "float32", "mem_efficient") == "float32"
@@ -151,7 +175,9 @@ def test_fp32_sdpa_on_tensor_cores_is_held_to_the_tf32_roof():
             {"level": "ceiling", "attention": "copy", "hardware": "gpu", "dtype": "float32", "bytes_per_s": 10.0}]
     base = {"level": "core", "hardware": "gpu", "dtype": "float32", "tokens": 100, "elementwise": 0, "macs": 1000,
             "bytes_moved": 20, "median_ms": 10_000.0}
-    cores = [{**base, "attention": "softmax", "compute_dtype": TF32}, {**base, "attention": "relu", "compute_dtype": "float32"}]
+    cores = [{**base, "attention": "softmax", "compute_dtype": TF32X3},
+             {**base, "attention": "relu", "compute_dtype": "float32"}]
     roof = roofline(pd.DataFrame(ceil + cores)).set_index("attention")
-    assert roof.loc["softmax", "peak_flops_per_s"] == 400 and roof.loc["softmax", "roof_dtype"] == TF32
+    assert roof.loc["softmax", "peak_flops_per_s"] == pytest.approx(400 / 3)
+    assert roof.loc["softmax", "roof_dtype"] == TF32X3
     assert roof.loc["relu", "peak_flops_per_s"] == 50 and roof.loc["relu", "roof_dtype"] == "float32"

@@ -304,3 +304,37 @@ def test_runs_agree_when_the_gap_is_within_both_spreads():
     assert C.runs_agree(two.assign(noise=[0.01, 0.01])) == (pytest.approx(gap), False)
     with pytest.raises(ValueError, match="exactly two"):
         C.runs_agree(two.iloc[:1])
+
+
+def test_swin_sets_rank_the_seeds_sets_within_each_batch_and_drop_the_rest():
+    def row(label, batch, ms, status="ok"):
+        return {"hardware": "h", "dtype": "float32", "batch_size": batch, "label": label, "median_ms": ms,
+                "iqr_ms": 0.1, "ratio_vs_softmax": float("nan"), "status": status}
+
+    swin = pd.DataFrame([row("softmax", 1, 10.0), row("jaccard", 1, 12.0), row("cosine", 1, 9.0),
+                         row("stock", 1, 1.0),  # not one of the seed's sets
+                         row("euclidean", 1, 5.0, status="oom"),  # not measured
+                         row("softmax", 8, 50.0), row("jaccard", 8, 40.0)])
+    sets = C.swin_sets(swin)
+    assert list(zip(sets.batch_size, sets.label, sets["rank"])) == [
+        (1, "cosine", 1), (1, "softmax", 2), (1, "jaccard", 3), (8, "jaccard", 1), (8, "softmax", 2)]
+
+
+def test_ok_rows_keep_measured_and_unlabelled_rows_only():
+    df = pd.DataFrame({"status": ["ok", "oom", None, "capped", "nonfinite"], "x": range(5)})
+    assert list(C.ok_rows(df).x) == [0, 2]
+    plain = pd.DataFrame({"x": [1, 2]})
+    assert C.ok_rows(plain) is plain  # no status column: every row was measured
+
+
+def test_published_accuracy_has_one_row_per_variant_with_its_source():
+    table = C.published_accuracy()
+    assert list(table.attention) == list(C.PUBLISHED_TOP1)
+    assert table.attention.is_unique and (table.source != "").all()
+    assert set(table.columns) == {"attention", "published_top1", "setting", "source"}
+    assert ((table.published_top1 > 50) & (table.published_top1 < 100)).all()  # ImageNet-1k top-1, percent
+
+
+def test_spread_words():
+    assert C.spread_words(True) == "beyond the spread of the two medians"
+    assert C.spread_words(False) == "within the spread of the two medians, so not a clear win"

@@ -9,6 +9,7 @@ import torch
 
 from vitspeed.studies import linear_kernels as L
 from vitspeed.studies.compare import approximation, candidate
+from vitspeed.studies.wording import beyond_spread
 
 SMALL = dict(tokens=36, head_dim=8, heads=2, batch_size=1, seed=0)
 
@@ -170,7 +171,10 @@ def test_the_two_elu_forms_are_timed_at_the_largest_core_size_and_compared(resul
     assert by.loc[exp_label, "elementwise"] - by.loc[elu_label, "elementwise"] == 2 * 2 * (2 * 64 * 8)
     found = L.elu_form_finding(rows, "float32")
     assert found["tokens"] == 64 and found["ratio"] == pytest.approx(found["elu_ms"] / found["exp_ms"])
-    assert "the exp form is" in found["sentence"] and found["faster"] in {"", "exp", "elu"}
+    assert "the exp form is" in found["sentence"]
+    # the verdict follows the spread rule on the measured rows (the rule itself: the next test)
+    beyond = beyond_spread(found["ratio"], found["noise"])
+    assert found["faster"] == (("exp" if found["ratio"] > 1 else "elu") if beyond else "")
     # without linear_elu among the cores, no form rows; and no finding to state
     plain = L.run_linear_kernels([16], [], names=["softmax", "linear_relu"], head_dim=8, heads=2, warmup=0,
                                  repeats=1, run_id="g")
@@ -367,3 +371,22 @@ def test_compile_prose_says_costs_and_slowdowns_only_beyond_the_spread():
     assert L.compile_prose(quiet, "float32", "cpu")["bullet"].endswith("unfair to the kernels that gain.")
     assert "showed no such cost beyond the spread at N = 196" in clause
     assert L.compile_prose(rows.iloc[:0], "float32", "cpu")["bullet"] == "nothing was compiled in this run."
+
+
+def test_faster_softmax_picks_the_lower_median_and_falls_back_to_fused():
+    assert L.faster_softmax(pd.Series({"softmax": 2.0, "softmax_explicit": 1.5})) == "softmax_explicit"
+    assert L.faster_softmax(pd.Series({"softmax": 1.0, "softmax_explicit": 1.5})) == "softmax"
+    assert L.faster_softmax(pd.Series({"softmax": 1.0, "softmax_explicit": 1.0})) == "softmax"  # a tie: fused
+    assert L.faster_softmax(pd.Series({"softmax": 1.0})) == "softmax"  # explicit out of memory
+
+
+def test_compile_candidates_pair_each_variant_eager_and_compiled():
+    pairs = L.compile_candidates(["softmax", "linear_relu"], model="deit_small_patch16_224")
+    assert [c["label"] for c in pairs] == ["softmax", "softmax" + L.COMPILED_SUFFIX,
+                                           "linear_relu", "linear_relu" + L.COMPILED_SUFFIX]
+    assert [c.get("compile", False) for c in pairs] == [False, True, False, True]
+    assert [c["attention"] for c in pairs] == ["softmax", "softmax", "linear_relu", "linear_relu"]
+    assert all(c["model"] == "deit_small_patch16_224" for c in pairs)
+    assert "model" not in L.compile_candidates(["softmax"])[0]
+    with pytest.raises(ValueError, match="valid choices"):
+        L.compile_candidates(["no_such_kernel"])

@@ -107,7 +107,9 @@ def test_run_writes_rows_with_ratios_and_resumes(tmp_path, monkeypatch):
         assert col in df, col
     by = df.set_index("label")
     assert by.loc["softmax", "ratio_vs_softmax"] == 1.0
-    assert by.loc["euclidean", "ratio_vs_softmax"] > 0
+    assert by.loc["euclidean", "ratio_vs_softmax"] == pytest.approx(
+        by.loc["euclidean", "median_ms"] / by.loc["softmax", "median_ms"])
+    assert by.loc["euclidean", "ms_per_image"] == pytest.approx(by.loc["euclidean", "median_ms"] / 2)
     assert by.loc["softmax", "batch_size"] == 2 and by.loc["softmax", "img_size"] == 112
     assert by.loc["euclidean", "gmacs"] == by.loc["softmax", "gmacs"]  # same products
     assert by.loc["euclidean", "g_elementwise"] > by.loc["softmax", "g_elementwise"]

@@ -1,5 +1,6 @@
 """The time-share study: attention, FFN and the rest of one forward pass, in time and in MACs."""
 import pytest
+import torch
 
 from vitspeed.studies import time_share as T
 
@@ -59,3 +60,31 @@ def test_attention_core_macs_are_the_two_sequence_products_of_every_block():
     # Swin-T: 7x7 windows; stage s has (56 / 2^s)^2 tokens of 96 * 2^s channels, depths 2, 2, 6, 2
     swin = sum(d * 2 * 49 * (56 // 2 ** s) ** 2 * 96 * 2 ** s for s, d in enumerate([2, 2, 6, 2]))
     assert attention_core_macs("swin_tiny_patch4_window7_224", 224) == swin
+
+
+def test_component_calls_are_recorded_once_per_block_and_replay_alone():
+    from vitspeed.models import create_model
+
+    model = create_model("deit_tiny_patch16_224", img_size=32)
+    attn, ffn = T.record_component_inputs(model, torch.randn(1, 3, 32, 32))
+    assert len(attn) == len(ffn) == 12
+    assert [m for m, _, _ in attn] == [b.attn for b in model.blocks]
+    # each recorded input is the block's normalised tokens: (batch, 5 tokens, 192 channels)
+    assert all(args[0].shape == (1, 5, 192) for _, args, _ in attn + ffn)
+    with pytest.raises(ValueError, match="no '.attn' / '.mlp' blocks"):
+        T.record_component_inputs(torch.nn.Sequential(torch.nn.Linear(4, 4)), torch.randn(1, 4))
+
+
+def test_sweep_writes_one_row_per_component_and_resumes(results_dir, monkeypatch):
+    kw = dict(models=["deit_tiny_patch16_224"], img_sizes=[32, 64], warmup=0, repeats=1, run_id="ts")
+    first = T.run_time_share(**kw)
+    assert len(first) == 2 * 3 and list(first.component[:3]) == ["attention", "ffn", "rest"]
+    assert sorted(set(first.img_size)) == [32, 64] and set(first.dtype) == {"float32"}
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a finished configuration was measured again")
+
+    monkeypatch.setattr(T, "time_share", measured_again)
+    again = T.run_time_share(**kw)  # the same run id: nothing measured again, the same rows back
+    assert len(again) == len(first)
+    assert list(again.median_ms) == pytest.approx(list(first.median_ms))

@@ -64,3 +64,47 @@ def test_bad_model_or_size_is_a_clear_error(name, size, match):
 def test_unknown_attention_in_create_model_lists_choices():
     with pytest.raises(ValueError, match="valid choices"):
         create_model("deit_tiny_patch16_224", attention="nope")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"attention_options": {"p": 3}}, r"attention options \['p'\] given without an attention to swap into"),
+    ({"ffn_options": {"rank": 4}}, r"FFN options \['rank'\] given without an FFN to swap into"),
+])
+def test_options_without_the_variant_they_belong_to_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("deit_tiny_patch16_224", img_size=32, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["levit_128s", "efficientvit_b1"])
+def test_swaps_into_convolutional_hybrids_are_refused_naming_the_swappable_families(name):
+    with pytest.raises(ValueError, match="swappable families: DeiT/ViT .* and Swin"):
+        create_model(name, attention="linear_relu")
+    with pytest.raises(ValueError, match="is not supported"):
+        create_model(name, ffn="cffn")
+
+
+def test_ffn_swap_reaches_every_block_of_every_stage():
+    from vitspeed.ffn import CompactFFN
+
+    deit = create_model("deit_tiny_patch16_224", img_size=32, ffn="cffn", ffn_options={"rank": 8})
+    assert len(deit.blocks) == 12 and all(isinstance(b.mlp, CompactFFN) and b.mlp.rank == 8 for b in deit.blocks)
+    swin = create_model("swin_tiny_patch4_window7_224", ffn="cffn")
+    blocks = [b for stage in swin.layers for b in stage.blocks]
+    assert len(blocks) == 2 + 2 + 6 + 2 and all(isinstance(b.mlp, CompactFFN) for b in blocks)
+    # the FFN keeps its block's widths: Swin-T's last stage is 768 wide, its hidden layer 4 x 768
+    assert blocks[-1].mlp.fc1.in_features == 768 and blocks[-1].mlp.fc1.out_features == 3072
+    with torch.inference_mode():
+        assert deit(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_model_families_and_specs():
+    from vitspeed.models.registry import get_model_spec, register_model, timm_family
+
+    assert timm_family("vit_base_patch16_384") == "vit" and timm_family("swin_tiny_patch4_window7_224") == "swin"
+    assert timm_family("levit_384") == "levit" and timm_family("resnet50") is None
+    assert get_model_spec("vit_base_patch16_384") is None  # a timm name: built by timm, not a composite
+    assert get_model_spec("hdeit_tiny").family and get_model_spec("hdeit_tiny").name == "hdeit_tiny"
+    with pytest.raises(ValueError, match="unknown model 'resnet50'; valid choices: deit_tiny_patch16_224"):
+        get_model_spec("resnet50")
+    with pytest.raises(ValueError, match="model 'hdeit_tiny' is registered twice"):
+        register_model("hdeit_tiny", "again", "vit")(lambda **kw: None)

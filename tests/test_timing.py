@@ -1,12 +1,15 @@
 """Tests for vitspeed.timing: the latency harness, output checks, model benchmark and OOM-tolerant sweep."""
 import math
 import time
+import types
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import vitspeed.timing
 from vitspeed.results import config_key
 from vitspeed.timing import (NonFiniteOutput, SweepIncomplete, Timing, benchmark_model, check_output, deadline_from_env,
                              is_oom_error, measure, sweep)
@@ -243,18 +246,20 @@ def test_sweep_skips_done_keys():
     assert calls == [2, 3]
 
 
-def test_sweep_starts_nothing_after_its_deadline():
+def test_sweep_starts_nothing_after_its_deadline(monkeypatch):
     calls = []
     configs = [{"size": s} for s in (1, 2, 3)]
+    now = [100.0]  # a fake wall clock: only the first configuration advances it, past the deadline
+    monkeypatch.setattr(vitspeed.timing, "time", types.SimpleNamespace(time=lambda: now[0]))
 
     def run_one(cfg):
         calls.append(cfg["size"])
-        time.sleep(0.3 if cfg["size"] == 1 else 0)
+        now[0] += 0.3 if cfg["size"] == 1 else 0
         return {}
 
     rows = []
     with pytest.raises(SweepIncomplete, match="2 of 3 configurations left"):
-        for row in sweep(configs, run_one, progress=False, deadline=time.time() + 0.15):
+        for row in sweep(configs, run_one, progress=False, deadline=100.15):
             rows.append(row)
     # the configuration running when the deadline passed finished and was yielded; no other started
     assert calls == [1] and [r["size"] for r in rows] == [1]
@@ -273,9 +278,16 @@ def test_deadline_from_env(monkeypatch):
         deadline_from_env()
 
 
-def test_timing_values_are_finite():
-    res = measure({"a": lambda: torch.ones(8).sum()}, "cpu", warmup=0, repeats=3)
-    assert all(math.isfinite(v) for v in res["a"].row().values())
+def test_timing_row_is_in_milliseconds_and_finite():
+    t = measure({"a": lambda: torch.ones(8).sum()}, "cpu", warmup=0, repeats=3)["a"]
+    row = t.row()
+    assert set(row) == {"median_ms", "iqr_ms", "p10_ms", "p90_ms", "mean_ms", "n", "calls_per_sample",
+                        "page_faults_per_call"}
+    assert all(math.isfinite(v) for v in row.values())
+    assert row["n"] == 3
+    assert row["median_ms"] == pytest.approx(1e3 * float(np.median(t.samples)))
+    assert row["mean_ms"] == pytest.approx(1e3 * float(np.mean(t.samples)))
+    assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
 
 
 def test_progress_bars_respect_tqdm_disable(monkeypatch):

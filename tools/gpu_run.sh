@@ -7,29 +7,33 @@
 #    /tmp/vitspeed-site, with no index: nothing is downloaded.
 # 2. Copies the results of earlier parts (data/<chapter>/*__<run id>.*, run id from the preset;
 #    VITSPEED_RESUME_FROM names another results folder), and those an earlier call on this same machine
-#    kept in /tmp/vitspeed-state, into OUTDIR/data, so a part resumes where the last one stopped.
+#    kept in /tmp/vitspeed-state, into a fresh work folder, so a part resumes where the last one stopped.
 # 3. Executes the named notebooks (default: all, in order) with papermill and the preset; results
-#    and environment records go to OUTDIR/data/<chapter>/, executed notebooks to OUTDIR/executed/.
+#    and environment records go to the work folder's data/<chapter>/, executed notebooks beside them.
 #    No measurement starts after VITSPEED_TIME_BUDGET seconds (default 420), so one call stays well
 #    inside a 10-minute slot.
-# 4. Packs OUTDIR/data into OUTDIR/results.tar.gz (unpack it in the repository's root: it holds
-#    data/<chapter>/<hardware>__<run id>.*) and OUTDIR/executed into OUTDIR/executed.tar.gz. While the
-#    notebooks run, results.tar.gz is refreshed every VITSPEED_PACK_EVERY seconds (default 60), so a
-#    call killed at its time limit still brings back what it measured.
+# 4. Packs the results into OUTDIR/results.tar.gz (unpack it in the repository's root: it holds
+#    data/<chapter>/<hardware>__<run id>.*) and the executed notebooks into OUTDIR/executed.tar.gz:
+#    OUTDIR holds only these two archives, for transfers that cap the number of files. While the
+#    notebooks run, results.tar.gz (and the machine's state folder) are refreshed every
+#    VITSPEED_PACK_EVERY seconds (default 60), so a call killed at its time limit still brings back
+#    what it measured.
 #
 # Exit status: 0 when every notebook finished, 3 when the budget ran out first (run the same command
 # again, with the results brought back into data/, to resume), anything else is a failure.
 # Environment: VITSPEED_PRESET (default gpu), VITSPEED_TIME_BUDGET (seconds), VITSPEED_STATE_DIR,
-# VITSPEED_PACK_ONLY=1 (leave only the two archives in OUTDIR), VITSPEED_ALLOW_CPU=1 to rehearse on a
-# machine without CUDA (with a preset whose device is cpu, e.g. smoke).
+# VITSPEED_ALLOW_CPU=1 to rehearse on a machine without CUDA (with a preset whose device is cpu, e.g. smoke).
 set -euo pipefail
 out=${1:?usage: tools/gpu_run.sh OUTDIR [NOTEBOOK ...]}
 shift
 repo=$(cd "$(dirname "$0")/.." && pwd)
 preset=${VITSPEED_PRESET:-gpu}
 budget=${VITSPEED_TIME_BUDGET:-420}
-mkdir -p "$out/data"
+mkdir -p "$out"
 out=$(cd "$out" && pwd)
+work=$(mktemp -d /tmp/vitspeed-work.XXXXXX)  # results and executed notebooks; OUTDIR gets archives only
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/data" "$work/executed"
 python=${PYTHON:-python3}
 
 site=/tmp/vitspeed-site
@@ -48,7 +52,7 @@ export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 scratch=/tmp/vitspeed-home
 mkdir -p "$scratch"
 export JUPYTER_RUNTIME_DIR="$scratch/jupyter-runtime" IPYTHONDIR="$scratch/ipython" MPLCONFIGDIR="$scratch/mpl"
-export VITSPEED_RESULTS_DIR="$out/data" PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_DISABLE=1
+export VITSPEED_RESULTS_DIR="$work/data" PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_DISABLE=1
 
 if [ "${VITSPEED_ALLOW_CPU:-0}" != 1 ]; then
   "$python" -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_run.sh: no CUDA device visible; \
@@ -64,31 +68,38 @@ if [ -n "$run_id" ]; then
            "$resume_from"/*/*__"$run_id".csv "$resume_from"/*/*__"$run_id".env.json; do
     [ -e "$f" ] || continue
     chapter=$(basename "$(dirname "$f")")
-    mkdir -p "$out/data/$chapter"
-    [ -e "$out/data/$chapter/$(basename "$f")" ] || cp "$f" "$out/data/$chapter/"
+    mkdir -p "$work/data/$chapter"
+    [ -e "$work/data/$chapter/$(basename "$f")" ] || cp "$f" "$work/data/$chapter/"
   done
 fi
 
-pack() {  # results so far into OUTDIR/results.tar.gz, replaced atomically (result files are written atomically)
-  tar czf "$out/.results.tar.gz.part" -C "$out" data && mv -f "$out/.results.tar.gz.part" "$out/results.tar.gz"
+pack() {  # results so far into OUTDIR/results.tar.gz, replaced atomically (result files are written
+  # atomically), and into the state folder for the next call on this machine
+  local part
+  part=$(mktemp "$out/.results.XXXXXX")
+  tar czf "$part" -C "$work" data && mv -f "$part" "$out/results.tar.gz"
+  mkdir -p "$state" && cp -r "$work/data/." "$state/"
 }
 # Pack every minute while the sweep runs: a call killed at its time limit still returns what it measured.
-( while sleep "${VITSPEED_PACK_EVERY:-60}"; do pack 2>/dev/null || true; done ) &
+# The packer's output goes nowhere and it takes its sleep with it when stopped, so nothing it started
+# outlives the script holding the caller's output open; stopped mid-pack, it finishes that pack first.
+( stop=
+  trap 'stop=1; kill $! 2>/dev/null' TERM
+  while [ -z "$stop" ]; do
+    sleep "${VITSPEED_PACK_EVERY:-60}" & wait $! || true
+    [ -n "$stop" ] || pack || true
+  done ) >/dev/null 2>&1 &
 packer=$!
-trap 'kill $packer 2>/dev/null || true' EXIT
+trap 'kill $packer 2>/dev/null || true; rm -rf "$work"' EXIT
 
 rc=0
-"$python" -m vitspeed.cli run --preset "$preset" --output-dir "$out/executed" --time-budget "$budget" "$@" || rc=$?
+"$python" -m vitspeed.cli run --preset "$preset" --output-dir "$work/executed" --time-budget "$budget" "$@" || rc=$?
 kill $packer 2>/dev/null || true
 wait $packer 2>/dev/null || true
 pack
-mkdir -p "$out/executed" && tar czf "$out/executed.tar.gz" -C "$out" executed
-mkdir -p "$state" && cp -r "$out/data/." "$state/"
-if [ "${VITSPEED_PACK_ONLY:-0}" = 1 ]; then
-  rm -rf "$out/data" "$out/executed"  # only the archives stay: a transfer that caps the file count
-fi
+tar czf "$out/executed.tar.gz" -C "$work" executed
 case $rc in
-  0) echo "gpu_run.sh: complete; results in $out/data (packed in $out/results.tar.gz)" ;;
+  0) echo "gpu_run.sh: complete; results packed in $out/results.tar.gz" ;;
   3) echo "gpu_run.sh: time budget reached; unpack $out/results.tar.gz into the repository and run again to resume" ;;
   *) echo "gpu_run.sh: failed with status $rc" >&2 ;;
 esac

@@ -275,15 +275,16 @@ def environment_record(device: str = "cpu", dtype: str = "float32", threads: int
 
 
 def _nvidia_smi(index: int) -> dict[str, Any]:
-    """Driver version and current/maximum SM clocks (MHz) of GPU ``index`` as nvidia-smi reports them;
-    empty where nvidia-smi is missing or fails (the record then simply lacks them)."""
+    """Driver version, current/maximum SM clocks (MHz) and UUID (which physical card: the parts of a
+    resumed run may run on different machines) of GPU ``index`` as nvidia-smi reports them; empty
+    where nvidia-smi is missing or fails (the record then simply lacks them)."""
     import shutil
     import subprocess
 
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return {}
-    fields = ["driver_version", "clocks.sm", "clocks.max.sm"]
+    fields = ["driver_version", "clocks.sm", "clocks.max.sm", "uuid"]
     try:
         out = subprocess.run([exe, f"--id={index}", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
@@ -292,7 +293,8 @@ def _nvidia_smi(index: int) -> dict[str, Any]:
     values = [v.strip() for v in out.splitlines()[0].split(",")] if out else []
     if len(values) != len(fields):
         return {}
-    return {"gpu_driver": values[0], "gpu_sm_clock_mhz": values[1], "gpu_sm_clock_max_mhz": values[2]}
+    return {"gpu_driver": values[0], "gpu_sm_clock_mhz": values[1], "gpu_sm_clock_max_mhz": values[2],
+            "gpu_uuid": values[3]}
 
 
 def _cpu_capability() -> str | None:

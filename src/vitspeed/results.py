@@ -153,7 +153,9 @@ class ResultsWriter:
     of all rows' keys, in order of first appearance).  If the file of this (hardware, run id)
     already exists its rows are loaded and kept, so passing the same run id resumes an interrupted
     run (use :meth:`done_keys` to skip finished configs); the sidecar env.json then keeps its
-    original record and gains a ``resumed`` list of dates.
+    original record and gains a ``resumed`` list of dates, and ``resumed_changes``: for each
+    resumption whose environment differs from the original (another machine of the same hardware
+    slug, another driver or library version), the date and each differing field as [original, now].
     """
 
     def __init__(self, chapter: str, env_record: Mapping[str, Any], run_id: str | None = None,
@@ -219,6 +221,11 @@ class ResultsWriter:
                 record = json.load(fh)
             now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             record["resumed"] = [*record.get("resumed", []), now]
+            fresh = json.loads(json.dumps(self.env_record, default=str))  # as the file would hold it
+            changed = {k: [record.get(k), v] for k, v in sorted(fresh.items())
+                       if k != "date" and record.get(k) != v}
+            if changed:
+                record["resumed_changes"] = [*record.get("resumed_changes", []), {"date": now, **changed}]
         record.setdefault("hardware", self.hardware)
         record.setdefault("run_id", self.run_id)
         _atomic_write_text(self.env_path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

@@ -3,7 +3,7 @@
 Two ceilings are measured on the device itself, never copied from a datasheet:
 
 - compute: one large square matrix product (n x n by n x n: 2 n^3 FLOPs) in the dtype under study
-  (on CUDA in float32 it obeys the TF32 setting, recorded in the row);
+  (on CUDA in float32 IEEE float32, TF32 off, with the TF32 product measured beside it);
 - bandwidth: one large device-to-device copy (``dst.copy_(src)``), counting the bytes read plus the
   bytes written (2 x the tensor's size).
 
@@ -18,9 +18,9 @@ A core measured at median latency t, doing F = 2 x MACs + elementwise FLOPs and 
 
 Caveats the book states with the figure: the matmul peak is the tensor-core roof, which elementwise
 work (exp, division) cannot reach; B counts every operator's inputs and outputs, so data that stays
-in cache (the H200 has 50 MB of L2; the environment record gives the card's own size) makes B an
-upper bound on DRAM traffic and the verdict
-conservative (a core called memory-bound here may be less so).
+in cache (PyTorch reports 60 MB of L2 on the H200; the environment record gives the card's own size)
+makes B an upper bound on DRAM traffic and the verdict conservative (a core called memory-bound here
+may be less so).
 Units: FLOP/s and bytes/s (rows), ms (latencies).
 """
 from __future__ import annotations
@@ -31,21 +31,23 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from vitspeed.envinfo import resolve_device, resolve_dtype, tf32_state
+from vitspeed.envinfo import resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.timing import empty_cuda_cache, measure
 
 __all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_mechanism", "roof_curve", "MATMUL",
-           "COPY", "NEAR_RIDGE", "TF32", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
+           "COPY", "NEAR_RIDGE", "TF32", "TF32X3", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
 
 MATMUL = "matmul"
 COPY = "copy"
-#: The pseudo-dtype of a float32 ceiling measured with TF32 tensor-core products allowed: the roof of
-#: float32 work that runs on the tensor cores whatever ``allow_tf32`` says (see
-#: :data:`TENSOR_CORE_FP32_BACKENDS`).
+#: The pseudo-dtype of a float32 ceiling measured with TF32 tensor-core products allowed.
 TF32 = "tfloat32"
+#: The pseudo-dtype of the roof of float32 products emulated with three TF32 products each (the split
+#: of each operand into a TF32 "big" and "small" part, near-float32 accuracy): a third of the
+#: measured :data:`TF32` ceiling, derived by :func:`roofline`, not measured on its own.
+TF32X3 = "3xtfloat32"
 #: SDPA kernels that compute float32 attention on the tensor cores on a CUDA device of compute
 #: capability 8.0 and up regardless of the TF32 flags: the memory-efficient (CUTLASS) kernel uses
-#: three TF32 products per float32 product (near-float32 accuracy, about a third of the TF32 rate).
+#: three TF32 products per float32 product, so its roof is :data:`TF32X3`.
 TENSOR_CORE_FP32_BACKENDS = frozenset({"mem_efficient"})
 
 
@@ -56,7 +58,7 @@ def _cpu_has_amx() -> bool:
 
 def roof_compute_dtype(device: str, dtype: str, product_dtype: str | None, sdpa_backend: str | None,
                        amx: bool | None = None) -> str | None:
-    """The dtype whose matmul ceiling is a core's compute roof: :data:`TF32` for float32 SDPA on CUDA in a
+    """The dtype whose matmul ceiling is a core's compute roof: :data:`TF32X3` for float32 SDPA on CUDA in a
     kernel of :data:`TENSOR_CORE_FP32_BACKENDS`; float32 for bfloat16 or float16 SDPA in PyTorch's CPU
     flash kernel on a CPU without AMX tiles (``amx``; None: this machine's); else the dtype its matrix
     products ran in.
@@ -67,7 +69,7 @@ def roof_compute_dtype(device: str, dtype: str, product_dtype: str | None, sdpa_
     faster than float32, while an ordinary bfloat16 matmul (oneDNN) runs 4 times faster than float32.
     """
     if device == "cuda" and dtype == "float32" and sdpa_backend in TENSOR_CORE_FP32_BACKENDS:
-        return TF32
+        return TF32X3
     if device == "cpu" and dtype in ("bfloat16", "float16") and sdpa_backend == "flash_cpu":
         if not (_cpu_has_amx() if amx is None else amx):
             return "float32"
@@ -88,9 +90,10 @@ def measure_ceilings(device: str = "cpu", dtype: str = "float32", matmul_size: i
     Rows: level='ceiling', attention ('matmul' | 'copy'), label, device, dtype, threads, tf32,
     size (matmul side n, or bytes copied one way), median_ms / iqr_ms / n, flops (matmul: 2 n^3)
     or bytes_moved (copy: 2 x size), flops_per_s or bytes_per_s (at the median), status='ok'.
-    The two are timed interleaved, with warm-up (see :func:`vitspeed.timing.measure`). On CUDA in
-    float32 a third row, a matmul with TF32 allowed (dtype :data:`TF32`), is the roof of the SDPA
-    kernels that use the tensor cores for float32 anyway.
+    The two are timed interleaved, with warm-up (see :func:`vitspeed.timing.measure`). The float32
+    matmul is IEEE float32 whatever the caller's TF32 flags (``tf32`` False on CUDA); on CUDA in
+    float32 a third row, the same matmul with TF32 allowed (dtype :data:`TF32`), gives the roof of the
+    SDPA kernels that use the tensor cores for float32 anyway (:data:`TF32X3`, derived from it).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev.type)
@@ -116,8 +119,9 @@ def measure_ceilings(device: str = "cpu", dtype: str = "float32", matmul_size: i
             finally:
                 torch.backends.cuda.matmul.allow_tf32 = before
         fns[TF32] = mm_tf32
-    timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
-    tf32 = tf32_state(dev, dt)
+    with strict_fp32():  # the float32 ceiling is IEEE float32; TF32 is a row of its own
+        timings = measure(fns, device=str(dev), warmup=warmup, repeats=repeats)
+        tf32 = tf32_state(dev, dt)
     base = {"level": "ceiling", "family": "ceiling", "device": dev.type, "dtype": dtype,
             "threads": torch.get_num_threads(), "tf32": tf32, "status": "ok"}
     rows = []
@@ -163,6 +167,10 @@ def roofline(results: pd.DataFrame, level: str = "core",
         return pd.DataFrame()
     flops_peak = (ceil[ceil.attention == MATMUL].groupby(by, dropna=False).flops_per_s.max()
                   .rename("peak_flops_per_s").reset_index())
+    if "dtype" in by:  # the 3xTF32 roof: a third of each measured TF32 ceiling
+        emulated = flops_peak[flops_peak.dtype == TF32].assign(dtype=TF32X3)
+        emulated["peak_flops_per_s"] = emulated.peak_flops_per_s / 3
+        flops_peak = pd.concat([flops_peak, emulated], ignore_index=True)
     bytes_peak = (ceil[ceil.attention == COPY].groupby(by, dropna=False).bytes_per_s.max()
                   .rename("peak_bytes_per_s").reset_index())
     df = ok[(ok.level == level) & ok.bytes_moved.notna() & (ok.bytes_moved > 0)]

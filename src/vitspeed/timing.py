@@ -201,7 +201,7 @@ def _calibrate(fn: Callable[[], Any], dev: torch.device, min_sample_s: float) ->
     return _MAX_INNER
 
 
-#: bytes overwritten before each CUDA sample to evict the L2 cache (several times the 50 MB of an
+#: bytes read before each CUDA sample to evict the L2 cache (several times the 50 to 60 MB of an
 #: H100/H200; the environment record states the card's own size as ``gpu_l2_mb``)
 L2_FLUSH_BYTES = 256 * 2**20
 
@@ -223,9 +223,11 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     samples, outside the timed window). The machine's steal and pressure counters are read around the
     timed rounds (:func:`vitspeed.disturbance.timed_window`), for the sweep that records them.
     Callables should not allocate their inputs: everything they do is timed. ``flush_cache``
-    (default: on CUDA) overwrites a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so
-    that no sample finds the previous one's inputs and weights in the GPU's L2 cache (50 MB on an H200
-    holds a bfloat16 DeiT-S); the device is idle again before the sample starts.
+    (default: on CUDA) reads a buffer of :data:`L2_FLUSH_BYTES` before each sample, untimed, so that
+    no sample finds the previous one's inputs and weights in the GPU's L2 cache (60 MB on an H200
+    holds a bfloat16 DeiT-S); reading rather than writing it leaves clean lines behind, so the sample
+    does not pay for writing the flush buffer back to memory. The device is idle again before the
+    sample starts.
     """
     if not fns:
         raise ValueError("measure needs at least one callable; got an empty dict")
@@ -245,7 +247,8 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
     if flush_cache and dev.type != "cuda":
         raise ValueError(f"flush_cache=True needs a CUDA device, got {str(dev)!r}; valid choices: None or False")
     with torch.inference_mode(), _device_context(dev):
-        scrub = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device=dev) if flush_cache else None
+        scrub = torch.zeros(L2_FLUSH_BYTES // 4, dtype=torch.float32, device=dev) if flush_cache else None
+        sink = torch.empty((), dtype=torch.float32, device=dev) if flush_cache else None
         for name in names:
             for _ in range(warmup):
                 fns[name]()
@@ -266,7 +269,7 @@ def measure(fns: dict[str, Callable[[], Any]], device: str | torch.device = "cpu
                     # round pays its launch overhead (launch-bound ones would look faster the later
                     # they come in the round).
                     if scrub is not None:
-                        scrub.zero_()
+                        torch.sum(scrub, dim=0, out=sink)  # a read of the whole buffer, nothing to write back
                     torch.cuda.synchronize(dev)
                     start.record()
                     for _ in range(inner[name]):
