@@ -138,3 +138,16 @@ def test_short_citation_names_first_author_and_year(tmp_path):
     for name in list_attentions():
         key = get_attention(name).paper
         assert short_citation(key) != key, key
+
+
+def test_tidy_raises_the_display_limits_so_no_table_is_cut(monkeypatch):
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 60, "display.max_columns", 20):
+        big = pd.DataFrame({f"c{i}": range(100) for i in range(24)})
+        shown = book.tidy(big)
+        assert pd.get_option("display.max_rows") == 100 and pd.get_option("display.max_columns") == 25
+        html = shown._repr_html_()  # what a notebook shows
+        assert "..." not in html and html.count("<tr") == 1 + 100 and "<th>c23</th>" in html
+        book.tidy(big.head(3))  # a small table never lowers them
+        assert pd.get_option("display.max_rows") == 100

@@ -1,4 +1,6 @@
 """Conclusions: speedups over the faster softmax form, the fastest variant, the reference in words."""
+import math
+
 import pandas as pd
 import pytest
 
@@ -338,3 +340,37 @@ def test_published_accuracy_has_one_row_per_variant_with_its_source():
 def test_spread_words():
     assert C.spread_words(True) == "beyond the spread of the two medians"
     assert C.spread_words(False) == "within the spread of the two medians, so not a clear win"
+
+
+def test_conditions_keep_gpu_runs_which_read_no_copy_bandwidth():
+    gpu = pd.DataFrame([{"hardware": "cuda-h200", "timing_group": g, "steal_pct": s, "cpu_pressure_pct": 1.0}
+                        for g, s in (("a", 0.2), ("b", 11.0), ("c", 0.1))])
+    table = C.conditions({"scaling": gpu, "cpu": _condition_rows([40.0, 41.0])})
+    row = table[table.hardware == "cuda-h200"].iloc[0]
+    assert row.groups == 3 and row.flagged == 1 and row.max_steal_pct == 11.0  # only the busy group
+    assert math.isnan(row.copy_gbps_min) and math.isnan(row.copy_vs_hardware)
+    text = C.conditions_text(table[table.hardware == "cuda-h200"])
+    assert "1 of 3 groups in scaling" in text and "read around CPU runs only" in text and "nan" not in text
+
+
+def test_the_narrative_describes_the_hardware_of_this_execution():
+    slugs = ["cuda-nvidia-h200", "cpu-amd-epyc-2t", "cpu-amd-epyc-2t"]
+    assert C.narrative_hardware(slugs, "cpu") == "cpu-amd-epyc-2t"
+    assert C.narrative_hardware(slugs, "cuda:0") == "cuda-nvidia-h200"
+    assert C.narrative_hardware(["cpu-amd-epyc-2t"], "cuda") == "cpu-amd-epyc-2t"  # no GPU run: the one there is
+    with pytest.raises(ValueError, match="no hardware"):
+        C.narrative_hardware([], "cpu")
+
+
+def test_other_hardware_text_answers_for_every_other_hardware_and_precision():
+    def row(hw, dt, size, att, x):
+        return {"hardware": hw, "dtype": dt, "img_size": size, "batch_size": 1, "attention": att, "speedup": x,
+                "clear": True}
+
+    best = pd.DataFrame([row("cpu", "float32", 224, "linear_relu", 1.1), row("cpu", "float32", 1024, "focused", 2.0),
+                         row("gpu", "float32", 224, "efficient", 1.3), row("gpu", "bfloat16", 224, "taylor1", 1.2)])
+    good = best.iloc[:0]
+    text = C.other_hardware_text(best, good, "cpu")
+    assert text.startswith("In bfloat16 on gpu, at 224 px the fastest variant is taylor1, 1.20x")
+    assert "In float32 on gpu, at 224 px the fastest variant is efficient, 1.30x" in text and "linear_relu" not in text
+    assert "the only hardware in data/" in C.other_hardware_text(best[best.hardware == "cpu"], good, "cpu")

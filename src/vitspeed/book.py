@@ -96,11 +96,18 @@ def tidy(df: Any, index: Sequence[str] | None = None, missing: str | None = None
     integers. ``index`` moves those columns into the index (instead of a meaningless row number);
     ``missing`` replaces NaN cells with that text (e.g. "-" where a value does not apply). Anything
     but a DataFrame (a notebook's message in place of an empty table) is returned as it is.
+
+    The book's tables are its results, so none may be cut to pandas' "first and last five rows": the
+    display limits on rows and columns are raised (process-wide, never lowered) to fit the table.
     """
     import pandas as pd
 
     if not isinstance(df, pd.DataFrame):
         return df
+    for option, size in (("display.max_rows", len(df)), ("display.max_columns", df.shape[1] + df.index.nlevels)):
+        limit = pd.get_option(option)
+        if limit is not None and 0 < limit < size:
+            pd.set_option(option, size)
     out = df.copy()
     for col in out.columns:
         if col in INTEGER_FIELDS and _integral(out[col]):

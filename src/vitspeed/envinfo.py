@@ -277,7 +277,9 @@ def environment_record(device: str = "cpu", dtype: str = "float32", threads: int
 def _nvidia_smi(index: int) -> dict[str, Any]:
     """Driver version, current/maximum SM clocks (MHz) and UUID (which physical card: the parts of a
     resumed run may run on different machines) of GPU ``index`` as nvidia-smi reports them; empty
-    where nvidia-smi is missing or fails (the record then simply lacks them)."""
+    where nvidia-smi is missing or fails (the record then simply lacks them). The current clock is
+    read when the record is made, before any timing, often on an idle card (an H200 idles at a few
+    hundred MHz and boosts to its maximum under load): it says nothing about the clock while timing."""
     import shutil
     import subprocess
 

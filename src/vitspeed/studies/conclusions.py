@@ -10,7 +10,7 @@ setting it was measured in; they are not comparable across settings and we did n
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "T
            "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
            "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
            "faster_architecture", "pairing", "pairing_text", "PAIRED_SINCE", "conditions", "conditions_text",
-           "runs_agree"]
+           "runs_agree", "narrative_hardware", "other_hardware_text"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -193,6 +193,28 @@ def precision_answer(best: pd.DataFrame, good: pd.DataFrame, hardware: str, dtyp
         parts.append(f"at {size} px the fastest variant is {b.attention}, {b.speedup:.2f}x the best softmax "
                      f"({spread_words(b.clear)}){within}")
     return f"In {dtype} on {hardware}, " + "; ".join(parts) + "."
+
+
+def narrative_hardware(hardware: Iterable[str], device: str) -> str:
+    """The hardware slug the chapter's narrative describes: the first (sorted) of ``hardware`` measured on
+    the device type of this execution (``device``, e.g. "cpu" or "cuda:0", against slugs "cpu-..." and
+    "cuda-..."), else the first of them; the tables show every hardware. Raises ValueError on none."""
+    slugs = sorted(set(hardware))
+    if not slugs:
+        raise ValueError("no hardware in the results; run a timed chapter first")
+    kind = str(device).split(":")[0]
+    return next((h for h in slugs if h.startswith(kind + "-")), slugs[0])
+
+
+def other_hardware_text(best: pd.DataFrame, good: pd.DataFrame, hardware: str) -> str:
+    """:func:`precision_answer` for every hardware of ``best`` but ``hardware`` (the narrative's), in each
+    precision it measured; a sentence saying there is none when ``hardware`` is the only one."""
+    others = sorted(set(best.hardware) - {hardware})
+    if not others:
+        return (f"{hardware} is the only hardware in data/ so far; another device, a GPU above all, may rank the "
+                "variants differently.")
+    return " ".join(precision_answer(best, good, h, d) for h in others
+                    for d in sorted(best[best.hardware == h].dtype.unique()))
 
 
 def tied_with(speed: pd.DataFrame, row: Mapping[str, Any]) -> list[str]:
@@ -423,23 +445,30 @@ def conditions(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     :func:`~vitspeed.studies.compare.too_busy` and :func:`~vitspeed.studies.compare.copy_deviates`,
     here against the whole run's median) and copy_vs_hardware (the run's median copy bandwidth over the
     median of all runs listed for that hardware: far below 1, the whole run saw a slower memory
-    system, which no within-run rule can flag). Runs without the readings are left out."""
+    system, which no within-run rule can flag). The copy bandwidth is read around CPU runs only: a GPU
+    run's row has steal and pressure, and NaN for the copy columns. Runs without the readings are left
+    out."""
     from vitspeed.studies.compare import copy_deviates, too_busy
 
     cols = ["chapter", "hardware", "groups", "max_steal_pct", "max_cpu_pressure_pct", "copy_gbps_min",
             "copy_gbps_median", "flagged", "copy_vs_hardware"]
     out = []
     for chapter, df in frames.items():
-        if df is None or df.empty or "copy_gbps" not in df:
+        readings = [c for c in ("steal_pct", "cpu_pressure_pct", "copy_gbps") if df is not None and c in df]
+        if df is None or df.empty or not readings:
             continue
-        df = df[df.copy_gbps.notna()]
+        df = df[df[readings].notna().any(axis=1)].copy()
+        for col in ("steal_pct", "cpu_pressure_pct", "copy_gbps"):
+            if col not in df:
+                df[col] = float("nan")
         for hw, rows in df.groupby("hardware"):
             own = pd.Series(rows.index.astype(str), index=rows.index)  # a row without a group is its own
             key = rows.timing_group.fillna(own) if "timing_group" in rows else own
             groups = rows.assign(_group=key).groupby("_group").agg(
                 steal=("steal_pct", "max"), pressure=("cpu_pressure_pct", "max"), copy=("copy_gbps", "min"))
             median_copy = float(groups["copy"].median())
-            flagged = [too_busy(s) or too_busy(p) or copy_deviates(c, median_copy)
+            reference = None if math.isnan(median_copy) else median_copy
+            flagged = [too_busy(s) or too_busy(p) or copy_deviates(c, reference)
                        for s, p, c in zip(groups.steal, groups.pressure, groups["copy"])]
             out.append({"chapter": chapter, "hardware": hw, "groups": len(groups),
                         "max_steal_pct": float(groups.steal.max()), "max_cpu_pressure_pct": float(groups.pressure.max()),
@@ -467,7 +496,9 @@ def conditions_text(table: pd.DataFrame, low: float = 0.75) -> str:
              + " (within a flagged group the variants still shared the same moments, so its ratios stand; its "
                "absolute times, and comparisons with other groups, deserve a second run). ")
     slow = table[table.copy_vs_hardware < low]
-    if slow.empty:
+    if table.copy_gbps_median.isna().all():
+        text += "The host's copy bandwidth is read around CPU runs only; these runs have none."
+    elif slow.empty:
         text += (f"Every run's median copy bandwidth lay within {100 * (1 - low):.0f}% of the median run's "
                  f"({table.copy_gbps_median.median():.1f} GB/s).")
     else:
