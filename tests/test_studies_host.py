@@ -100,6 +100,7 @@ def test_every_series_gives_one_row_per_run_oldest_first():
     assert "in 1 the two were within that spread" in said and "less" not in said
     assert host.spells_text(t) == "spells in which DeiT-S takes 72.1 instead of 60.1 ms"
     assert host.spells_text(t.iloc[1:]).startswith("no series on record shows")
+    assert host.spells_text(t.iloc[:0]) == "no monitor series is on record for this machine"
     assert "spent 50% of a series in the high-copy state, where DeiT-S took 61.1 to 72.1 ms" in said
     # medians 66.1 (the two regimes) and 61.1 ms
     assert f"{100 * (t.model_ms.max() / t.model_ms.min() - 1):.1f}% apart (61.1 to 66.1 ms)" in said

@@ -247,8 +247,11 @@ def recurrence_text(table: pd.DataFrame) -> str:
 def spells_text(table: pd.DataFrame) -> str:
     """A phrase for the book from :func:`every_series`: DeiT-S's medians in the two states (ms), over the
     series in which it took clearly longer in the high-copy state ("spells in which DeiT-S takes 67.4 to
-    70.3 instead of 60.0 to 64.3 ms"), or, where none did, that no series shows it."""
-    slow = table[(table.model_gap_pct > table.model_noise_pct)] if len(table) else table
+    70.3 instead of 60.0 to 64.3 ms"), or, where none did, that no series shows it, or that this
+    machine has no series on record (the monitor probes a host; a GPU's runs have none)."""
+    if len(table) == 0:
+        return "no monitor series is on record for this machine"
+    slow = table[(table.model_gap_pct > table.model_noise_pct)]
     if len(slow) == 0:
         return "no series on record shows DeiT-S clearly slower in one of the host's states"
     return f"spells in which DeiT-S takes {_span(slow.model_hi_ms)} instead of {_span(slow.model_lo_ms)} ms"
