@@ -151,3 +151,12 @@ def test_tidy_raises_the_display_limits_so_no_table_is_cut(monkeypatch):
         assert "..." not in html and html.count("<tr") == 1 + 100 and "<th>c23</th>" in html
         book.tidy(big.head(3))  # a small table never lowers them
         assert pd.get_option("display.max_rows") == 100
+
+
+def test_setting_labels_name_threads_on_a_cpu_only():
+    import pandas as pd
+
+    rows = pd.DataFrame({"hardware": ["cpu-amd-epyc-2t", "cuda-nvidia-h200"], "dtype": ["float32", "bfloat16"],
+                         "threads": [2.0, 16.0], "device": ["cpu", "cuda"]})
+    assert list(book.setting_label(rows)) == ["cpu-amd-epyc-2t | float32 | 2 thr", "cuda-nvidia-h200 | bfloat16"]
+    assert list(book.setting_label(rows.drop(columns="device"))) == list(book.setting_label(rows))

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["glue", "figure_png", "measured_ticks", "legend_below", "tidy", "short_citation", "FIGURE_DPI",
+__all__ = ["glue", "figure_png", "measured_ticks", "legend_below", "tidy", "setting_label", "short_citation", "FIGURE_DPI",
            "INTEGER_FIELDS"]
 
 FIGURE_DPI = 110
@@ -64,6 +64,17 @@ def legend_below(grid: Any, ncol: int = 5) -> None:
 #: Fields that count things: shown as integers even when a missing value made pandas read them as floats.
 INTEGER_FIELDS = frozenset({"tokens", "img_size", "batch_size", "threads", "heads", "head_dim", "cap_tokens",
                             "matmul_size", "models", "N", "d", "C"})
+
+
+def setting_label(rows: Any) -> Any:
+    """Each row's setting as a figure label: "hardware | dtype", plus " | N thr" for a CPU row (a
+    ``device`` of "cpu", or a hardware slug starting "cpu-"), whose thread count shapes its timings;
+    on a GPU the host's threads say nothing about the measurement. ``rows``: a DataFrame with
+    hardware, dtype and threads columns; returns a Series of text."""
+    cpu = (rows.device == "cpu") if "device" in rows else rows.hardware.astype(str).str.startswith("cpu-")
+    threads = rows.threads.astype("Int64").astype(str)
+    return (rows.hardware.astype(str) + " | " + rows.dtype.astype(str)
+            + (" | " + threads + " thr").where(cpu, ""))
 
 
 def _integral(values: Any) -> bool:
