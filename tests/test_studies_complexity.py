@@ -65,3 +65,19 @@ def test_variant_traffic_intensity_is_flops_per_byte():
     assert table.loc["softmax", "MB moved"] == pytest.approx(4 * 2 * 256 * 32 * 4 / 1e6, abs=1e-3)
     assert table.loc["softmax", "MMACs"] == pytest.approx(2 * 256**2 * 2 * 32 / 1e6, abs=1e-3)
     assert table.loc["linear_relu", "MB moved"] > table.loc["softmax", "MB moved"]  # eager: every operator
+
+
+def test_save_counts_writes_a_run_once_and_refuses_other_counts_under_its_id(results_dir):
+    import pandas as pd
+
+    env = {"device": "cpu", "device_type": "cpu", "cpu_model": "Test CPU", "threads": 2, "date": "2026-01-01"}
+    tables = {"layer": pd.DataFrame({"N": [49, 196]}), "variant": pd.DataFrame({"N": [16]})}
+    said = CX.save_counts(tables, env, run_id="c1")
+    assert said.startswith("wrote 3 rows to complexity/") and said.endswith("__c1.csv in the results folder")
+    [path] = (results_dir / "complexity").glob("*__c1.csv")
+    before = path.read_bytes()
+    assert "already holds this run's 3 rows; nothing written" in CX.save_counts(tables, env, run_id="c1")
+    assert path.read_bytes() == before
+    with pytest.raises(ValueError, match="holds 3 rows where this run counts 1; remove the file or give another"):
+        CX.save_counts({"layer": tables["layer"].head(1)}, env, run_id="c1")
+    assert path.read_text().splitlines()[0].split(",")[-1] == "kind"  # each row says which table it came from

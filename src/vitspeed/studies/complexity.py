@@ -20,7 +20,7 @@ from vitspeed import formulas as F
 from vitspeed.attention import build_core, get_attention, list_attentions
 from vitspeed.flops import count_flops
 
-__all__ = ["layer_check", "variant_check", "variant_traffic", "cost_curves", "crossovers"]
+__all__ = ["layer_check", "variant_check", "variant_traffic", "cost_curves", "crossovers", "save_counts"]
 
 
 def layer_check(tokens: Iterable[int], widths: Iterable[int], heads: int = 6, window: int = 7) -> pd.DataFrame:
@@ -120,3 +120,22 @@ def variant_traffic(tokens: Iterable[int], head_dim: int = 64, heads: int = 6, b
                          "M elementwise": round(fc.elementwise / 1e6, 3), "MB moved": round(traffic.total / 1e6, 3),
                          "FLOPs per byte": round((2 * fc.macs + fc.elementwise) / traffic.total, 3)})
     return pd.DataFrame(rows)
+
+
+def save_counts(tables: dict[str, pd.DataFrame], env_record: dict, run_id: str | None = None) -> str:
+    """Write the chapter's count tables (``kind`` -> rows, e.g. layer / variant / traffic) as one run of
+    data/complexity and say where, in a sentence. The counts are deterministic, so a run id given again
+    finds its rows there and nothing is written; a file of that run id holding another number of rows
+    raises ValueError (counts of another configuration under the same id)."""
+    from vitspeed.results import ResultsWriter
+
+    writer = ResultsWriter("complexity", env_record, run_id=run_id or None)
+    counted = [row for kind, table in tables.items() for row in table.assign(kind=kind).to_dict("records")]
+    where = f"{writer.path.parent.name}/{writer.path.name} in the results folder"
+    if not writer.resumed:
+        writer.extend(counted)
+        return f"wrote {len(counted)} rows to {where}"
+    if len(writer.rows) == len(counted):
+        return f"{where} already holds this run's {len(counted)} rows; nothing written"
+    raise ValueError(f"{where} holds {len(writer.rows)} rows where this run counts {len(counted)}; "
+                     "remove the file or give another run id")
