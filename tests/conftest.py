@@ -59,15 +59,15 @@ def nonfinite_on(monkeypatch):
     import vitspeed.studies.compare as compare
     from vitspeed.timing import NonFiniteOutput
 
-    real = compare.check_output
+    real = compare.check_result
 
     def install(label: str) -> None:
-        def fake(fn, name=None, **kw):
+        def fake(out, name=None, **kw):
             if name == label:
                 raise NonFiniteOutput(f"output of {label} contains 5 non-finite value(s) (NaN or inf); refusing",
                                       label)
-            return real(fn, name=name, **kw)
+            return real(out, name=name, **kw)
 
-        monkeypatch.setattr(compare, "check_output", fake)
+        monkeypatch.setattr(compare, "check_result", fake)
 
     return install

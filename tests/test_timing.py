@@ -11,8 +11,8 @@ from torch import nn
 
 import vitspeed.timing
 from vitspeed.results import config_key
-from vitspeed.timing import (NonFiniteOutput, SweepIncomplete, Timing, benchmark_model, check_output, deadline_from_env,
-                             is_oom_error, measure, sweep)
+from vitspeed.timing import (NonFiniteOutput, SweepIncomplete, Timing, benchmark_model, check_output, check_result,
+                             deadline_from_env, is_oom_error, measure, sweep)
 
 
 def test_timing_summary_in_seconds_and_row_in_ms():
@@ -373,3 +373,11 @@ def test_paired_ratio_cancels_a_drift_both_callables_saw():
     ratio, _ = paired_ratio(slow + [99.0], fast)
     assert ratio == pytest.approx(1.1)
     assert all(math.isnan(x) for x in paired_ratio([1.0, 2.0], [1.0, 2.0]))
+
+
+def test_check_result_checks_an_output_already_computed():
+    check_result({"logits": torch.ones(2, 3)}, name="m", shape=(2, 3))
+    with pytest.raises(NonFiniteOutput, match="output of m contains 1 non-finite"):
+        check_result((torch.tensor([1.0, float("nan")]),), name="m")
+    with pytest.raises(ValueError, match=r"output of m has shape \(2, 3\), expected \(3, 2\)"):
+        check_result(torch.ones(2, 3), name="m", shape=(3, 2))

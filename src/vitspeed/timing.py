@@ -40,7 +40,7 @@ from torch import nn
 from vitspeed.disturbance import timed_window
 from vitspeed.envinfo import dtype_name, resolve_device, resolve_dtype, strict_fp32, tf32_state
 
-__all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "benchmark_model", "sweep",
+__all__ = ["Timing", "measure", "empty_cuda_cache", "GRAPHS_DISABLED", "check_output", "check_result", "benchmark_model", "sweep",
            "is_oom_error", "forward_peak_memory", "SweepIncomplete", "DEADLINE_ENV", "deadline_from_env",
            "cuda_graph_callable", "L2_FLUSH_BYTES", "NonFiniteOutput",
            "usable_cpus", "set_threads", "samples_text", "parse_samples", "paired_ratio",
@@ -364,6 +364,13 @@ def _check(out: Any, name: str, shape: Sequence[int] | None) -> None:
         got = tuple(t.shape) if t is not None else None
         if got != tuple(shape):
             raise ValueError(f"output of {name} has shape {got}, expected {tuple(shape)}")
+
+
+def check_result(out: Any, name: str = "the callable", shape: Sequence[int] | None = None) -> None:
+    """:func:`check_output` on an output already computed (a tensor, or a dict/list/tuple of them):
+    :class:`NonFiniteOutput` if any floating value is NaN/inf, ValueError when ``shape`` is given and
+    the first tensor has another shape."""
+    _check(out, name, shape)
 
 
 def check_output(fn: Callable[[], Any], name: str = "the callable", shape: Sequence[int] | None = None) -> None:

@@ -24,7 +24,7 @@ from vitspeed.flops import count_flops, count_params
 from vitspeed.models import create_model
 from vitspeed.results import ResultsWriter, read_csv
 from vitspeed import timing as _timing
-from vitspeed.timing import (NonFiniteOutput, check_output, cuda_graph_callable, deadline_from_env,
+from vitspeed.timing import (NonFiniteOutput, check_result, cuda_graph_callable, deadline_from_env,
                              empty_cuda_cache, forward_peak_memory, is_oom_error, measure, samples_text, sweep,
                              timing_group)
 from vitspeed.roofline import roof_compute_dtype
@@ -81,12 +81,13 @@ def _prepare(fns: dict, rows: dict, label: str, base: dict[str, Any], make_fn, d
         extra.update(getattr(fn, "compile_info", {}))
         extra.update(counts() if counts is not None else {})  # kept in the row if the forward runs out of memory
         out, peak, _ = forward_peak_memory(fn, dev)
-        del out
         try:
-            check_output(fn, name=label)
+            check_result(out, name=label)  # the output of that call: no forward run again for it
         except NonFiniteOutput as err:  # NaN/inf (e.g. a kernel overflowing in float16): recorded, not timed
             rows[label] = {**base, **extra, "status": "nonfinite", "error": str(err).splitlines()[0][:200]}
             return
+        finally:
+            del out
         extra["sdpa_backend"] = sdpa_backend(getattr(fn, "eager", fn))
         if traffic and not hasattr(fn, "eager"):
             moved = trace_traffic(fn)
