@@ -374,3 +374,9 @@ def test_other_hardware_text_answers_for_every_other_hardware_and_precision():
     assert text.startswith("In bfloat16 on gpu, at 224 px the fastest variant is taylor1, 1.20x")
     assert "In float32 on gpu, at 224 px the fastest variant is efficient, 1.30x" in text and "linear_relu" not in text
     assert "the only hardware in data/" in C.other_hardware_text(best[best.hardware == "cpu"], good, "cpu")
+
+
+def test_scope_text_says_what_the_conclusions_cover():
+    assert C.scope_text(["cpu-a", "cpu-a"], "cpu-a") == "These conclusions hold for cpu-a, the only hardware in data/ so far."
+    both = C.scope_text(["cpu-a", "cuda-b"], "cuda-b")
+    assert both.startswith("The bullets above describe cuda-b, this execution's device") and "all 2 hardware" in both

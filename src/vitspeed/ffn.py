@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitspeed.attention.registry import OPTION_TYPE_WORDS
+from vitspeed.attention.registry import coerce_option
 
 __all__ = ["Mlp", "CompactFFN", "RepFactorizedLinear", "build_ffn", "list_ffns", "ffn_options", "cffn_rank"]
 
@@ -207,10 +207,7 @@ def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str):
         return value
     kind = int if key in ("rank", "branches") else type(default)
-    try:
-        return kind(value)
-    except ValueError:
-        raise ValueError(f"option {key}={value!r} of FFN {name!r} must be {OPTION_TYPE_WORDS.get(kind, kind.__name__)}") from None
+    return coerce_option(value, kind, key, f"FFN {name!r}")
 
 
 def build_ffn(name: str, in_features: int, hidden_features: int, out_features: int | None = None,

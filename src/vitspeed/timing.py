@@ -354,7 +354,10 @@ class NonFiniteOutput(ValueError):
         self.name = name
 
 
-def _check(out: Any, name: str, shape: Sequence[int] | None) -> None:
+def check_result(out: Any, name: str = "the callable", shape: Sequence[int] | None = None) -> None:
+    """:func:`check_output` on an output already computed (a tensor, or a dict/list/tuple of them):
+    :class:`NonFiniteOutput` if any floating value is NaN/inf, ValueError when ``shape`` is given and
+    the first tensor has another shape."""
     bad = _non_finite_count(out)
     if bad:
         raise NonFiniteOutput(f"output of {name} contains {bad} non-finite value(s) (NaN or inf); "
@@ -366,20 +369,13 @@ def _check(out: Any, name: str, shape: Sequence[int] | None) -> None:
             raise ValueError(f"output of {name} has shape {got}, expected {tuple(shape)}")
 
 
-def check_result(out: Any, name: str = "the callable", shape: Sequence[int] | None = None) -> None:
-    """:func:`check_output` on an output already computed (a tensor, or a dict/list/tuple of them):
-    :class:`NonFiniteOutput` if any floating value is NaN/inf, ValueError when ``shape`` is given and
-    the first tensor has another shape."""
-    _check(out, name, shape)
-
-
 def check_output(fn: Callable[[], Any], name: str = "the callable", shape: Sequence[int] | None = None) -> None:
     """Run ``fn`` once under inference_mode; :class:`NonFiniteOutput` (a ValueError) if any floating
     output is NaN/inf, ValueError when ``shape`` is given and the first output tensor has another
     shape.  Call it before timing."""
     with torch.inference_mode():
         out = fn()
-    _check(out, name, shape)
+    check_result(out, name, shape)
 
 
 # --------------------------------------------------------------------------- memory
@@ -620,14 +616,14 @@ def benchmark_model(model: nn.Module, input_shape: Sequence[int], device: str = 
                 return model(x)
 
             out, peak_mb, mem_method = forward_peak_memory(forward, dev)
-            _check(out, type(model).__name__, None)
+            check_result(out, type(model).__name__, None)
             del out
             fn: Callable[[], Any] = forward
             if cuda_graph:
                 fn, static_out = cuda_graph_callable(forward, dev)
                 fn()
                 torch.cuda.synchronize(dev)
-                _check(static_out, f"{type(model).__name__} (CUDA graph replay)", None)
+                check_result(static_out, f"{type(model).__name__} (CUDA graph replay)", None)
             timing = measure({"model": fn}, dev, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
                              progress=progress)["model"]
             used_threads = torch.get_num_threads()

@@ -22,6 +22,8 @@ __all__ = [
     "list_attentions",
     "build_core",
     "validate_options",
+    "coerce_option",
+    "OPTION_TYPE_WORDS",
 ]
 
 
@@ -107,7 +109,7 @@ def validate_options(spec: AttentionSpec, options: dict[str, Any] | None) -> dic
         default = spec.options[key]
         # Values coming from the CLI arrive as strings: coerce to the default's type.
         if isinstance(value, str) and default is not None and not isinstance(default, str):
-            value = _coerce(value, type(default), key, spec.name)
+            value = coerce_option(value, type(default), key, f"attention {spec.name!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"option {key}={value} of attention {spec.name!r} must be a finite number")
         if key == "eps" and isinstance(value, (int, float)) and value < 0:
@@ -121,7 +123,9 @@ OPTION_TYPE_WORDS: dict[type, str] = {int: "an integer", float: "a number",
                                       bool: "true or false (also 1/0, yes/no, on/off)", str: "a string"}
 
 
-def _coerce(value: str, kind: type, key: str, variant: str) -> Any:
+def coerce_option(value: str, kind: type, key: str, owner: str) -> Any:
+    """A CLI option's text ``value`` as ``kind`` (bool: 1/0, true/false, yes/no, on/off); ValueError
+    naming the option ``key``, its ``owner`` (e.g. "attention 'focused'") and the type it must be."""
     try:
         if kind is bool:
             if value.lower() in ("1", "true", "yes", "on"):
@@ -131,9 +135,7 @@ def _coerce(value: str, kind: type, key: str, variant: str) -> Any:
             raise ValueError(value)
         return kind(value)
     except ValueError:
-        raise ValueError(
-            f"option {key}={value!r} of attention {variant!r} must be {OPTION_TYPE_WORDS.get(kind, kind.__name__)}"
-        ) from None
+        raise ValueError(f"option {key}={value!r} of {owner} must be {OPTION_TYPE_WORDS.get(kind, kind.__name__)}") from None
 
 
 def build_core(name: str, head_dim: int, num_heads: int, **options: Any) -> nn.Module:

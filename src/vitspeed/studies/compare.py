@@ -520,8 +520,9 @@ def too_busy(pct: float | None) -> bool:
 
 def copy_deviates(copy_gbps: float | None, reference_gbps: float | None) -> bool:
     """Whether a copy-bandwidth reading (GB/s) lies off ``reference_gbps`` (a run's median reading) by
-    more than :data:`COPY_DEVIATION` either way; False when either is missing."""
-    if copy_gbps is None or not reference_gbps or math.isnan(copy_gbps):
+    more than :data:`COPY_DEVIATION` either way; False when either is missing (None or NaN)."""
+    if copy_gbps is None or reference_gbps is None or math.isnan(copy_gbps) or math.isnan(reference_gbps) \
+            or not reference_gbps:
         return False
     return not COPY_DEVIATION * reference_gbps <= copy_gbps <= reference_gbps / COPY_DEVIATION
 

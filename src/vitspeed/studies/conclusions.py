@@ -22,7 +22,7 @@ __all__ = ["PUBLISHED_TOP1", "FLATTEN_DEIT_T_ABLATION", "bare_kernel_caveat", "T
            "ok_rows", "speedups", "fastest", "within_budget", "spread_words", "precision_answer", "tied_with", "swin_sets", "SEED_SETS",
            "hmhsa_in_two_chapters", "reference_forms", "same_models", "agreement", "SAME_MODELS", "core_share",
            "faster_architecture", "pairing", "pairing_text", "PAIRED_SINCE", "conditions", "conditions_text",
-           "runs_agree", "narrative_hardware", "other_hardware_text"]
+           "runs_agree", "narrative_hardware", "other_hardware_text", "scope_text"]
 
 #: variant -> (published top-1, setting, source); QT-ViT Table 2 is one controlled comparison.
 PUBLISHED_TOP1: dict[str, tuple[float, str, str]] = {
@@ -215,6 +215,17 @@ def other_hardware_text(best: pd.DataFrame, good: pd.DataFrame, hardware: str) -
                 "variants differently.")
     return " ".join(precision_answer(best, good, h, d) for h in others
                     for d in sorted(best[best.hardware == h].dtype.unique()))
+
+
+def scope_text(hardware: Iterable[str], narrated: str) -> str:
+    """One sentence on what the chapter's conclusions cover: ``narrated`` (:func:`narrative_hardware`)
+    alone when it is the only one of ``hardware`` (the slugs in the tables), else that the narrative is
+    its and the tables and the other-hardware bullet (:func:`other_hardware_text`) cover the rest."""
+    n = len(set(hardware))
+    if n <= 1:
+        return f"These conclusions hold for {narrated}, the only hardware in data/ so far."
+    return (f"The bullets above describe {narrated}, this execution's device, in detail; the tables show all {n} "
+            "hardware in data/, and the bullet on the other hardware gives their fastest variants, which may differ.")
 
 
 def tied_with(speed: pd.DataFrame, row: Mapping[str, Any]) -> list[str]:
@@ -453,22 +464,19 @@ def conditions(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     cols = ["chapter", "hardware", "groups", "max_steal_pct", "max_cpu_pressure_pct", "copy_gbps_min",
             "copy_gbps_median", "flagged", "copy_vs_hardware"]
     out = []
+    names = ("steal_pct", "cpu_pressure_pct", "copy_gbps")
     for chapter, df in frames.items():
-        readings = [c for c in ("steal_pct", "cpu_pressure_pct", "copy_gbps") if df is not None and c in df]
-        if df is None or df.empty or not readings:
+        readings = [c for c in names if c in df] if df is not None else []
+        if not readings:
             continue
-        df = df[df[readings].notna().any(axis=1)].copy()
-        for col in ("steal_pct", "cpu_pressure_pct", "copy_gbps"):
-            if col not in df:
-                df[col] = float("nan")
+        df = df[df[readings].notna().any(axis=1)].assign(**{c: math.nan for c in names if c not in df})
         for hw, rows in df.groupby("hardware"):
             own = pd.Series(rows.index.astype(str), index=rows.index)  # a row without a group is its own
             key = rows.timing_group.fillna(own) if "timing_group" in rows else own
             groups = rows.assign(_group=key).groupby("_group").agg(
                 steal=("steal_pct", "max"), pressure=("cpu_pressure_pct", "max"), copy=("copy_gbps", "min"))
             median_copy = float(groups["copy"].median())
-            reference = None if math.isnan(median_copy) else median_copy
-            flagged = [too_busy(s) or too_busy(p) or copy_deviates(c, reference)
+            flagged = [too_busy(s) or too_busy(p) or copy_deviates(c, median_copy)
                        for s, p, c in zip(groups.steal, groups.pressure, groups["copy"])]
             out.append({"chapter": chapter, "hardware": hw, "groups": len(groups),
                         "max_steal_pct": float(groups.steal.max()), "max_cpu_pressure_pct": float(groups.pressure.max()),
