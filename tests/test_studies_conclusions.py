@@ -380,3 +380,9 @@ def test_scope_text_says_what_the_conclusions_cover():
     assert C.scope_text(["cpu-a", "cpu-a"], "cpu-a") == "These conclusions hold for cpu-a, the only hardware in data/ so far."
     both = C.scope_text(["cpu-a", "cuda-b"], "cuda-b")
     assert both.startswith("The bullets above describe cuda-b, this execution's device") and "all 2 hardware" in both
+
+
+def test_conditions_text_of_quiet_runs_without_copy_readings_claims_nothing_about_copies():
+    gpu = pd.DataFrame([{"hardware": "cuda-h200", "timing_group": "a", "steal_pct": 0.1, "cpu_pressure_pct": 1.0}])
+    text = C.conditions_text(C.conditions({"scaling": gpu}))
+    assert "the warning rule flags no group." in text and "left its run's median" not in text

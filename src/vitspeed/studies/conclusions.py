@@ -498,13 +498,16 @@ def conditions_text(table: pd.DataFrame, low: float = 0.75) -> str:
     flagged = table[table.flagged > 0]
     text = (f"Over {int(table.groups.sum())} measured groups in {len(table)} chapters' runs, steal stayed at or "
             f"below {table.max_steal_pct.max():.1f}% and CPU pressure at or below {table.max_cpu_pressure_pct.max():.1f}%; ")
-    text += ("no group's copy bandwidth left its run's median by more than the warning rule allows. " if flagged.empty else
+    no_copy = table.copy_gbps_median.isna().all()
+    quiet = ("the warning rule flags no group. " if no_copy else
+             "no group's copy bandwidth left its run's median by more than the warning rule allows. ")
+    text += (quiet if flagged.empty else
              "the warning rule flags " + ", ".join(f"{int(r.flagged)} of {int(r.groups)} groups in {r.chapter}"
                                                     for r in flagged.itertuples())
              + " (within a flagged group the variants still shared the same moments, so its ratios stand; its "
                "absolute times, and comparisons with other groups, deserve a second run). ")
     slow = table[table.copy_vs_hardware < low]
-    if table.copy_gbps_median.isna().all():
+    if no_copy:
         text += "The host's copy bandwidth is read around CPU runs only; these runs have none."
     elif slow.empty:
         text += (f"Every run's median copy bandwidth lay within {100 * (1 - low):.0f}% of the median run's "
