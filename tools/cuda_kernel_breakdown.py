@@ -1,0 +1,33 @@
+"""Which CUDA kernels each attention core's time goes to (vitspeed.studies.cuda_kernels), on a GPU.
+
+    PYTHONPATH=src python3 tools/cuda_kernel_breakdown.py OUTDIR [--tokens 4096 36864] [--dtypes float32 bfloat16]
+
+Writes OUTDIR/cuda_kernels/<hardware>__<run id>.csv and its environment record; copy that folder
+into data/ for the scaling chapter. Exit status 2 with a message when no CUDA device is visible or
+an argument is invalid, nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vitspeed.studies import cuda_kernels
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("outdir", help="results folder (the chapter's subfolder is made inside it)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[4096, 36864])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    args = p.parse_args()
+    try:
+        path = cuda_kernels.measure(tokens=args.tokens, dtypes=args.dtypes, root=args.outdir)
+    except ValueError as err:
+        print(f"cuda_kernel_breakdown.py: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
