@@ -330,3 +330,33 @@ def test_gemm_shape_finding_names_slow_shapes_beyond_the_spread():
     assert S.gemm_shape_finding(table[table.dtype == "float32"], "hw").startswith("No image size and precision")
     assert "the lowest ratio, 80% in bfloat16 at 512 px, is within it" in S.gemm_shape_finding(table.iloc[1:], "hw")
     assert "not measured" in S.gemm_shape_finding(table, "other")
+
+
+def test_hardware_contrast_text_sets_each_hardwares_crossover_beside_its_ridge():
+    rows = []
+    # linear_relu crosses between 64 and 256 tokens on "cpu", between 256 and 1024 on "gpu"
+    for hw, times in {"cpu": {64: (1.0, 4.0), 256: (4.0, 3.0), 1024: (16.0, 4.0)},
+                      "gpu": {64: (0.1, 0.4), 256: (0.1, 0.3), 1024: (0.2, 0.1), 4096: (2.0, 0.5)}}.items():
+        for n, (soft, relu) in times.items():
+            extra = {"graph_median_ms": soft / 2, "graph_iqr_ms": 0.0} if hw == "gpu" else {}
+            g_relu = {"graph_median_ms": 0.05 if n == 64 else (relu / 2 if n >= 256 else relu),
+                      "graph_iqr_ms": 0.0} if hw == "gpu" else {}
+            rows += [{**_row("softmax", n, soft), "hardware": hw, **extra},
+                     {**_row("linear_relu", n, relu), "hardware": hw, **g_relu}]
+    for hw, flops, bw in [("cpu", 1e12, 1e11), ("gpu", 5e13, 4e12)]:
+        rows += [{"level": "ceiling", "attention": "matmul", "status": "ok", "hardware": hw, "dtype": "float32",
+                  "flops_per_s": flops, "batch_size": None},
+                 {"level": "ceiling", "attention": "copy", "status": "ok", "hardware": hw, "dtype": "float32",
+                  "bytes_per_s": bw, "batch_size": None}]
+    df = pd.DataFrame(rows)
+    text = S.hardware_contrast_text(df)
+    assert text.startswith("In float32, linear_relu overtakes the faster softmax form on cpu (ridge 10.0 FLOPs per byte)")
+    cpu_n = S.crossovers(df[df.hardware == "cpu"]).set_index("attention").crossover_tokens["linear_relu"]
+    gpu_n = S.crossovers(df[df.hardware == "gpu"]).set_index("attention").crossover_tokens["linear_relu"]
+    assert 64 < cpu_n < 256 < gpu_n < 1024
+    assert f"on cpu (ridge 10.0 FLOPs per byte): at {cpu_n:.0f} tokens;" in text
+    assert f"on gpu (ridge 12.5 FLOPs per byte): at {gpu_n:.0f} tokens (at " in text
+    assert "tokens with launches removed by CUDA graphs)." in text
+    # one hardware, or a precision only one hardware measured: nothing to contrast
+    assert S.hardware_contrast_text(df[df.hardware == "gpu"]) == ""
+    assert "bfloat16" not in text

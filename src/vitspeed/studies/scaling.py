@@ -624,3 +624,58 @@ def level_comparison(core: pd.DataFrame, model: pd.DataFrame) -> str:
     head = (f"Of the {len(both)} variants whose crossover is placed at both levels, {len(same)} "
             f"{'crosses' if len(same) == 1 else 'cross'} at about the same token count")
     return head + ("; " + "; ".join(parts) if parts else "") + "."
+
+
+def _ridges(results: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """Ridge point (FLOPs per byte) per (hardware, dtype): the measured matmul ceiling over the copy ceiling."""
+    from vitspeed.roofline import COPY, MATMUL
+
+    ceil = results[(results.level == "ceiling") & (results.status.fillna("ok") == "ok")] if "level" in results \
+        else results.iloc[:0]
+    out = {}
+    for (hw, dt), g in ceil.groupby(["hardware", "dtype"]):
+        mm, cp = g[g.attention == MATMUL].flops_per_s, g[g.attention == COPY].bytes_per_s
+        if len(mm) and len(cp) and float(cp.iloc[0]) > 0:
+            out[(hw, dt)] = float(mm.iloc[0]) / float(cp.iloc[0])
+    return out
+
+
+def _where(status: str, tokens: float) -> str:
+    # "at 2141 tokens", "at or below 36864 tokens", else the crossover table's wording
+    if status == CROSSES:
+        return f"at {tokens:.0f} tokens"
+    if status == FASTER_BY:
+        return f"at or below {tokens:.0f} tokens"
+    return crossover_label(status, tokens)
+
+
+def hardware_contrast_text(results: pd.DataFrame, variant: str = "linear_relu", batch_size: int = 1,
+                           dtypes: Sequence[str] = ("float32", "bfloat16")) -> str:
+    """Where ``variant``'s core overtakes the faster softmax form on each hardware of ``results``
+    (newest runs) beside each hardware's measured ridge point, per precision in ``dtypes``: the
+    measured answer to "does a higher ridge point move the crossover later?". On a CUDA device the
+    crossover from CUDA-graph replay (launches removed) is given too. An empty string when fewer
+    than two hardware measured ``variant``'s core."""
+    core = results[(results.level == "core") & (results.batch_size.astype(float) == batch_size)] \
+        if {"level", "batch_size"} <= set(results.columns) else results.iloc[:0]
+    if core.hardware.nunique() < 2:
+        return ""
+    eager = crossovers(core, level="core")
+    graph = crossovers(core, level="core", graph=True) if "graph_median_ms" in core else eager.iloc[:0]
+    ridges = _ridges(results)
+    sentences = []
+    for dt in dtypes:
+        rows = eager[(eager.attention == variant) & (eager.dtype == dt)]
+        if rows.hardware.nunique() < 2:
+            continue
+        parts = []
+        for r in rows.sort_values("hardware").itertuples():
+            where = _where(r.status, r.crossover_tokens)
+            g = graph[(graph.attention == variant) & (graph.dtype == dt) & (graph.hardware == r.hardware)]
+            if len(g):
+                where += f" ({_where(g.status.iloc[0], g.crossover_tokens.iloc[0])} with launches removed by CUDA graphs)"
+            ridge = ridges.get((r.hardware, dt))
+            parts.append(f"{r.hardware} (ridge {ridge:.1f} FLOPs per byte): {where}" if ridge else
+                         f"{r.hardware}: {where}")
+        sentences.append(f"In {dt}, {variant} overtakes the faster softmax form on " + "; on ".join(parts) + ".")
+    return " ".join(sentences)
