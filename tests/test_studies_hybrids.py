@@ -165,3 +165,20 @@ def test_swin_form_is_read_from_the_rows_and_the_swin_chapter(tmp_path, monkeypa
     hw = writer.hardware
     assert H.swin_fused_vs_stock(hw, "float32") == pytest.approx(0.98)
     assert math.isnan(H.swin_fused_vs_stock(hw, "bfloat16"))
+
+
+def test_other_hardware_text_gives_each_other_hardwares_correlation_and_fastest_model():
+    rows = []
+    for hw, ms in [("here", [1.0, 2.0, 3.0]), ("gpu", [3.0, 1.0, 2.0])]:
+        for b in (1, 64):
+            for (label, gmacs), t in zip([("A", 1.0), ("B", 2.0), ("C", 3.0)], ms):
+                rows.append({"hardware": hw, "dtype": "float32", "threads": 16, "batch_size": b, "status": "ok",
+                             "label": label, "model": label.lower(), "gmacs": gmacs, "ms_per_image": t / b})
+    df = pd.DataFrame(rows)
+    text = H.other_hardware_text(df, "here")
+    # on "gpu" the ranks of MACs (1, 2, 3) and time (3, 1, 2) correlate at -0.5; B has the lowest time
+    assert text == ("Measured elsewhere: on gpu in float32, at batch 1 the Spearman correlation of MACs and latency "
+                    "is -0.50 and the lowest median per image is B's; at batch 64 the Spearman correlation of MACs "
+                    "and latency is -0.50 and the lowest median per image is B's.")
+    assert "on here" not in text
+    assert H.other_hardware_text(df[df.hardware == "here"], "here") == ""

@@ -1,4 +1,5 @@
 """The time-share study: attention, FFN and the rest of one forward pass, in time and in MACs."""
+import pandas as pd
 import pytest
 import torch
 
@@ -88,3 +89,21 @@ def test_sweep_writes_one_row_per_component_and_resumes(results_dir, monkeypatch
     again = T.run_time_share(**kw)  # the same run id: nothing measured again, the same rows back
     assert len(again) == len(first)
     assert list(again.median_ms) == pytest.approx(list(first.median_ms))
+
+
+def test_other_hardware_text_states_attentions_share_on_each_other_hardware():
+    from vitspeed.studies.time_share import other_hardware_text
+
+    rows = []
+    for hw, shares in [("here", (0.3, 0.5)), ("gpu", (0.338, 0.811))]:
+        for img, share, macs in [(224, shares[0], 0.38), (1120, shares[1], 0.783)]:
+            rows.append({"hardware": hw, "dtype": "float32", "model": "deit_small_patch16_224", "img_size": img,
+                         "component": "attention", "time_share": share, "macs_share": macs})
+            rows.append({"hardware": hw, "dtype": "float32", "model": "deit_small_patch16_224", "img_size": img,
+                         "component": "ffn", "time_share": 0.2, "macs_share": 0.5})
+    df = pd.DataFrame(rows)
+    assert other_hardware_text(df, "here") == (
+        "Measured elsewhere: on gpu in float32, attention takes 33.8% of DeiT-S's time at 224 px (MACs share 38.0%) "
+        "and 81.1% at 1120 px (78.3%).")
+    assert other_hardware_text(df[df.hardware == "here"], "here") == ""
+    assert other_hardware_text(df.drop(columns="macs_share"), "here") == ""

@@ -364,3 +364,25 @@ def swin_fused_vs_stock(hardware: str, dtype: str, batch_size: int = 1) -> float
     if not {"softmax", "stock"} <= set(sw.index):
         return float("nan")
     return float(sw.loc["softmax", "median_ms"] / sw.loc["stock", "median_ms"])
+
+
+def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
+    """What the models' ordering looks like on every hardware of ``results`` other than
+    ``this_hardware``, per precision: the Spearman correlation of MACs and latency and the fastest
+    model per image, at each batch size. Empty when there is no other hardware."""
+    ok = results[(results.status.fillna("ok") == "ok") & (results.hardware != this_hardware)]
+    if not len(ok):
+        return ""
+    rho = rank_correlation(ok)
+    parts = []
+    for (hw, dt), g in ok.groupby(["hardware", "dtype"], sort=True):
+        per_batch = []
+        for b, gb in g.groupby("batch_size", sort=True):
+            r = rho[(rho.hardware == hw) & (rho.dtype == dt) & (rho.batch_size == b)].spearman
+            name = gb.label.iloc[int(gb.ms_per_image.to_numpy().argmin())] if "label" in gb else \
+                gb.model.iloc[int(gb.ms_per_image.to_numpy().argmin())]
+            per_batch.append(f"at batch {int(b)} the Spearman correlation of MACs and latency is "
+                             f"{float(r.iloc[0]):.2f} and the lowest median per image is {name}'s" if len(r) else
+                             f"at batch {int(b)} the lowest median per image is {name}'s")
+        parts.append(f"on {hw} in {dt}, " + "; ".join(per_batch))
+    return "Measured elsewhere: " + "; ".join(parts) + "."

@@ -178,3 +178,24 @@ def attention_core_macs(model_name: str, img_size: int) -> float:
         b, n, c = x.shape
         total += 2 * b * n * n * c
     return float(total)
+
+
+def other_hardware_text(results: pd.DataFrame, this_hardware: str, model: str = "deit_small_patch16_224",
+                        label: str = "DeiT-S") -> str:
+    """Attention's share of ``model``'s time (and of its MACs) at the smallest and largest image size
+    on every hardware of ``results`` other than ``this_hardware``, per precision, as one sentence.
+    Empty when no other hardware measured ``model``."""
+    need = {"hardware", "dtype", "model", "img_size", "component", "time_share", "macs_share"}
+    if not need <= set(results.columns):
+        return ""
+    att = results[(results.hardware != this_hardware) & (results.model == model) & (results.component == "attention")]
+    parts = []
+    for (hw, dt), g in att.groupby(["hardware", "dtype"], sort=True):
+        g = g.sort_values("img_size")
+        lo, hi = g.iloc[0], g.iloc[-1]
+        text = (f"on {hw} in {dt}, attention takes {100 * lo.time_share:.1f}% of {label}'s time at "
+                f"{int(lo.img_size)} px (MACs share {100 * lo.macs_share:.1f}%)")
+        if len(g) > 1:
+            text += f" and {100 * hi.time_share:.1f}% at {int(hi.img_size)} px ({100 * hi.macs_share:.1f}%)"
+        parts.append(text)
+    return ("Measured elsewhere: " + "; ".join(parts) + ".") if parts else ""
