@@ -114,3 +114,33 @@ def test_committed_breakdown_loads_when_present():
         pytest.skip("no kernel breakdown in data/")
     assert {"probe", "attention", "dtype", "tokens", "kernel", "device_us", "median_ms"} <= set(df.columns)
     assert set(df.probe) == {"kernel", "kv_split"}
+
+
+def _model_frame() -> pd.DataFrame:
+    rows = []
+    for dt, kernels in [("float32", [("conv_kernel", 40, 500.0), ("elementwise", 200, 400.0)]),
+                        ("bfloat16", [("conv_kernel", 40, 300.0), ("void cudnn::nchwToNhwcKernel<__nv_bfloat16>(int)", 264, 340.0),
+                                      ("void cudnn::nhwcToNchwKernel<__nv_bfloat16>(int)", 264, 340.0),
+                                      ("elementwise", 200, 300.0)])]:
+        for name, launches, us in kernels:
+            rows.append(dict(hardware="gpu-x", model="efficientvit_b1", batch_size=1, dtype=dt,
+                             median_ms=5.0 if dt == "float32" else 11.0, kernel=name, launches=launches, device_us=us))
+    return pd.DataFrame(rows)
+
+
+def test_model_launch_table_counts_layout_conversions():
+    t = ck.model_launch_table(_model_frame()).set_index("dtype")
+    assert t.loc["float32", "launches"] == 240 and t.loc["float32", "layout_launches"] == 0
+    assert t.loc["bfloat16", "launches"] == 768 and t.loc["bfloat16", "layout_launches"] == 528
+    assert t.loc["bfloat16", "kernels_ms"] == pytest.approx(1.28)
+    text = ck.model_layout_text(ck.model_launch_table(_model_frame()), "gpu-x")
+    assert text.startswith("On gpu-x, efficientvit_b1 at batch 1 launches 240 kernels per pass in float32 (5.00 ms) "
+                           "and 768 in bfloat16 (11.00 ms), 528 of them layout conversions.")
+    assert ck.model_layout_text(ck.model_launch_table(_model_frame()), "other") == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_measure_models_refuses_without_cuda(tmp_path):
+    with pytest.raises(ValueError, match="CUDA"):
+        ck.measure_models(root=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -182,3 +182,18 @@ def test_other_hardware_text_gives_each_other_hardwares_correlation_and_fastest_
                     "and latency is -0.50 and the lowest median per image is B's.")
     assert "on here" not in text
     assert H.other_hardware_text(df[df.hardware == "here"], "here") == ""
+
+
+def test_precision_ratio_text_contrasts_hybrids_with_deit_per_gpu_batch():
+    rows = []
+    for model, f32, bf16 in [("efficientvit_b1", 5.0, 10.0), ("qtvit_1", 7.0, 14.7), ("deit_small_patch16_224", 3.0, 3.3)]:
+        for dt, t in [("float32", f32), ("bfloat16", bf16)]:
+            rows.append({"hardware": "cuda-x", "batch_size": 1, "model": model, "dtype": dt, "ms_per_image": t,
+                         "status": "ok"})
+            rows.append({"hardware": "cpu-y", "batch_size": 1, "model": model, "dtype": dt, "ms_per_image": 1.0,
+                         "status": "ok"})
+    df = pd.DataFrame(rows)
+    assert H.precision_ratio_text(df) == (
+        "In the tables above, on cuda-x at batch 1, bfloat16 takes 2.00 to 2.10 times the float32 time per image "
+        "for the EfficientViT and QT-ViT models and 1.10 to 1.10 times for the DeiTs.")
+    assert H.precision_ratio_text(df[df.dtype == "float32"]) == ""

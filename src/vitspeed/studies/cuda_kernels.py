@@ -25,10 +25,11 @@ import torch
 
 from vitspeed.results import read_results
 
-__all__ = ["CHAPTER", "CORES", "KV_CHUNKS", "measure", "load", "short_kernel", "dominant_kernels", "kv_split_table",
+__all__ = ["CHAPTER", "MODEL_CHAPTER", "measure_models", "model_launch_table", "CORES", "KV_CHUNKS", "measure", "load", "short_kernel", "dominant_kernels", "kv_split_table",
            "finding_text"]
 
 CHAPTER = "cuda_kernels"
+MODEL_CHAPTER = "cuda_model_kernels"
 #: the fused and explicit softmax baselines and the linear cores the roofline puts furthest below their roofs
 CORES = ("softmax", "softmax_explicit", "linear_relu", "linear_mean", "efficient", "focused", "taylor2_compact")
 KV_CHUNKS = (1, 4, 16, 64)
@@ -282,3 +283,89 @@ def agreement_text(table: pd.DataFrame) -> str:
                  "and that part depends on how the calls are timed (the scaling chapter's CUDA-graph column "
                  "removes it).")
     return text
+
+
+def measure_models(models: Sequence[str] = ("efficientvit_b1", "deit_small_patch16_224"),
+                   batch_sizes: Sequence[int] = (1, 64), dtypes: Sequence[str] = ("float32", "bfloat16"),
+                   root: str | os.PathLike | None = None, run_id: str | None = None, warmup: int = 3,
+                   repeats: int = 10, img_size: int = 224) -> str:
+    """Every CUDA kernel of one forward pass of whole models (as the hybrids chapter builds them: timm
+    or study models, convolution-BatchNorm pairs folded in EfficientViT and QT-ViT), with launches
+    and device time per pass, beside the pass's CUDA-event median and IQR (ms). Rows go to
+    ``<root>/cuda_model_kernels/<hardware>__<run id>.csv``; returns its path. ValueError (nothing
+    written) without a CUDA device or for an unknown model or dtype."""
+    from vitspeed.envinfo import environment_record, resolve_dtype, strict_fp32
+    from vitspeed.models import create_model
+    from vitspeed.results import ResultsWriter
+    from vitspeed.studies.hybrids import MODELS, fold_conv_bn
+
+    if not torch.cuda.is_available():
+        raise ValueError("cuda_kernels.measure_models needs a CUDA device; none is visible (valid devices here: cpu only)")
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; valid: {', '.join(MODELS)}")
+    dts = {name: resolve_dtype(name, "cuda") for name in dtypes}
+    rows: list[dict[str, Any]] = []
+    with strict_fp32(), torch.no_grad():
+        for name in models:
+            for b in batch_sizes:
+                for dt_name, dt in dts.items():
+                    model = create_model(name, img_size=img_size)
+                    if name.startswith(("efficientvit_", "qtvit_")):
+                        model = fold_conv_bn(model)
+                    model = model.to("cuda", dt).eval()
+                    x = torch.randn(int(b), 3, img_size, img_size, device="cuda", dtype=dt)
+
+                    def call(model=model, x=x):
+                        return model(x)
+
+                    med, iqr = _event_ms(call, warmup, repeats)
+                    for kernel, launches, us in _kernels(call, calls=5):
+                        rows.append({"model": name, "batch_size": int(b), "dtype": dt_name, "img_size": img_size,
+                                     "median_ms": med, "iqr_ms": iqr, "kernel": kernel[:200], "launches": launches,
+                                     "device_us": us})
+                    del model, x
+    record = environment_record("cuda", dtypes[0])
+    record["dtype"] = ",".join(dtypes)
+    writer = ResultsWriter(MODEL_CHAPTER, record, run_id=run_id, root=root)
+    writer.extend(rows)
+    return str(writer.path)
+
+
+def model_launch_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per hardware, model, batch and dtype: the pass's median (ms), its kernels' device time (ms),
+    the kernel launches per pass, and how many of them are memory-layout conversions (cuDNN's
+    ``nchwToNhwc`` / ``nhwcToNchw`` kernels, launched around a convolution it runs in channels-last
+    layout on a channels-first model)."""
+    out = []
+    for key, g in df.groupby(["hardware", "model", "batch_size", "dtype"], sort=True):
+        layout = g.kernel.astype(str).str.contains("nchwToNhwc|nhwcToNchw", regex=True)
+        out.append(dict(zip(["hardware", "model", "batch_size", "dtype"], key), median_ms=float(g.median_ms.iloc[0]),
+                        kernels_ms=float(g.device_us.sum()) / 1e3, launches=float(g.launches.sum()),
+                        layout_launches=float(g.launches[layout].sum())))
+    return pd.DataFrame(out, columns=["hardware", "model", "batch_size", "dtype", "median_ms", "kernels_ms", "launches",
+                                      "layout_launches"])
+
+
+def model_layout_text(table: pd.DataFrame, hardware: str) -> str:
+    """What :func:`model_launch_table` says on ``hardware``: per model and batch, the launches of a
+    float32 pass against a lower-precision one and how many of the latter are layout conversions.
+    Empty when ``hardware`` has no rows or no model was measured in float32 and another dtype."""
+    t = table[table.hardware == hardware] if len(table) else table
+    parts = []
+    for (model, b), g in t.groupby(["model", "batch_size"], sort=True):
+        g = g.set_index("dtype")
+        if "float32" not in g.index or len(g) < 2:
+            continue
+        f = g.loc["float32"]
+        for dt, r in g.drop(index="float32").iterrows():
+            parts.append(f"{model} at batch {int(b)} launches {f.launches:.0f} kernels per pass in float32 "
+                         f"({f.median_ms:.2f} ms) and {r.launches:.0f} in {dt} ({r.median_ms:.2f} ms), "
+                         f"{r.layout_launches:.0f} of them layout conversions")
+    if not parts:
+        return ""
+    return (f"On {hardware}, " + "; ".join(parts) + ". A layout conversion is cuDNN's `nchwToNhwc` or "
+            "`nhwcToNchw` kernel, launched around a convolution it runs in channels-last layout on a model "
+            "kept channels-first; where a model's lower-precision pass launches many of them, its timing "
+            "measures the conversions and their launches as much as the convolutions' arithmetic, and a "
+            "channels-last model (not measured here) would avoid them.")

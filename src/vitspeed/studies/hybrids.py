@@ -386,3 +386,26 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
                              f"at batch {int(b)} the lowest median per image is {name}'s")
         parts.append(f"on {hw} in {dt}, " + "; ".join(per_batch))
     return "Measured elsewhere: " + "; ".join(parts) + "."
+
+
+def precision_ratio_text(results: pd.DataFrame, low: str = "bfloat16", high: str = "float32") -> str:
+    """Per CUDA hardware and batch size in ``results``: the range of ``low``/``high`` time-per-image
+    ratios over the convolutional hybrids (EfficientViT, QT-ViT) and over the DeiTs, as one sentence.
+    Empty when no hardware measured both precisions."""
+    ok = results[(results.status.fillna("ok") == "ok") & results.hardware.astype(str).str.startswith("cuda-")]
+    ok = ok[ok.dtype.isin([low, high])]
+    if not len(ok):
+        return ""
+    piv = ok.pivot_table(index=["hardware", "batch_size", "model"], columns="dtype", values="ms_per_image")
+    if not {low, high} <= set(piv.columns):
+        return ""
+    ratio = (piv[low] / piv[high]).dropna().reset_index(name="ratio")
+    parts = []
+    for (hw, b), g in ratio.groupby(["hardware", "batch_size"], sort=True):
+        conv = g[g.model.str.startswith(("efficientvit_", "qtvit_"))].ratio
+        deit = g[g.model.str.startswith("deit_")].ratio
+        if len(conv) and len(deit):
+            parts.append(f"on {hw} at batch {int(b)}, {low} takes {conv.min():.2f} to {conv.max():.2f} times the "
+                         f"{high} time per image for the EfficientViT and QT-ViT models and {deit.min():.2f} to "
+                         f"{deit.max():.2f} times for the DeiTs")
+    return ("In the tables above, " + "; ".join(parts) + ".") if parts else ""
