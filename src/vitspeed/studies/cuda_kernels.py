@@ -10,14 +10,12 @@ in IEEE float32, as one batched product and split along N into chunks whose part
 summed (``probe='kv_split'`` rows): one batched product of this shape has only six 64 x 65 output
 tiles, too few to occupy the GPU's multiprocessors unless the library splits the long reduction.
 
-``vitspeed``'s timing module is not used here: each sample is synchronized by CUDA events and the
-profiler's own overhead stays out of the medians, which come from separate, unprofiled calls.
+Medians come from separate, unprofiled calls (:func:`vitspeed.timing.measure`, CUDA events, without
+the chapters' L2 flush), so the profiler's own overhead stays out of them.
 """
 from __future__ import annotations
 
 import os
-import re
-import statistics
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -25,8 +23,9 @@ import torch
 
 from vitspeed.results import read_results
 
-__all__ = ["CHAPTER", "MODEL_CHAPTER", "measure_models", "model_launch_table", "CORES", "KV_CHUNKS", "measure", "load", "short_kernel", "dominant_kernels", "kv_split_table",
-           "finding_text"]
+__all__ = ["CHAPTER", "MODEL_CHAPTER", "CORES", "KV_CHUNKS", "measure", "measure_models", "load", "short_kernel",
+           "dominant_kernels", "kv_split_table", "finding_text", "agreement", "agreement_text", "model_launch_table",
+           "model_layout_text"]
 
 CHAPTER = "cuda_kernels"
 MODEL_CHAPTER = "cuda_model_kernels"
@@ -37,20 +36,12 @@ PROFILED_CALLS = 20
 
 
 def _event_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:
-    """Median and IQR (ms) of ``fn`` by CUDA events, each sample synchronized."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    q = statistics.quantiles(samples, n=4)
-    return statistics.median(samples), q[2] - q[0]
+    """Median and IQR (ms) of ``fn`` on CUDA: :func:`vitspeed.timing.measure`'s CUDA events, each sample
+    on an idle device, without its L2 flush (one call repeated back to back, as a profiler sees it)."""
+    from vitspeed.timing import measure as time_calls
+
+    t = time_calls({"call": fn}, device="cuda", warmup=warmup, repeats=repeats, flush_cache=False)["call"]
+    return t.median_s * 1e3, t.iqr_s * 1e3
 
 
 def _kernels(fn: Callable[[], Any], calls: int = PROFILED_CALLS) -> list[tuple[str, float, float]]:
@@ -142,8 +133,6 @@ def load(roots: Sequence[str | os.PathLike] | None = None) -> pd.DataFrame:
     """The newest kernel breakdown of every hardware in the results folders; empty when there is none."""
     return read_results(CHAPTER, roots=roots, latest_only=True)
 
-
-_TEMPLATE_ARGS = re.compile(r"<.*>")
 
 
 def short_kernel(name: str) -> str:

@@ -627,17 +627,15 @@ def level_comparison(core: pd.DataFrame, model: pd.DataFrame) -> str:
 
 
 def _ridges(results: pd.DataFrame) -> dict[tuple[str, str], float]:
-    """Ridge point (FLOPs per byte) per (hardware, dtype): the measured matmul ceiling over the copy ceiling."""
-    from vitspeed.roofline import COPY, MATMUL
+    """Ridge point (FLOPs per byte) per (hardware, dtype) under that dtype's own ceilings, as
+    :func:`vitspeed.roofline.roofline` places the cores."""
+    from vitspeed.roofline import roofline
 
-    ceil = results[(results.level == "ceiling") & (results.status.fillna("ok") == "ok")] if "level" in results \
-        else results.iloc[:0]
-    out = {}
-    for (hw, dt), g in ceil.groupby(["hardware", "dtype"]):
-        mm, cp = g[g.attention == MATMUL].flops_per_s, g[g.attention == COPY].bytes_per_s
-        if len(mm) and len(cp) and float(cp.iloc[0]) > 0:
-            out[(hw, dt)] = float(mm.iloc[0]) / float(cp.iloc[0])
-    return out
+    roof = roofline(results)
+    if roof.empty:
+        return {}
+    own = roof[roof.roof_dtype == roof.dtype] if "roof_dtype" in roof else roof
+    return {k: float(v) for k, v in own.groupby(["hardware", "dtype"]).ridge.first().items()}
 
 
 def _where(status: str, tokens: float) -> str:
