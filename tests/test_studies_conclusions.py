@@ -386,3 +386,25 @@ def test_conditions_text_of_quiet_runs_without_copy_readings_claims_nothing_abou
     gpu = pd.DataFrame([{"hardware": "cuda-h200", "timing_group": "a", "steal_pct": 0.1, "cpu_pressure_pct": 1.0}])
     text = C.conditions_text(C.conditions({"scaling": gpu}))
     assert "the warning rule flags no group." in text and "left its run's median" not in text
+
+
+def test_agreement_elsewhere_text_names_every_other_hardware_and_precision():
+    agree = pd.DataFrame([
+        dict(model="DeiT-S", hardware="cpu-a", dtype="float32", chapters=5, lowest_ms=56.5, highest_ms=67.8,
+             spread_pct=20.0, median_iqr_pct=4.4),
+        dict(model="DeiT-S", hardware="cuda-b", dtype="float32", chapters=6, lowest_ms=3.2, highest_ms=7.72,
+             spread_pct=141.25, median_iqr_pct=9.8),
+        dict(model="DeiT-S", hardware="cuda-b", dtype="bfloat16", chapters=1, lowest_ms=3.5, highest_ms=3.5,
+             spread_pct=0.0, median_iqr_pct=4.0),
+        dict(model="DeiT-T", hardware="cuda-b", dtype="float32", chapters=3, lowest_ms=3.3, highest_ms=6.0,
+             spread_pct=82.0, median_iqr_pct=3.5),
+    ])
+    assert C.agreement_elsewhere_text(agree, "cpu-a", "float32") == (
+        "Elsewhere the same DeiT-S's medians run on cuda-b in float32 from 3.20 to 7.72 ms over 6 chapters "
+        "(141.2% apart; one run's IQR typically 9.8%). On a GPU at batch 1 a pass of these models is bound by "
+        "launching its kernels (the kernel breakdowns of the scaling and hybrids chapters), and that cost moved "
+        "between the chapters' runs: there too, compare ratios within one run, not absolute times across chapters.")
+    assert C.agreement_elsewhere_text(agree, "cuda-b", "float32") == (
+        "Elsewhere the same DeiT-S's medians run on cpu-a in float32 from 56.50 to 67.80 ms over 5 chapters "
+        "(20.0% apart; one run's IQR typically 4.4%).")
+    assert C.agreement_elsewhere_text(agree.iloc[:1], "cpu-a", "float32") == ""

@@ -110,3 +110,21 @@ def test_conversion_words_compare_with_cffn_per_batch_and_hedge_the_cause():
                                               ("DeiT-S", "hmhsa", 8): 0.9, ("DeiT-S", "cffn", 8): 0.5}))
     words = R.conversion_words(flat)
     assert "more than cFFN" in words and "fits" not in words and "no run here profiles them" in words
+
+
+def test_other_hardware_text_gives_hdeit_against_its_base_per_batch():
+    from vitspeed.studies.redundancy import other_hardware_text
+
+    rows = []
+    for hw, (stock, both) in {"here": (10.0, 9.0), "cuda-x": (4.0, 6.0)}.items():
+        for b, scale in [(1, 1.0), (64, 8.0)]:
+            for variant, t in [("stock", stock), ("hmhsa+cffn", both if b == 1 else stock * 0.97)]:
+                for img in (224, 384):
+                    rows.append({"hardware": hw, "dtype": "float32", "base_label": "DeiT-S", "variant": variant,
+                                 "img_size": img, "batch_size": b, "median_ms": t * scale * (img / 224),
+                                 "status": "ok"})
+    df = pd.DataFrame(rows)
+    assert other_hardware_text(df, "here") == (
+        "Measured elsewhere: on cuda-x in float32 at 224 px, hDeiT-S (hMHSA + cFFN) takes 1.50 times DeiT-S's time "
+        "at batch 1 and 0.97 times at batch 64.")
+    assert other_hardware_text(df[df.hardware == "here"], "here") == ""

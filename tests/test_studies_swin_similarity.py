@@ -152,3 +152,15 @@ def test_single_pass_spread_is_the_p10_to_p90_range_over_the_median_per_variant(
     assert list(spread.index) == ["stock", "jaccard"]
     assert spread["stock"] == pytest.approx(14.0)
     assert spread["jaccard"] == pytest.approx(5.0)
+
+
+def test_other_hardware_text_lists_each_variant_against_the_fused_base():
+    import pandas as pd
+
+    rows = [{"hardware": hw, "dtype": "float32", "batch_size": 1, "status": "ok", "label": label, "ratio_vs_softmax": r}
+            for hw in ("here", "cuda-x") for label, r in [("softmax", 1.0), ("stock", 0.92), ("jaccard", 1.08)]]
+    df = pd.DataFrame(rows)
+    assert S.other_hardware_text(df, "here") == (
+        "Measured elsewhere (each variant's time over the fused base's): on cuda-x in float32 at batch 1: "
+        "stock 0.92, jaccard 1.08.")
+    assert S.other_hardware_text(df[df.hardware == "here"], "here") == ""

@@ -566,3 +566,23 @@ def faster_architecture(hybrids: pd.DataFrame, published_top1: Mapping[str, floa
     return {"model": best, "top1": published_top1[best], "base_top1": published_top1[base],
             "speedup": float(a.median_ms / b.median_ms), "noise": rows_noise(a, b),
             "gmacs": float(b.gmacs), "base_gmacs": float(a.gmacs), "batch_size": int(df.batch_size.iloc[0])}
+
+
+def agreement_elsewhere_text(agree: pd.DataFrame, hardware: str, dtype: str, model: str = "DeiT-S") -> str:
+    """How far apart the chapters' medians of ``model`` are (:func:`agreement` rows with at least two
+    chapters) on every (hardware, dtype) other than the narrated ``hardware`` and ``dtype``, as one
+    sentence; empty when there is none."""
+    if agree.empty:
+        return ""
+    rows = agree[(agree.model == model) & (agree.chapters >= 2) & ~((agree.hardware == hardware) & (agree.dtype == dtype))]
+    parts = [f"on {r.hardware} in {r.dtype} from {r.lowest_ms:.2f} to {r.highest_ms:.2f} ms over {int(r.chapters)} "
+             f"chapters ({r.spread_pct:.1f}% apart; one run's IQR typically {r.median_iqr_pct:.1f}%)"
+             for r in rows.sort_values(["hardware", "dtype"]).itertuples()]
+    if not parts:
+        return ""
+    text = f"Elsewhere the same {model}'s medians run " + "; ".join(parts) + "."
+    if (rows.hardware.astype(str).str.startswith("cuda-") & (rows.spread_pct > 50)).any():
+        text += (" On a GPU at batch 1 a pass of these models is bound by launching its kernels (the kernel "
+                 "breakdowns of the scaling and hybrids chapters), and that cost moved between the chapters' runs: "
+                 "there too, compare ratios within one run, not absolute times across chapters.")
+    return text

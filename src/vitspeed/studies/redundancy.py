@@ -267,3 +267,27 @@ def conversion_words(share: pd.Series, close: float = 0.05) -> str:
         text += (f" Where the shares differ, {ops} and the attention maps it forms explicitly for its computed "
                  "heads (the stock model's fused kernel does not) are where we would look; no run here profiles them.")
     return text
+
+
+def other_hardware_text(results: pd.DataFrame, this_hardware: str, base: str = "DeiT-S") -> str:
+    """hDeiT (hMHSA + cFFN) against its stock base at the smallest image size, at each batch size, on
+    every hardware of ``results`` other than ``this_hardware``, per precision, as one sentence (time
+    ratios: above 1 is slower). Empty when no other hardware measured ``base``."""
+    need = {"hardware", "dtype", "base_label", "variant", "img_size", "batch_size", "median_ms"}
+    if not need <= set(results.columns):
+        return ""
+    ok = results[(results.status.fillna("ok") == "ok") if "status" in results else slice(None)]
+    ok = ok[(ok.hardware != this_hardware) & (ok.base_label == base)]
+    parts = []
+    for (hw, dt), g in ok.groupby(["hardware", "dtype"], sort=True):
+        g = g[g.img_size == g.img_size.min()]
+        per_batch = []
+        for b, gb in g.groupby("batch_size", sort=True):
+            t = gb.set_index("variant").median_ms
+            if {"stock", "hmhsa+cffn"} <= set(t.index):
+                per_batch.append(f"{t['hmhsa+cffn'] / t['stock']:.2f} times at batch {int(b)}")
+        if per_batch:
+            per_batch[0] = per_batch[0].replace(" times at", f" times {base}'s time at", 1)
+            parts.append(f"on {hw} in {dt} at {int(g.img_size.iloc[0])} px, h{base} (hMHSA + cFFN) takes "
+                         + " and ".join(per_batch))
+    return ("Measured elsewhere: " + "; ".join(parts) + ".") if parts else ""

@@ -156,3 +156,18 @@ def single_pass_spread(rows: pd.DataFrame) -> pd.Series:
     10) the two percentiles are close to the fastest and slowest pass, so one slow pass widens it."""
     ok = rows[rows.status.fillna("ok") == "ok"] if "status" in rows else rows
     return (100 * (ok.p90_ms - ok.p10_ms) / ok.median_ms).set_axis(ok.label).astype(float)
+
+
+def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
+    """Each Swin-T variant's time over the fused base's (``ratio_vs_softmax``; above 1 is slower) on
+    every hardware of ``results`` other than ``this_hardware``, per precision and batch size, as one
+    sentence. Empty when there is no other hardware."""
+    if "hardware" not in results or "ratio_vs_softmax" not in results:
+        return ""
+    ok = results[(results.status.fillna("ok") == "ok") & (results.hardware != this_hardware)
+                 & (results.label != "softmax")]
+    parts = []
+    for (hw, dt, b), g in ok.groupby(["hardware", "dtype", "batch_size"], sort=True):
+        ratios = ", ".join(f"{r.label} {r.ratio_vs_softmax:.2f}" for r in g.itertuples())
+        parts.append(f"on {hw} in {dt} at batch {int(b)}: {ratios}")
+    return ("Measured elsewhere (each variant's time over the fused base's): " + "; ".join(parts) + ".") if parts else ""
