@@ -130,3 +130,24 @@ def test_core_findings_skip_variants_that_ran_out_of_memory():
     assert math.isnan(f["fused_vs_explicit_hi"]) and math.isnan(f["time_macs_spearman"])
     with pytest.raises(ValueError, match="no fused softmax core measured in float32 at head dim 64"):
         T.core_findings(_taylor_rows(times), "float32", 64)
+
+
+def test_other_hardware_text_gives_the_exact_kernels_cost_and_the_compact_cores_speed():
+    import pandas as pd
+
+    rows = []
+    for hw in ("here", "cuda-x"):
+        for label, ms in [("full", 12.2), ("compact", 10.0)]:
+            for img in (224, 1024):
+                rows.append({"hardware": hw, "dtype": "float32", "kind": "model", "label": label, "img_size": img,
+                             "tokens": None, "head_dim": None, "median_ms": ms * img / 1024, "status": "ok"})
+        for label, ms in [("softmax", 10.0), ("softmax (explicit)", 8.0), ("compact", 0.4)]:
+            for n, d in [(196, 16), (16384, 16), (16384, 64)]:
+                rows.append({"hardware": hw, "dtype": "float32", "kind": "core", "label": label, "img_size": None,
+                             "tokens": n, "head_dim": d, "median_ms": ms * n / 16384 * d / 16, "status": "ok"})
+    df = pd.DataFrame(rows)
+    assert T.other_hardware_text(df, "here") == (
+        "Measured elsewhere: on cuda-x in float32, at 1024 px the exact kernel takes 1.22 times QT-ViT-1's time "
+        "with the compact one; as cores at N = 16384 and d = 16 the compact kernel takes 0.05 times the time of "
+        "the faster softmax (softmax (explicit)).")
+    assert T.other_hardware_text(df[df.hardware == "here"], "here") == ""

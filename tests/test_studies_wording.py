@@ -130,3 +130,11 @@ def test_joined_lists_items_as_prose():
     from vitspeed.studies.wording import joined
     assert joined([]) == "" and joined(["a"]) == "a"
     assert joined(["a", "b"]) == "a and b" and joined(["a", "b", "c"]) == "a, b and c"
+
+
+def test_measured_elsewhere_joins_the_parts_or_says_nothing():
+    from vitspeed.studies.wording import measured_elsewhere
+
+    assert measured_elsewhere(["on a, x", "on b, y"]) == "Measured elsewhere: on a, x; on b, y."
+    assert measured_elsewhere(["on a: 1"], "ratios") == "Measured elsewhere (ratios): on a: 1."
+    assert measured_elsewhere([]) == ""

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vitspeed.studies.compare import candidate, compare_models_finite, run_sweep
-from vitspeed.studies.wording import rows_noise
+from vitspeed.studies.wording import measured_elsewhere, rows_noise
 
 __all__ = ["CHAPTER", "MODELS", "ATTENTION", "PUBLISHED", "SOURCES", "DEFAULT_MODELS", "PAIRS", "fold_conv_bn",
            "count_batchnorms", "batchnorms_left", "published_table", "hybrids_group", "run_hybrids", "spearman",
@@ -385,7 +385,7 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
                              f"{float(r.iloc[0]):.2f} and the lowest median per image is {name}'s" if len(r) else
                              f"at batch {int(b)} the lowest median per image is {name}'s")
         parts.append(f"on {hw} in {dt}, " + "; ".join(per_batch))
-    return "Measured elsewhere: " + "; ".join(parts) + "."
+    return measured_elsewhere(parts)
 
 
 def precision_ratio_text(results: pd.DataFrame, low: str = "bfloat16", high: str = "float32") -> str:

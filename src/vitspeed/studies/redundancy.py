@@ -26,7 +26,7 @@ from vitspeed.ffn import cffn_rank
 from vitspeed.models import create_model
 from vitspeed.models.hvit import merge_ffns
 from vitspeed.studies.compare import Candidate, candidate, compare_models_finite, run_sweep
-from vitspeed.studies.wording import joined
+from vitspeed.studies.wording import joined, measured_elsewhere
 
 __all__ = ["BASES", "VARIANTS", "hmhsa_ratio", "redundancy_candidates", "compare_redundancy",
            "run_redundancy", "predicted_savings", "counted_savings", "interpretation", "CLAIMED_RANGE_PCT",
@@ -290,4 +290,4 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str, base: str = "
             per_batch[0] = per_batch[0].replace(" times at", f" times {base}'s time at", 1)
             parts.append(f"on {hw} in {dt} at {int(g.img_size.iloc[0])} px, h{base} (hMHSA + cFFN) takes "
                          + " and ".join(per_batch))
-    return ("Measured elsewhere: " + "; ".join(parts) + ".") if parts else ""
+    return measured_elsewhere(parts)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from vitspeed.studies.compare import Candidate, candidate, compare_models_finite, run_sweep
+from vitspeed.studies.wording import measured_elsewhere
 
 __all__ = ["CHAPTER", "SWIN", "BASE", "VARIANTS", "SEED_SECONDS", "timm_fused_attn", "seed_ratios",
            "add_ratios", "swin_similarity_group", "run_swin_similarity", "ratio_table",
@@ -170,4 +171,4 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
     for (hw, dt, b), g in ok.groupby(["hardware", "dtype", "batch_size"], sort=True):
         ratios = ", ".join(f"{r.label} {r.ratio_vs_softmax:.2f}" for r in g.itertuples())
         parts.append(f"on {hw} in {dt} at batch {int(b)}: {ratios}")
-    return ("Measured elsewhere (each variant's time over the fused base's): " + "; ".join(parts) + ".") if parts else ""
+    return measured_elsewhere(parts, "each variant's time over the fused base's")

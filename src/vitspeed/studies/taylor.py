@@ -27,7 +27,7 @@ from vitspeed.models import create_model
 from vitspeed.studies.compare import (Candidate, approximation, candidate, compare_cores_finite,
                                       compare_models_finite, core_grid, ratio_of, run_sweep)
 from vitspeed.studies.linear_kernels import kernel_diagnostics
-from vitspeed.studies.wording import rows_noise, said
+from vitspeed.studies.wording import measured_elsewhere, rows_noise, said
 from vitspeed.studies.wording import times as _times
 from vitspeed.studies.wording import word as _word
 
@@ -295,3 +295,35 @@ def core_findings(rows: pd.DataFrame, dtype: str, head_dim: int) -> dict[str, An
     rho = both.corr(method="spearman").iloc[0, 1] if len(taylor) > 2 else math.nan
     out["time_macs_spearman"] = float(round(rho, 2)) if math.isfinite(rho) else math.nan
     return out
+
+
+def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
+    """On every hardware of ``results`` other than ``this_hardware``, per precision: QT-ViT-1's time with
+    the exact Kronecker kernel over its time with the compact one at the largest image size, and, as
+    cores at the largest token count and smallest head width, the compact kernel's time over the faster
+    softmax form's (above 1 is slower). One sentence; empty when there is no other hardware."""
+    need = {"hardware", "dtype", "kind", "label", "median_ms", "img_size", "tokens", "head_dim"}
+    if not need <= set(results.columns):
+        return ""
+    ok = results[(results.status.fillna("ok") == "ok") & (results.hardware != this_hardware)]
+    parts = []
+    for (hw, dt), g in ok.groupby(["hardware", "dtype"], sort=True):
+        said = []
+        m = g[g.kind == "model"]
+        if len(m):
+            m = m[m.img_size == m.img_size.max()].set_index("label").median_ms
+            if {"full", "compact"} <= set(m.index):
+                said.append(f"at {int(g[g.kind == 'model'].img_size.max())} px the exact kernel takes "
+                            f"{m['full'] / m['compact']:.2f} times QT-ViT-1's time with the compact one")
+        c = g[g.kind == "core"]
+        if len(c):
+            c = c[(c.tokens == c.tokens.max()) & (c.head_dim == c.head_dim.min())].set_index("label").median_ms
+            soft = [f for f in ("softmax", "softmax (explicit)") if f in c.index]
+            if "compact" in c.index and soft:
+                best = min(soft, key=lambda f: c[f])
+                said.append(f"as cores at N = {int(g[g.kind == 'core'].tokens.max())} and d = "
+                            f"{int(g[g.kind == 'core'].head_dim.min())} the compact kernel takes "
+                            f"{c['compact'] / c[best]:.3g} times the time of the faster softmax ({best})")
+        if said:
+            parts.append(f"on {hw} in {dt}, " + "; ".join(said))
+    return measured_elsewhere(parts)

@@ -19,6 +19,7 @@ from vitspeed.envinfo import resolve_device, resolve_dtype
 from vitspeed.flops import count_flops
 from vitspeed.models import create_model
 from vitspeed.timing import check_output, measure, samples_text, timing_group
+from vitspeed.studies.wording import measured_elsewhere
 
 __all__ = ["record_component_inputs", "time_share", "run_time_share", "with_spread", "share_gaps",
            "attention_core_macs"]
@@ -198,4 +199,4 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str, model: str = 
         if len(g) > 1:
             text += f" and {100 * hi.time_share:.1f}% at {int(hi.img_size)} px ({100 * hi.macs_share:.1f}%)"
         parts.append(text)
-    return ("Measured elsewhere: " + "; ".join(parts) + ".") if parts else ""
+    return measured_elsewhere(parts)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SOFTMAX_FORM_NAMES", "times", "word", "noise", "paired_parts", "paired_noise", "rows_noise", "frame_noise",
+__all__ = ["SOFTMAX_FORM_NAMES", "measured_elsewhere", "times", "word", "noise", "paired_parts", "paired_noise", "rows_noise", "frame_noise",
            "beyond_spread", "verdict", "said", "sig", "joined", "listed", "tied", "tie_note"]
 
 
@@ -169,3 +169,11 @@ def tied(rows: Any, best: str) -> list[str]:
 def tie_note(names: list[str]) -> str:
     """" (a, b within the spread of it)" after the name of a fastest, or "" when nothing ties with it."""
     return f" ({', '.join(names)} within the spread of it)" if names else ""
+
+
+def measured_elsewhere(parts: list[str], what: str = "") -> str:
+    """The chapters' sentence on hardware other than the narrated one: ``"Measured elsewhere: a; b."``
+    (``what``, when given, in brackets after "elsewhere"), or "" when ``parts`` is empty."""
+    if not parts:
+        return ""
+    return f"Measured elsewhere{f' ({what})' if what else ''}: " + "; ".join(parts) + "."
