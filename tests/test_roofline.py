@@ -181,3 +181,19 @@ def test_fp32_sdpa_on_tensor_cores_is_held_to_a_third_of_the_tf32_roof():
     assert roof.loc["softmax", "peak_flops_per_s"] == pytest.approx(400 / 3)
     assert roof.loc["softmax", "roof_dtype"] == TF32X3
     assert roof.loc["relu", "peak_flops_per_s"] == 50 and roof.loc["relu", "roof_dtype"] == "float32"
+
+
+def test_other_roofs_text_gives_the_verdict_of_every_other_hardware():
+    from vitspeed.roofline import other_roofs_text
+
+    df = _frame()
+    df["tokens"] = 100
+    df["batch_size"] = 1
+    df["family"] = ["ceiling"] * 3 + ["linear", "quadratic", "linear", "linear"]
+    df.loc[df.attention == "b", "attention"] = "softmax"  # the reference the sentence names
+    # hw: a is memory-bound at 50% of its roof (5 of 10 FLOP/s), softmax compute-bound at 50% (50 of 100)
+    assert other_roofs_text(df, "here") == (
+        " By the roofline, on hw in float32 at 100 tokens 1 of the 2 cores are memory-bound (ridge 10.0 FLOPs per "
+        "byte), fused softmax runs at 50% of its roof and the linear cores at 50 to 50% of theirs.")
+    assert other_roofs_text(df, "hw") == ""
+    assert other_roofs_text(df, "here", batch_size=64) == ""

@@ -34,7 +34,8 @@ import torch
 from vitspeed.envinfo import resolve_device, resolve_dtype, strict_fp32, tf32_state
 from vitspeed.timing import empty_cuda_cache, measure
 
-__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_mechanism", "roof_curve", "MATMUL",
+__all__ = ["default_sizes", "measure_ceilings", "roofline", "roof_summary", "roof_mechanism", "other_roofs_text",
+           "roof_curve", "MATMUL",
            "COPY", "NEAR_RIDGE", "TF32", "TF32X3", "TENSOR_CORE_FP32_BACKENDS", "roof_compute_dtype"]
 
 MATMUL = "matmul"
@@ -279,6 +280,25 @@ def roof_mechanism(summary: dict[str, Any]) -> str:
                 "skinny products that use the machine poorly, and the cost of each eager operator).")
     return (f"Here{where} {mem} of the {n} linear cores lie left of the ridge point and {n - mem} right of it"
             f"{caveat}, so the bandwidth roof explains only part of their lag; they run at {at} of their roofs.")
+
+
+def other_roofs_text(results: pd.DataFrame, this_hardware: str, batch_size: int = 1) -> str:
+    """The roofline verdict (:func:`roof_summary`) at the largest token count of every hardware and
+    precision in ``results`` other than ``this_hardware``, at ``batch_size``, as one sentence starting
+    with a space; empty when there is none."""
+    roof = roofline(results)
+    if roof.empty:
+        return ""
+    roof = roof[(roof.batch_size == batch_size) & (roof.hardware != this_hardware)]
+    parts = []
+    for (hw, dt), grp in roof.groupby(["hardware", "dtype"]):
+        rs = roof_summary(grp)
+        lo, hi = rs["linear_efficiency"]
+        parts.append(f"on {hw} in {dt} at {rs['tokens']:,} tokens {rs['n_memory_bound']} of the {rs['n_cores']} cores "
+                     f"are memory-bound (ridge {rs['ridge']:.1f} FLOPs per byte), fused softmax runs at "
+                     f"{100 * rs['reference_efficiency']:.0f}% of its roof and the linear cores at {100 * lo:.0f} to "
+                     f"{100 * hi:.0f}% of theirs")
+    return (" By the roofline, " + "; ".join(parts) + ".") if parts else ""
 
 
 def roof_curve(peak_flops_per_s: float, peak_bytes_per_s: float, lo: float, hi: float,

@@ -63,6 +63,19 @@ def _kernels(fn: Callable[[], Any], calls: int = PROFILED_CALLS) -> list[tuple[s
     return sorted(((n, c / calls, us / calls) for n, (c, us) in totals.items()), key=lambda r: -r[2])
 
 
+def _write(chapter: str, rows: list[dict[str, Any]], dtypes: Sequence[str], root: str | os.PathLike | None,
+           run_id: str | None) -> str:
+    """Write ``rows`` with this machine's environment record (all ``dtypes`` named); the CSV's path."""
+    from vitspeed.envinfo import environment_record
+    from vitspeed.results import ResultsWriter
+
+    record = environment_record("cuda", dtypes[0])
+    record["dtype"] = ",".join(dtypes)
+    writer = ResultsWriter(chapter, record, run_id=run_id, root=root)
+    writer.extend(rows)
+    return str(writer.path)
+
+
 def measure(tokens: Sequence[int] = (4096, 36864), dtypes: Sequence[str] = ("float32", "bfloat16"),
             cores: Sequence[str] = CORES, root: str | os.PathLike | None = None, run_id: str | None = None,
             warmup: int = 5, repeats: int = 30) -> str:
@@ -74,8 +87,7 @@ def measure(tokens: Sequence[int] = (4096, 36864), dtypes: Sequence[str] = ("flo
     core or dtype, and when no CUDA device is visible; nothing is written then.
     """
     from vitspeed.attention.registry import build_core, list_attentions
-    from vitspeed.envinfo import environment_record, resolve_dtype, strict_fp32
-    from vitspeed.results import ResultsWriter
+    from vitspeed.envinfo import resolve_dtype, strict_fp32
 
     if not torch.cuda.is_available():
         raise ValueError("cuda_kernels.measure needs a CUDA device; none is visible (valid devices here: cpu only)")
@@ -122,11 +134,7 @@ def measure(tokens: Sequence[int] = (4096, 36864), dtypes: Sequence[str] = ("flo
                 med, iqr = _event_ms(split, warmup, repeats)
                 rows.append({"probe": "kv_split", "attention": "", "dtype": "float32", "tokens": int(n),
                              "chunks": chunks, "median_ms": med, "iqr_ms": iqr, "rel_err": err})
-    record = environment_record("cuda", dtypes[0])
-    record["dtype"] = ",".join(dtypes)
-    writer = ResultsWriter(CHAPTER, record, run_id=run_id, root=root)
-    writer.extend(rows)
-    return str(writer.path)
+    return _write(CHAPTER, rows, dtypes, root, run_id)
 
 
 def load(roots: Sequence[str | os.PathLike] | None = None) -> pd.DataFrame:
@@ -283,9 +291,8 @@ def measure_models(models: Sequence[str] = ("efficientvit_b1", "deit_small_patch
     and device time per pass, beside the pass's CUDA-event median and IQR (ms). Rows go to
     ``<root>/cuda_model_kernels/<hardware>__<run id>.csv``; returns its path. ValueError (nothing
     written) without a CUDA device or for an unknown model or dtype."""
-    from vitspeed.envinfo import environment_record, resolve_dtype, strict_fp32
+    from vitspeed.envinfo import resolve_dtype, strict_fp32
     from vitspeed.models import create_model
-    from vitspeed.results import ResultsWriter
     from vitspeed.studies.hybrids import MODELS, fold_conv_bn
 
     if not torch.cuda.is_available():
@@ -314,11 +321,7 @@ def measure_models(models: Sequence[str] = ("efficientvit_b1", "deit_small_patch
                                      "median_ms": med, "iqr_ms": iqr, "kernel": kernel[:200], "launches": launches,
                                      "device_us": us})
                     del model, x
-    record = environment_record("cuda", dtypes[0])
-    record["dtype"] = ",".join(dtypes)
-    writer = ResultsWriter(MODEL_CHAPTER, record, run_id=run_id, root=root)
-    writer.extend(rows)
-    return str(writer.path)
+    return _write(MODEL_CHAPTER, rows, dtypes, root, run_id)
 
 
 def model_launch_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -379,8 +379,7 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
         per_batch = []
         for b, gb in g.groupby("batch_size", sort=True):
             r = rho[(rho.hardware == hw) & (rho.dtype == dt) & (rho.batch_size == b)].spearman
-            name = gb.label.iloc[int(gb.ms_per_image.to_numpy().argmin())] if "label" in gb else \
-                gb.model.iloc[int(gb.ms_per_image.to_numpy().argmin())]
+            name = gb.set_index("label").ms_per_image.idxmin()
             per_batch.append(f"at batch {int(b)} the Spearman correlation of MACs and latency is "
                              f"{float(r.iloc[0]):.2f} and the lowest median per image is {name}'s" if len(r) else
                              f"at batch {int(b)} the lowest median per image is {name}'s")

@@ -285,9 +285,9 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str, base: str = "
         for b, gb in g.groupby("batch_size", sort=True):
             t = gb.set_index("variant").median_ms
             if {"stock", "hmhsa+cffn"} <= set(t.index):
-                per_batch.append(f"{t['hmhsa+cffn'] / t['stock']:.2f} times at batch {int(b)}")
+                whose = f" {base}'s time" if not per_batch else ""
+                per_batch.append(f"{t['hmhsa+cffn'] / t['stock']:.2f} times{whose} at batch {int(b)}")
         if per_batch:
-            per_batch[0] = per_batch[0].replace(" times at", f" times {base}'s time at", 1)
             parts.append(f"on {hw} in {dt} at {int(g.img_size.iloc[0])} px, h{base} (hMHSA + cFFN) takes "
                          + " and ".join(per_batch))
     return measured_elsewhere(parts)

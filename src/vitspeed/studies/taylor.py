@@ -308,22 +308,22 @@ def other_hardware_text(results: pd.DataFrame, this_hardware: str) -> str:
     ok = results[(results.status.fillna("ok") == "ok") & (results.hardware != this_hardware)]
     parts = []
     for (hw, dt), g in ok.groupby(["hardware", "dtype"], sort=True):
-        said = []
-        m = g[g.kind == "model"]
+        found = []
+        m, c = g[g.kind == "model"], g[g.kind == "core"]
         if len(m):
-            m = m[m.img_size == m.img_size.max()].set_index("label").median_ms
+            img = int(m.img_size.max())
+            m = m[m.img_size == img].set_index("label").median_ms
             if {"full", "compact"} <= set(m.index):
-                said.append(f"at {int(g[g.kind == 'model'].img_size.max())} px the exact kernel takes "
-                            f"{m['full'] / m['compact']:.2f} times QT-ViT-1's time with the compact one")
-        c = g[g.kind == "core"]
+                found.append(f"at {img} px the exact kernel takes {m['full'] / m['compact']:.2f} times QT-ViT-1's "
+                             "time with the compact one")
         if len(c):
-            c = c[(c.tokens == c.tokens.max()) & (c.head_dim == c.head_dim.min())].set_index("label").median_ms
+            n, d = int(c.tokens.max()), int(c.head_dim.min())
+            c = c[(c.tokens == n) & (c.head_dim == d)].set_index("label").median_ms
             soft = [f for f in ("softmax", "softmax (explicit)") if f in c.index]
             if "compact" in c.index and soft:
                 best = min(soft, key=lambda f: c[f])
-                said.append(f"as cores at N = {int(g[g.kind == 'core'].tokens.max())} and d = "
-                            f"{int(g[g.kind == 'core'].head_dim.min())} the compact kernel takes "
-                            f"{c['compact'] / c[best]:.3g} times the time of the faster softmax ({best})")
-        if said:
-            parts.append(f"on {hw} in {dt}, " + "; ".join(said))
+                found.append(f"as cores at N = {n} and d = {d} the compact kernel takes {c['compact'] / c[best]:.3g} "
+                             f"times the time of the faster softmax ({best})")
+        if found:
+            parts.append(f"on {hw} in {dt}, " + "; ".join(found))
     return measured_elsewhere(parts)
